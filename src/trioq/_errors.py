@@ -1,0 +1,170 @@
+"""The trioq exception tree.
+
+Every error trioq raises derives from :class:`TrioqError` and carries a stable
+``tag``: the ``_tag`` of the broker's HTTP error bodies, and the key a client uses
+to turn an error body back into the matching exception. ``status`` is the HTTP
+status the broker answers with.
+
+::
+
+    TrioqError
+    ├── CASConflict                 a compare-and-set precondition failed
+    ├── StorageUnavailable          the store cannot be used right now
+    │   ├── BucketNotFound          the bucket (or data directory) does not exist
+    │   ├── StorageAuthError        the store rejected our credentials
+    │   ├── StorageUnreachable      the endpoint cannot be reached
+    │   └── WriteOutcomeUnknown     a write was sent but its outcome is unknown
+    ├── DocumentInvalid             queue.json cannot be decoded / unknown format
+    ├── BrokerProtocolError         malformed request or invalid field
+    ├── Unauthorized                missing or wrong token
+    ├── JobNotFound                 no such job
+    ├── LeaseLost                   job not held by this worker / attempt
+    ├── PayloadTooLarge             request or payload over its limit
+    ├── NotLeader                   this broker does not lead (``leader`` says who)
+    └── QueueFull                   queued-job or document-size cap reached
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TrioqError(Exception):
+    """Root of every error raised by trioq."""
+
+    tag: ClassVar[str] = "TrioqError"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, object]:
+        """The JSON error body the broker answers with."""
+        return {"_tag": self.tag, "message": self.message}
+
+
+class CASConflict(TrioqError):
+    """A conditional write or create failed its precondition.
+
+    Raised only when the store answered that the precondition did not hold: the
+    object changed since ``if_match`` was read, or ``create`` found it present.
+    """
+
+    tag = "CASConflict"
+    status = 409
+
+
+class StorageUnavailable(TrioqError):
+    """The store cannot be used right now; the message names it and the cause."""
+
+    tag = "StorageUnavailable"
+    status = 503
+
+
+class BucketNotFound(StorageUnavailable):
+    """The bucket (S3) or data directory (file backend) does not exist."""
+
+    tag = "BucketNotFound"
+
+
+class StorageAuthError(StorageUnavailable):
+    """The store rejected the credentials (S3 403 / invalid access key)."""
+
+    tag = "StorageAuthError"
+
+
+class StorageUnreachable(StorageUnavailable):
+    """The endpoint did not answer: connection refused, DNS failure, timeout."""
+
+    tag = "StorageUnreachable"
+
+
+class WriteOutcomeUnknown(StorageUnavailable):
+    """A write was sent but no answer came back (timeout, dropped connection).
+
+    The write may or may not have landed. The caller resolves it by reading the
+    object back: if the stored document is the one it wrote, the write landed.
+    """
+
+    tag = "WriteOutcomeUnknown"
+
+
+class DocumentInvalid(TrioqError):
+    """The stored queue document cannot be decoded or has an unknown format.
+
+    Such a document is never overwritten: a human must look at it.
+    """
+
+    tag = "DocumentInvalid"
+    status = 503
+
+
+class BrokerProtocolError(TrioqError):
+    """A request was malformed (bad JSON, missing or invalid field)."""
+
+    tag = "BrokerProtocolError"
+    status = 400
+
+
+class Unauthorized(TrioqError):
+    """The request carried no token or the wrong one."""
+
+    tag = "Unauthorized"
+    status = 401
+
+
+class JobNotFound(TrioqError):
+    """No job with that id exists (or it has left the dedup window)."""
+
+    tag = "JobNotFound"
+    status = 404
+
+
+class LeaseLost(TrioqError):
+    """The job is not held by this worker, or not at this attempt."""
+
+    tag = "LeaseLost"
+    status = 409
+
+
+class PayloadTooLarge(TrioqError):
+    """The request body or a job payload exceeds its configured limit."""
+
+    tag = "PayloadTooLarge"
+    status = 413
+
+
+class NotLeader(TrioqError):
+    """This broker is not the leader; ``leader`` is the leader's URL if known."""
+
+    tag = "NotLeader"
+    status = 503
+
+    def __init__(self, message: str = "", *, leader: str | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+    def to_body(self) -> dict[str, object]:
+        return {"_tag": self.tag, "message": self.message, "leader": self.leader}
+
+
+class QueueFull(TrioqError):
+    """The queued-job count or the document size cap has been reached."""
+
+    tag = "QueueFull"
+    status = 503
+
+
+def _all_error_classes() -> list[type[TrioqError]]:
+    found: list[type[TrioqError]] = []
+    pending: list[type[TrioqError]] = [TrioqError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+ERRORS_BY_TAG: dict[str, type[TrioqError]] = {cls.tag: cls for cls in _all_error_classes()}
+"""Every error class by its tag, for turning error bodies back into exceptions."""

@@ -1,0 +1,70 @@
+"""In-memory storage: CAS semantics without I/O, for tests and the embedded testing kit."""
+
+from __future__ import annotations
+
+import itertools
+
+import trio
+
+from ._errors import CASConflict
+from ._storage import Versioned
+
+
+class MemoryStorage:
+    """A :class:`~trioq.Storage` held in this process's memory.
+
+    Shared by every task of one process (use one instance for several brokers to
+    simulate a shared bucket). ``latency`` (seconds) delays every call by that much
+    of trio time, which makes races and timeouts reproducible under ``MockClock``.
+    """
+
+    def __init__(self, *, latency: float = 0.0) -> None:
+        self.latency = latency
+        self._objects: dict[str, Versioned] = {}
+        self._counter = itertools.count(1)
+
+    def describe(self) -> str:
+        return f"memory storage {id(self):#x}"
+
+    async def _delay(self) -> None:
+        if self.latency > 0:
+            await trio.sleep(self.latency)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _next_version(self) -> str:
+        return f"m{next(self._counter)}"
+
+    async def read(self, key: str) -> Versioned | None:
+        await self._delay()
+        return self._objects.get(key)
+
+    async def version(self, key: str) -> str | None:
+        await self._delay()
+        current = self._objects.get(key)
+        return None if current is None else current.version
+
+    async def write(self, key: str, data: bytes, *, if_match: str) -> str:
+        await self._delay()
+        current = self._objects.get(key)
+        if current is None:
+            raise CASConflict(f"{self.describe()}: {key!r} does not exist (if_match={if_match!r})")
+        if current.version != if_match:
+            raise CASConflict(
+                f"{self.describe()}: {key!r} is at version {current.version!r}, not {if_match!r}"
+            )
+        version = self._next_version()
+        self._objects[key] = Versioned(bytes(data), version)
+        return version
+
+    async def create(self, key: str, data: bytes) -> str:
+        await self._delay()
+        if key in self._objects:
+            raise CASConflict(f"{self.describe()}: {key!r} already exists")
+        version = self._next_version()
+        self._objects[key] = Versioned(bytes(data), version)
+        return version
+
+    def peek(self, key: str) -> Versioned | None:
+        """The stored object without a checkpoint (for tests and assertions)."""
+        return self._objects.get(key)

@@ -1,0 +1,1 @@
+"""Shared pytest fixtures. Server fixtures live in tests/_servers.py."""
