@@ -17,8 +17,10 @@ from ._errors import StorageUnreachable as StorageUnreachable
 from ._errors import TrioqError as TrioqError
 from ._errors import Unauthorized as Unauthorized
 from ._errors import WriteOutcomeUnknown as WriteOutcomeUnknown
+from ._faulty_storage import FaultyStorage as FaultyStorage
 from ._memory_storage import MemoryStorage as MemoryStorage
 from ._storage import Storage as Storage
 from ._storage import Versioned as Versioned
+from ._throttled_storage import ThrottledStorage as ThrottledStorage
 
 __version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""Engine settings with osqueue's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Timings of the broker engine, in seconds (the CLI takes milliseconds).
+
+    ``group_commit_interval`` is the minimum spacing between the starts of two
+    commits: an idle engine commits a new mutation at once, a busy one at most once
+    per interval.
+    """
+
+    group_commit_interval: float = 0.050
+    broker_heartbeat_interval: float = 3.0
+    """The leader commits at least this often (an empty commit when idle)."""
+    broker_heartbeat_timeout: float = 10.0
+    """A standby takes over when the document has not changed for this long."""
+    standby_poll_interval: float = 1.0
+    """How often a standby checks the document's version (a cheap HEAD)."""
+    write_retries: int = 3
+    """Attempts of one commit's write when the store is unreachable."""
+    write_retry_delay: float = 0.1
+    shutdown_timeout: float = 10.0
+    """Bound on the last commit (pending mutations + lease release) at stop."""
+    max_pending: int = 100_000
+    """Mutations waiting for a commit beyond which new ones are refused (QueueFull)."""
+
+    def validate(self) -> None:
+        """Raise ValueError on settings that cannot work together."""
+        if self.group_commit_interval < 0:
+            raise ValueError("group commit interval must be >= 0")
+        if self.broker_heartbeat_interval <= 0:
+            raise ValueError("broker heartbeat interval must be > 0")
+        if self.broker_heartbeat_interval >= self.broker_heartbeat_timeout:
+            raise ValueError(
+                "broker heartbeat interval "
+                f"({self.broker_heartbeat_interval * 1000:.0f} ms) must be shorter than the "
+                f"broker heartbeat timeout ({self.broker_heartbeat_timeout * 1000:.0f} ms)"
+            )
+        if self.group_commit_interval >= self.broker_heartbeat_timeout:
+            raise ValueError(
+                "group commit interval must be shorter than the broker heartbeat timeout"
+            )
+        if self.standby_poll_interval <= 0:
+            raise ValueError("standby poll interval must be > 0")

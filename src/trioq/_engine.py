@@ -1,0 +1,772 @@
+"""The broker engine: election, fencing and the group commit loop.
+
+The engine owns the queue document. Callers hand it mutations (``enqueue``,
+``claim``, ...); it batches every mutation that arrives while a commit is in flight
+or within the group commit interval, applies the batch to its in-memory state,
+serializes the document once, writes it with a compare-and-set, and only then
+answers each caller. No answer acknowledges anything that is not written.
+
+Leadership lives in the document itself. The leader's commits carry its broker id
+and epoch; a standby that sees the document's version unchanged for the broker
+heartbeat timeout (on its own monotonic clock) takes over with a CAS write that
+bumps the epoch, which fences the old leader: its next write fails, it re-reads,
+sees a foreign epoch, fails its pending mutations with ``NotLeader`` and never
+writes again until it wins an election.
+
+Run it as a nursery task: ``await nursery.start(engine.run)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from ._config import EngineConfig
+from ._errors import (
+    CASConflict,
+    DocumentInvalid,
+    NotLeader,
+    QueueFull,
+    StorageUnavailable,
+    TrioqError,
+    WriteOutcomeUnknown,
+)
+from ._state import ClaimedJob, EnqueueResult, LeaderInfo, Limits, NewJob, QueueState
+from ._storage import Storage
+
+log = logging.getLogger("trioq.engine")
+
+T = TypeVar("T")
+WallClock = Callable[[], int]
+"""Milliseconds since the Unix epoch; only for times stored in the document."""
+
+
+def system_wall_clock() -> int:
+    return int(time.time() * 1000)
+
+
+class Role(enum.Enum):
+    STARTING = "starting"
+    LEADER = "leader"
+    STANDBY = "standby"
+    STOPPED = "stopped"
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One mutation waiting for its commit, and the caller's answer."""
+
+    op: Callable[[QueueState, int], Any] | None
+    claim: _ClaimRequest | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+    def answer(self, result: Any = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+@dataclass(slots=True)
+class _ClaimRequest:
+    worker_id: str
+    types: Sequence[str] | None
+    max_jobs: int
+    deadline: float  # trio time; <= now means "do not wait"
+
+
+_STOP = _Pending(op=None)
+
+
+class Engine:
+    """Leads (or stands by for) one queue document on a :class:`~trioq.Storage`.
+
+    Parameters:
+        storage: where ``key`` lives.
+        key: the document's key (``queue.json``).
+        broker_id: this broker's id in the document (random by default). A broker
+            that restarts with the same id takes its old lease over at once.
+        url: the URL clients should dial for this broker (written into the document).
+        config: timings (:class:`EngineConfig`).
+        limits: caps and lease lengths (:class:`~trioq._state.Limits`).
+        wall_clock: milliseconds since the epoch for stored times (tests inject one
+            derived from ``trio.current_time()``).
+        rng: randomness for ids and retry jitter.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        key: str = "queue.json",
+        broker_id: str | None = None,
+        url: str = "",
+        config: EngineConfig | None = None,
+        limits: Limits | None = None,
+        wall_clock: WallClock = system_wall_clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.storage = storage
+        self.key = key
+        self.broker_id = broker_id or uuid.uuid4().hex[:16]
+        self.url = url
+        self.config = config or EngineConfig()
+        self.config.validate()
+        self.limits = limits or Limits()
+        self.wall_clock = wall_clock
+        self.rng = rng or random.Random()
+        self.role = Role.STARTING
+        self.state: QueueState | None = None
+        """The leader's applied state (reads are served from it)."""
+        self.document: bytes | None = None
+        """The last document this engine committed."""
+        self.leader: LeaderInfo | None = None
+        """The leader as last seen in the document (ours when leading)."""
+        self.metrics: dict[str, int] = dict.fromkeys(
+            (
+                "commits",
+                "mutations",
+                "conflicts",
+                "writeErrors",
+                "failedBatches",
+                "takeovers",
+                "stepDowns",
+            ),
+            0,
+        )
+        self.last_commit_seconds = 0.0
+        self.last_batch_size = 0
+        self._version: str | None = None
+        self._needs_reload = False
+        self._fatal: BaseException | None = None
+        self._send, self._recv = trio.open_memory_channel[_Pending](math.inf)
+        self._waiting: list[_Pending] = []
+        self._pending_count = 0
+        self._last_start = -math.inf
+        self._last_commit_wall = 0
+        self._stop_requested = False
+        self._wake_standby = trio.Event()
+        self._takeover_request: tuple[str | None] | None = None
+        self._inflight: list[_Pending] = []
+        self._observed_version: str | None = None
+        self._became_leader = trio.Event()
+
+    # ------------------------------------------------------------ public reads
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    @property
+    def epoch(self) -> int:
+        return 0 if self.leader is None else self.leader.epoch
+
+    @property
+    def leader_url(self) -> str | None:
+        """The URL of the broker that leads, if known (``None`` while nobody does)."""
+        if self.leader is None or self.leader.released:
+            return None
+        return self.leader.url or None
+
+    @property
+    def observed_version(self) -> str | None:
+        """The document version a standby saw last (for the fast-failover probe)."""
+        return self._observed_version
+
+    def not_leader(self) -> NotLeader:
+        leader = None if self.is_leader else self.leader_url
+        return NotLeader(
+            f"broker {self.broker_id} is {self.role.value}, not the leader", leader=leader
+        )
+
+    # -------------------------------------------------------------- mutations
+
+    async def enqueue(self, items: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Enqueue a batch (validated as a whole); answered once it is durable."""
+        items = list(items)
+        return await self._submit(lambda state, now: state.enqueue(items, now))  # type: ignore[no-any-return]
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        types: Sequence[str] | None = None,
+        max_jobs: int = 1,
+        wait: float = 0.0,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``max_jobs`` jobs; with ``wait`` (seconds), wait that long for
+        one to become available. The claim is answered after its commit."""
+        deadline = trio.current_time() + wait if wait > 0 else -math.inf
+        types = None if types is None else list(types)
+        request = _ClaimRequest(worker_id, types, max_jobs, deadline)
+        return await self._submit(None, claim=request)  # type: ignore[no-any-return]
+
+    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
+        await self._submit(lambda s, now: s.heartbeat(job_id, worker_id, now, attempt))
+
+    async def complete(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
+        await self._submit(lambda s, now: s.complete(job_id, worker_id, now, attempt))
+
+    async def fail(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        error: str,
+        attempt: int | None = None,
+        retry_in_ms: int | None = None,
+        final: bool = False,
+    ) -> str:
+        """Record a failed attempt; ``"retrying"`` or ``"dead"``."""
+        return await self._submit(  # type: ignore[no-any-return]
+            lambda s, now: s.fail(
+                job_id,
+                worker_id,
+                now,
+                error=error,
+                attempt=attempt,
+                retry_in_ms=retry_in_ms,
+                final=final,
+            )
+        )
+
+    async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
+        await self._submit(lambda s, now: s.release(job_id, worker_id, now, attempt))
+
+    async def cancel(self, job_id: str) -> str:
+        return await self._submit(lambda s, now: s.cancel(job_id, now))  # type: ignore[no-any-return]
+
+    async def requeue_dead(self, job_id: str) -> None:
+        await self._submit(lambda s, now: s.requeue_dead(job_id, now))
+
+    async def _submit(
+        self, op: Callable[[QueueState, int], Any] | None, *, claim: _ClaimRequest | None = None
+    ) -> Any:
+        # check and send without a checkpoint in between: a step-down drains the
+        # channel after changing the role, so nothing sent here is left unanswered
+        if self.role is not Role.LEADER:
+            raise self.not_leader()
+        if self._pending_count >= self.config.max_pending:
+            raise QueueFull(f"broker {self.broker_id} has {self._pending_count} mutations pending")
+        pending = _Pending(op=op, claim=claim)
+        self._pending_count += 1
+        self._send.send_nowait(pending)
+        try:
+            await pending.done.wait()
+        except BaseException:
+            pending.abandoned = True
+            raise
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[Role] = trio.TASK_STATUS_IGNORED) -> None:
+        """Elect, then lead or stand by until :meth:`stop` or cancellation.
+
+        ``task_status.started(role)`` fires once the engine leads or stands by. A
+        graceful stop commits what is pending and releases the lease in a last
+        commit, so a standby can take over at once.
+        """
+        await self._elect()
+        task_status.started(self.role)
+        try:
+            while not self._stop_requested:
+                if self.role is Role.LEADER:
+                    await self._lead()
+                else:
+                    await self._stand_by()
+                if self._fatal is not None:
+                    raise self._fatal
+        finally:
+            with trio.move_on_after(self.config.shutdown_timeout, shield=True):
+                if self.role is Role.LEADER:
+                    await self._final_commit()
+            self.role = Role.STOPPED
+            self._fail_all(lambda: NotLeader("the broker stopped", leader=None))
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop_requested
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: commit what is pending, release the lease, return."""
+        self._stop_requested = True
+        self._wake_standby.set()
+        if self.role is Role.LEADER:
+            self._send.send_nowait(_STOP)
+
+    def request_takeover(self, expected_version: str | None = None) -> None:
+        """Ask a standby to take over now (fast failover), provided the document is
+        still at ``expected_version`` (or unconditionally with ``None``)."""
+        self._takeover_request = (expected_version,)
+        self._wake_standby.set()
+
+    async def wait_leader(self) -> None:
+        """Wait until this engine leads."""
+        while self.role is not Role.LEADER:
+            await self._became_leader.wait()
+
+    # -------------------------------------------------------------- election
+
+    async def _elect(self) -> None:
+        while True:
+            got = await self.storage.read(self.key)
+            if got is None:
+                state = QueueState(limits=self.limits, rng=self.rng)
+                state.seq = 1
+                now = self.wall_clock()
+                state.leader = LeaderInfo(self.broker_id, self.url, 1, now)
+                data = state.encode()
+                try:
+                    version = await self.storage.create(self.key, data)
+                except CASConflict:
+                    continue  # another broker created it first: look again
+                self._become_leader(state, version, data)
+                log.info("broker %s created %s and leads (epoch 1)", self.broker_id, self.key)
+                return
+            doc = self._decode(got.data)
+            self.leader = doc.leader
+            self._observed_version = got.version
+            if doc.leader is None or doc.leader.released or doc.leader.broker_id == self.broker_id:
+                if await self._take_over(got.version):
+                    return
+                continue
+            self.role = Role.STANDBY
+            log.info(
+                "broker %s stands by; %s leads (epoch %d)",
+                self.broker_id,
+                doc.leader.url or doc.leader.broker_id,
+                doc.leader.epoch,
+            )
+            return
+
+    def _decode(self, data: bytes) -> QueueState:
+        return QueueState.decode(
+            data, limits=self.limits, rng=self.rng, name=f"{self.key} in {self.storage.describe()}"
+        )
+
+    async def _take_over(self, expected_version: str) -> bool:
+        """CAS the document from ``expected_version`` to one we lead; True if we do."""
+        got = await self.storage.read(self.key)
+        if got is None or got.version != expected_version:
+            return False
+        state = self._decode(got.data)
+        now = self.wall_clock()
+        old_epoch = 0 if state.leader is None else state.leader.epoch
+        state.leader = LeaderInfo(self.broker_id, self.url, old_epoch + 1, now)
+        state.renew_all_leases(now)
+        state.seq += 1
+        data = state.encode()
+        try:
+            version = await self.storage.write(self.key, data, if_match=got.version)
+        except CASConflict:
+            return False
+        except WriteOutcomeUnknown:
+            check = await self.storage.read(self.key)
+            if check is None or check.data != data:
+                return False
+            version = check.version
+        self.metrics["takeovers"] += 1
+        self._become_leader(state, version, data)
+        log.warning(
+            "broker %s took over %s (epoch %d -> %d)",
+            self.broker_id,
+            self.key,
+            old_epoch,
+            old_epoch + 1,
+        )
+        return True
+
+    def _become_leader(self, state: QueueState, version: str, data: bytes) -> None:
+        self.state = state
+        self.leader = state.leader
+        self._version = version
+        self.document = data
+        self._needs_reload = False
+        self._last_start = trio.current_time()
+        self._last_commit_wall = self.wall_clock()
+        self._waiting = []
+        self.role = Role.LEADER
+        self._became_leader.set()
+        self._became_leader = trio.Event()
+
+    async def _stand_by(self) -> None:
+        """Watch the document until we take over, the leader releases, or stop."""
+        cfg = self.config
+        last_version = self._observed_version
+        changed_at = trio.current_time()
+        while not self._stop_requested:
+            with trio.move_on_after(cfg.standby_poll_interval):
+                await self._wake_standby.wait()
+            self._wake_standby = trio.Event()
+            if self.stopping:
+                return
+            try:
+                version = await self.storage.version(self.key)
+                now = trio.current_time()
+                if version is None:
+                    await self._elect()
+                    if self.role is Role.LEADER:
+                        return
+                    continue
+                released = False
+                if version != last_version:
+                    last_version = version
+                    changed_at = now
+                    got = await self.storage.read(self.key)
+                    if got is not None:
+                        doc = self._decode(got.data)
+                        self.leader = doc.leader
+                        last_version = got.version
+                        released = doc.leader is None or doc.leader.released
+                self._observed_version = last_version
+                request, self._takeover_request = self._takeover_request, None
+                forced = request is not None and request[0] in (None, last_version)
+                stale = now - changed_at >= cfg.broker_heartbeat_timeout
+                if (released or forced or stale) and await self._take_over(last_version):
+                    return
+            except DocumentInvalid as exc:
+                self._fatal = exc
+                return
+            except StorageUnavailable as exc:
+                log.warning("standby %s cannot reach storage: %s", self.broker_id, exc)
+
+    # ----------------------------------------------------------- commit loop
+
+    async def _lead(self) -> None:
+        cfg = self.config
+        while self.role is Role.LEADER:
+            batch: list[_Pending] = []
+            with trio.move_on_at(self._next_wakeup()):
+                batch.append(await self._recv.receive())
+            self._answer_expired_waiters()
+            if not batch and not self._timer_due():
+                continue
+            start_at = self._last_start + cfg.group_commit_interval
+            if start_at > trio.current_time():
+                await trio.sleep_until(start_at)
+            while True:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            stop = False
+            if _STOP in batch:
+                stop = True
+                batch = [p for p in batch if p is not _STOP]
+            self._pending_count -= len(batch)
+            self._last_start = trio.current_time()
+            await self._commit(batch, release=stop)
+            if stop and self.role is Role.LEADER:
+                self.role = Role.STOPPED
+                self._fail_all(lambda: NotLeader("the broker stopped", leader=None))
+                return
+
+    def _next_wakeup(self) -> float:
+        cfg = self.config
+        wake = self._last_start + cfg.broker_heartbeat_interval
+        if self._waiting:
+            wake = min(wake, min(p.claim.deadline for p in self._waiting if p.claim))
+            state = self.state
+            if state is not None:
+                now_t = trio.current_time()
+                now_w = self.wall_clock()
+                for at in (state.next_delayed_at(), state.next_lease_expiry()):
+                    if at is not None:
+                        wake = min(wake, now_t + max(0, at - now_w) / 1000)
+        return wake
+
+    def _timer_due(self) -> bool:
+        now_t = trio.current_time()
+        if now_t >= self._last_start + self.config.broker_heartbeat_interval:
+            return True
+        if self._waiting and self.state is not None:
+            now_w = self.wall_clock()
+            for at in (self.state.next_delayed_at(), self.state.next_lease_expiry()):
+                if at is not None and at <= now_w:
+                    return True
+        return False
+
+    def _answer_expired_waiters(self) -> None:
+        now_t = trio.current_time()
+        keep: list[_Pending] = []
+        for pending in self._waiting:
+            assert pending.claim is not None
+            if pending.abandoned:
+                continue
+            if pending.claim.deadline <= now_t:
+                pending.answer([])
+            else:
+                keep.append(pending)
+        self._waiting = keep
+
+    async def _commit(self, batch: list[_Pending], *, release: bool = False) -> None:
+        """Apply ``batch``, write the document once, answer every caller."""
+        if self._needs_reload and not await self._reload(batch):
+            return
+        state = self.state
+        assert state is not None
+        assert state.leader is not None
+        started = trio.current_time()
+        now = self.wall_clock()
+        answered: list[_Pending] = []
+        newly_waiting: list[_Pending] = []
+        self._inflight = batch
+        try:
+            # leases that ran out go back first, so this batch's claims can take them
+            state.expire(now)
+            state.pop_due(now)
+            for pending in batch:
+                try:
+                    if pending.claim is not None:
+                        request = pending.claim
+                        jobs = state.claim(
+                            request.worker_id, now, types=request.types, max_jobs=request.max_jobs
+                        )
+                        if not jobs and request.deadline > started:
+                            newly_waiting.append(pending)
+                            continue
+                        pending.result = jobs
+                    else:
+                        assert pending.op is not None
+                        pending.result = pending.op(state, now)
+                except TrioqError as exc:
+                    pending.error = exc
+                answered.append(pending)
+            fulfilled = self._fulfil_waiters(state, now, newly_waiting)
+        except Exception as exc:
+            # a bug, not bad input: the state may be half-changed, so reload it
+            log.exception("mutation failed unexpectedly; reloading %s", self.key)
+            self._needs_reload = True
+            for pending in batch:
+                pending.answer(error=StorageUnavailable(f"internal error: {exc!r}"))
+            return
+        self._inflight = answered + fulfilled
+        state.seq += 1
+        state.leader.lease_at = now
+        state.leader.released = release
+        data = state.encode()
+        self.last_batch_size = len(batch)
+        outcome = await self._write(data, state.seq)
+        self.last_commit_seconds = trio.current_time() - started
+        if outcome is None:
+            self.document = data
+            self._last_commit_wall = now
+            self.metrics["commits"] += 1
+            self.metrics["mutations"] += len(batch)
+            for pending in answered + fulfilled:
+                pending.answer(pending.result, pending.error)
+            return
+        # not written: nothing in this batch happened
+        self.metrics["failedBatches"] += 1
+        self._waiting.extend(p for p in fulfilled if not p.abandoned)
+        for pending in answered:
+            if pending.error is not None and not isinstance(pending.error, NotLeader):
+                pending.answer(error=pending.error)  # rejected input changed nothing anyway
+            else:
+                pending.answer(error=outcome())
+        if self.role is not Role.LEADER:
+            self._fail_all(self.not_leader)
+
+    def _fulfil_waiters(
+        self, state: QueueState, now: int, newly_waiting: list[_Pending]
+    ) -> list[_Pending]:
+        fulfilled: list[_Pending] = []
+        still: list[_Pending] = []
+        for pending in self._waiting + newly_waiting:
+            if pending.abandoned:
+                continue
+            request = pending.claim
+            assert request is not None
+            jobs = (
+                state.claim(request.worker_id, now, types=request.types, max_jobs=request.max_jobs)
+                if state.unclaimed_count
+                else []
+            )
+            if jobs:
+                pending.result = jobs
+                fulfilled.append(pending)
+            else:
+                still.append(pending)
+        self._waiting = still
+        return fulfilled
+
+    async def _write(self, data: bytes, seq: int) -> Callable[[], TrioqError] | None:
+        """Write ``data`` over our version. None if it landed; else a factory of
+        the error to answer the batch with (and the engine's state is settled:
+        reloaded, marked for reload, or stepped down)."""
+        cfg = self.config
+        assert self._version is not None
+        last_error: StorageUnavailable | None = None
+        for attempt in range(cfg.write_retries):
+            try:
+                self._version = await self.storage.write(self.key, data, if_match=self._version)
+                return None
+            except CASConflict:
+                self.metrics["conflicts"] += 1
+                return await self._resolve(data, seq, ambiguous=False)
+            except WriteOutcomeUnknown as exc:
+                self.metrics["writeErrors"] += 1
+                last_error = exc
+                verdict = await self._resolve(data, seq, ambiguous=True)
+                if verdict is not _RETRY:
+                    return verdict
+            except StorageUnavailable as exc:
+                self.metrics["writeErrors"] += 1
+                last_error = exc
+            except BaseException:
+                # cancelled mid-write: we cannot know what is stored
+                self._needs_reload = True
+                raise
+            if attempt + 1 < cfg.write_retries:
+                await trio.sleep(cfg.write_retry_delay * 2**attempt)
+        self._needs_reload = True
+        error = last_error
+        log.warning("commit %d failed: %s", seq, error)
+        return lambda: StorageUnavailable(f"the commit could not be written: {error}")
+
+    async def _resolve(
+        self, data: bytes, seq: int, *, ambiguous: bool
+    ) -> Callable[[], TrioqError] | None:
+        """After a conflict or an unknown outcome: read what is stored and decide.
+
+        Returns None (our write landed), ``_RETRY`` (an unknown-outcome write that
+        did not land; safe to write again), or an error factory.
+        """
+        try:
+            got = await self.storage.read(self.key)
+        except StorageUnavailable as exc:
+            self._needs_reload = True
+            reason = f"commit outcome unknown: {exc}"
+            return lambda: StorageUnavailable(reason)
+        if got is None:
+            self._needs_reload = True
+            log.error("%s vanished from %s", self.key, self.storage.describe())
+            return lambda: StorageUnavailable(f"{self.key} vanished")
+        if got.data == data:
+            self._version = got.version
+            return None
+        try:
+            stored = self._decode(got.data)
+        except DocumentInvalid as exc:
+            self._fatal = exc
+            self._step_down(None)
+            return self.not_leader
+        mine = self.state.leader if self.state is not None else None
+        theirs = stored.leader
+        if (
+            mine is None
+            or theirs is None
+            or theirs.epoch != mine.epoch
+            or theirs.broker_id != mine.broker_id
+        ):
+            self._step_down(theirs)
+            return self.not_leader
+        if ambiguous and got.version == self._version:
+            return _RETRY
+        # our own earlier write landed after all: adopt what is stored
+        log.warning("adopting stored %s at seq %d (ours was %d)", self.key, stored.seq, seq)
+        self.state = stored
+        self._version = got.version
+        self.document = got.data
+        return lambda: StorageUnavailable("commit raced with an earlier write; retry")
+
+    async def _reload(self, batch: list[_Pending]) -> bool:
+        """Re-read the document before a commit; False if the batch was answered."""
+        try:
+            got = await self.storage.read(self.key)
+            if got is None:
+                raise StorageUnavailable(f"{self.key} vanished from {self.storage.describe()}")
+            stored = self._decode(got.data)
+        except StorageUnavailable as exc:
+            for pending in batch:
+                pending.answer(error=StorageUnavailable(f"cannot reload the queue: {exc}"))
+            return False
+        except DocumentInvalid as exc:
+            self._fatal = exc
+            self._step_down(None)
+            for pending in batch:
+                pending.answer(error=self.not_leader())
+            return False
+        theirs = stored.leader
+        if theirs is None or theirs.broker_id != self.broker_id or theirs.epoch != self.epoch:
+            self._step_down(theirs)
+            for pending in batch:
+                pending.answer(error=self.not_leader())
+            return False
+        self.state = stored
+        self._version = got.version
+        self.document = got.data
+        self._needs_reload = False
+        return True
+
+    def _step_down(self, leader: LeaderInfo | None) -> None:
+        if self.role is not Role.LEADER:
+            return
+        self.metrics["stepDowns"] += 1
+        log.warning(
+            "broker %s lost leadership of %s to %s",
+            self.broker_id,
+            self.key,
+            None if leader is None else (leader.url or leader.broker_id),
+        )
+        self.leader = leader
+        self.role = Role.STANDBY
+        self._observed_version = None
+        self._fail_all(self.not_leader)
+
+    def _fail_all(self, error: Callable[[], TrioqError]) -> None:
+        """Answer every waiting claim and every queued mutation with ``error()``."""
+        for pending in self._inflight:
+            pending.answer(error=error())
+        self._inflight = []
+        for pending in self._waiting:
+            pending.answer(error=error())
+        self._waiting = []
+        while True:
+            try:
+                pending = self._recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if pending is not _STOP:
+                self._pending_count -= 1
+                pending.answer(error=error())
+
+    async def _final_commit(self) -> None:
+        """At stop (or cancellation): commit what is pending and release the lease."""
+        batch: list[_Pending] = []
+        while True:
+            try:
+                pending = self._recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if pending is not _STOP:
+                batch.append(pending)
+        self._pending_count -= len(batch)
+        for pending in self._waiting:
+            pending.answer([])
+        self._waiting = []
+        self.role = Role.STOPPED
+        await self._commit(batch, release=True)
+        log.info("broker %s released its lease on %s", self.broker_id, self.key)
+
+
+def _retry_marker() -> TrioqError:
+    raise AssertionError("_RETRY is a marker, never answered")
+
+
+_RETRY: Callable[[], TrioqError] = _retry_marker

@@ -1,0 +1,218 @@
+"""Job records as they live in memory and in queue.json.
+
+Each record caches its own JSON encoding. A commit re-encodes only the records a
+mutation touched (they drop their cache) and splices the cached bytes of the rest
+into the document, so serializing a deep queue costs little more than a byte join.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+JobStatus = Literal["unclaimed", "in_progress"]
+FinishedOutcome = Literal["completed", "cancelled"]
+DeadReason = Literal["exhausted", "final", "expired"]
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+"""Valid job ids: 1-128 characters of ``A-Z a-z 0-9 . _ : -``."""
+
+TYPE_PATTERN = re.compile(r"[^\x00-\x1f]{1,128}")
+"""Valid job types: 1-128 printable characters."""
+
+DEFAULT_TYPE = "default"
+
+
+def valid_id(value: object) -> bool:
+    """Whether ``value`` is a valid job id."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def valid_type(value: object) -> bool:
+    """Whether ``value`` is a valid job type."""
+    return isinstance(value, str) and TYPE_PATTERN.fullmatch(value) is not None
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A queued or in-progress job."""
+
+    id: str
+    type: str
+    payload: Any
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    created_at: int
+    ready_at: int
+    order: int
+    worker_id: str | None = None
+    heartbeat_at: int | None = None
+    last_error: str | None = None
+    cancel_requested: bool = False
+    # Bumped each time the job enters the ready queue; stale heap entries carry an
+    # older ticket and are skipped.
+    ticket: int = 0
+    # Bytes this job counts against the document-size cap, fixed when it enters.
+    size: int = 0
+    encoded: bytes | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "payload": self.payload,
+            "status": self.status,
+            "attempts": self.attempts,
+            "maxAttempts": self.max_attempts,
+            "createdAt": self.created_at,
+            "readyAt": self.ready_at,
+            "order": self.order,
+            "workerId": self.worker_id,
+            "heartbeatAt": self.heartbeat_at,
+            "lastError": self.last_error,
+            "cancelRequested": self.cancel_requested,
+        }
+
+    def encode(self) -> bytes:
+        if self.encoded is None:
+            self.encoded = orjson.dumps(self.to_json())
+        return self.encoded
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Job:
+        status = raw["status"]
+        if status not in ("unclaimed", "in_progress"):
+            raise ValueError(f"unknown job status {status!r}")
+        return cls(
+            id=_str(raw["id"]),
+            type=_str(raw["type"]),
+            payload=raw["payload"],
+            status=status,
+            attempts=_int(raw["attempts"]),
+            max_attempts=_int(raw["maxAttempts"]),
+            created_at=_int(raw["createdAt"]),
+            ready_at=_int(raw["readyAt"]),
+            order=_int(raw["order"]),
+            worker_id=_opt_str(raw.get("workerId")),
+            heartbeat_at=_opt_int(raw.get("heartbeatAt")),
+            last_error=_opt_str(raw.get("lastError")),
+            cancel_requested=bool(raw.get("cancelRequested", False)),
+        )
+
+
+@dataclass(slots=True, eq=False)
+class DeadJob:
+    """A job that will not run again unless requeued: attempts exhausted, failed
+    with ``final``, or its last lease expired with no attempts left."""
+
+    id: str
+    type: str
+    payload: Any
+    attempts: int
+    max_attempts: int
+    created_at: int
+    died_at: int
+    reason: DeadReason
+    last_error: str | None
+    encoded: bytes | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "payload": self.payload,
+            "attempts": self.attempts,
+            "maxAttempts": self.max_attempts,
+            "createdAt": self.created_at,
+            "diedAt": self.died_at,
+            "reason": self.reason,
+            "lastError": self.last_error,
+        }
+
+    def encode(self) -> bytes:
+        if self.encoded is None:
+            self.encoded = orjson.dumps(self.to_json())
+        return self.encoded
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> DeadJob:
+        reason = raw["reason"]
+        if reason not in ("exhausted", "final", "expired"):
+            raise ValueError(f"unknown dead-letter reason {reason!r}")
+        return cls(
+            id=_str(raw["id"]),
+            type=_str(raw["type"]),
+            payload=raw["payload"],
+            attempts=_int(raw["attempts"]),
+            max_attempts=_int(raw["maxAttempts"]),
+            created_at=_int(raw["createdAt"]),
+            died_at=_int(raw["diedAt"]),
+            reason=reason,
+            last_error=_opt_str(raw.get("lastError")),
+        )
+
+
+@dataclass(slots=True, eq=False)
+class FinishedJob:
+    """A finished job kept for the dedup window: its id, outcome and a summary."""
+
+    id: str
+    type: str
+    outcome: FinishedOutcome
+    attempts: int
+    created_at: int
+    finished_at: int
+    encoded: bytes | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "outcome": self.outcome,
+            "attempts": self.attempts,
+            "createdAt": self.created_at,
+            "finishedAt": self.finished_at,
+        }
+
+    def encode(self) -> bytes:
+        if self.encoded is None:
+            self.encoded = orjson.dumps(self.to_json())
+        return self.encoded
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> FinishedJob:
+        outcome = raw["outcome"]
+        if outcome not in ("completed", "cancelled"):
+            raise ValueError(f"unknown outcome {outcome!r}")
+        return cls(
+            id=_str(raw["id"]),
+            type=_str(raw["type"]),
+            outcome=outcome,
+            attempts=_int(raw["attempts"]),
+            created_at=_int(raw["createdAt"]),
+            finished_at=_int(raw["finishedAt"]),
+        )
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)

@@ -1,0 +1,719 @@
+"""The queue's in-memory model, its mutations, and the queue.json codec.
+
+Every mutation costs O(1) or O(log n) in the queue depth:
+
+- jobs live in a dict by id (insertion order = document order);
+- jobs ready to claim sit in heaps keyed by (ready time, enqueue order), one for all
+  types and one per type, with lazy deletion (a heap entry carries the job's
+  ``ticket`` at the time it was queued and is skipped once the ticket moved on);
+- in-progress jobs sit in an ordered dict in heartbeat order, so lease expiry pops
+  from the front (every lease has the same length);
+- dead and finished jobs sit in ordered dicts in the order they got there, so the
+  bounds drop the oldest from the front.
+
+A mutation validates everything before it changes anything: a rejected mutation
+(any :class:`~trioq.TrioqError`) leaves the state as it was.
+
+Times are integers: milliseconds since the Unix epoch, from the injected clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ._errors import (
+    BrokerProtocolError,
+    DocumentInvalid,
+    JobNotFound,
+    LeaseLost,
+    PayloadTooLarge,
+    QueueFull,
+)
+from ._jobs import (
+    DEFAULT_TYPE,
+    DeadJob,
+    DeadReason,
+    FinishedJob,
+    Job,
+    valid_id,
+    valid_type,
+)
+
+log = logging.getLogger("trioq.state")
+
+FORMAT = "trioq.queue"
+FORMAT_VERSION = 1
+
+_HeapEntry = tuple[int, int, int, str]  # (ready_at, order, ticket, job id)
+
+
+@dataclass(slots=True)
+class Limits:
+    """Bounds and timings the model enforces (milliseconds where it says ms)."""
+
+    job_lease_ms: int = 30_000
+    """How long a claimed job stays leased without a heartbeat."""
+    max_queued: int = 100_000
+    """Cap on jobs in the queue (unclaimed + in progress)."""
+    max_document_bytes: int = 256 * 1024 * 1024
+    """Cap on the approximate encoded size of the jobs in the document."""
+    max_payload_bytes: int = 1024 * 1024
+    """Cap on one job's encoded payload."""
+    default_max_attempts: int = 3
+    max_attempts_limit: int = 1000
+    dead_letter_cap: int = 10_000
+    dedup_window_ms: int = 86_400_000
+    dedup_cap: int = 100_000
+    retry_base_ms: int = 1000
+    retry_max_ms: int = 300_000
+    retry_jitter: float = 0.2
+    """Retry delays vary by up to this fraction either way."""
+
+
+@dataclass(slots=True)
+class LeaderInfo:
+    """Who leads, as written in the document."""
+
+    broker_id: str
+    url: str
+    epoch: int
+    lease_at: int
+    released: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "brokerId": self.broker_id,
+            "url": self.url,
+            "epoch": self.epoch,
+            "leaseAt": self.lease_at,
+            "released": self.released,
+        }
+
+
+@dataclass(slots=True)
+class NewJob:
+    """One job to enqueue."""
+
+    payload: Any
+    type: str = DEFAULT_TYPE
+    id: str | None = None
+    max_attempts: int | None = None
+    delay_ms: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class EnqueueResult:
+    id: str
+    duplicate: bool
+
+
+@dataclass(slots=True, frozen=True)
+class ClaimedJob:
+    """A job handed to a worker, with the attempt and lease it holds."""
+
+    id: str
+    type: str
+    payload: Any
+    attempt: int
+    lease_ms: int
+
+
+COUNTER_NAMES = (
+    "enqueued",
+    "completed",
+    "failed",
+    "dead",
+    "deadDropped",
+    "expired",
+    "cancelled",
+    "requeued",
+)
+
+
+@dataclass(slots=True)
+class QueueState:
+    """The whole queue: document header, jobs, dead letters, finished ids, counters."""
+
+    limits: Limits = field(default_factory=Limits)
+    seq: int = 0
+    leader: LeaderInfo | None = None
+    next_order: int = 1
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
+    jobs: dict[str, Job] = field(default_factory=dict)
+    dead: OrderedDict[str, DeadJob] = field(default_factory=OrderedDict)
+    finished: OrderedDict[str, FinishedJob] = field(default_factory=OrderedDict)
+    rng: random.Random = field(default_factory=random.Random)
+    # indexes
+    _ready: list[_HeapEntry] = field(default_factory=list)
+    _ready_by_type: dict[str, list[_HeapEntry]] = field(default_factory=dict)
+    _leases: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # jobs queued with a ready time in the future, to wake waiting claims on time
+    _delayed: list[_HeapEntry] = field(default_factory=list)
+    _heap_entries: int = 0
+    unclaimed_count: int = 0
+    _job_bytes: int = 0
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def in_progress_count(self) -> int:
+        return len(self._leases)
+
+    @property
+    def approx_bytes(self) -> int:
+        """Approximate encoded size of the queued jobs."""
+        return self._job_bytes
+
+    def stats(self) -> dict[str, int]:
+        """osqueue's stats fields (without ``brokerAddress``)."""
+        return {
+            "total": len(self.jobs),
+            "unclaimed": self.unclaimed_count,
+            "inProgress": self.in_progress_count,
+            "completedTotal": self.counters["completed"],
+        }
+
+    def lookup(self, job_id: str) -> Job | DeadJob | FinishedJob | None:
+        return self.jobs.get(job_id) or self.dead.get(job_id) or self.finished.get(job_id)
+
+    def knows(self, job_id: str) -> bool:
+        return job_id in self.jobs or job_id in self.dead or job_id in self.finished
+
+    def next_ready_at(self) -> int | None:
+        """When the earliest unclaimed job becomes (or became) claimable."""
+        head = self._valid_head(self._ready)
+        return None if head is None else head[0]
+
+    def next_delayed_at(self) -> int | None:
+        """The earliest future ready time among queued jobs (delays and retries)
+        that has not yet been passed by :meth:`pop_due`."""
+        head = self._valid_head(self._delayed)
+        return None if head is None else head[0]
+
+    def pop_due(self, now: int) -> int:
+        """Forget delayed entries whose time has come; returns how many became ready."""
+        count = 0
+        while (head := self._valid_head(self._delayed)) is not None and head[0] <= now:
+            heapq.heappop(self._delayed)
+            self._heap_entries -= 1
+            count += 1
+        return count
+
+    def next_lease_expiry(self) -> int | None:
+        for job_id in self._leases:
+            hb = self.jobs[job_id].heartbeat_at
+            assert hb is not None
+            return hb + self.limits.job_lease_ms
+        return None
+
+    # -------------------------------------------------------------- mutations
+
+    def enqueue(self, items: Sequence[NewJob], now: int) -> list[EnqueueResult]:
+        """Enqueue a batch, validated as a whole: one bad item rejects them all."""
+        limits = self.limits
+        prepared: list[tuple[NewJob, str, bytes]] = []
+        seen: set[str] = set()
+        results: list[EnqueueResult] = []
+        new_bytes = 0
+        for index, item in enumerate(items):
+            where = f"jobs[{index}]" if len(items) > 1 else "job"
+            if item.id is not None and not valid_id(item.id):
+                raise BrokerProtocolError(
+                    f"{where}: id must be 1-128 characters of A-Z a-z 0-9 . _ : - (got {item.id!r})"
+                )
+            if not valid_type(item.type):
+                raise BrokerProtocolError(f"{where}: type must be 1-128 printable characters")
+            max_attempts = item.max_attempts
+            if max_attempts is not None and not (
+                isinstance(max_attempts, int)
+                and not isinstance(max_attempts, bool)
+                and 1 <= max_attempts <= limits.max_attempts_limit
+            ):
+                raise BrokerProtocolError(
+                    f"{where}: maxAttempts must be an integer from 1 to {limits.max_attempts_limit}"
+                )
+            if not isinstance(item.delay_ms, int) or item.delay_ms < 0:
+                raise BrokerProtocolError(f"{where}: delayMs must be a non-negative integer")
+            try:
+                encoded_payload = orjson.dumps(item.payload)
+            except TypeError as exc:
+                raise BrokerProtocolError(f"{where}: payload is not JSON: {exc}") from exc
+            if len(encoded_payload) > limits.max_payload_bytes:
+                raise PayloadTooLarge(
+                    f"{where}: payload is {len(encoded_payload)} bytes, "
+                    f"over the limit of {limits.max_payload_bytes}"
+                )
+            job_id = item.id if item.id is not None else _new_id(self.rng)
+            if job_id in seen or self.knows(job_id):
+                results.append(EnqueueResult(job_id, True))
+                continue
+            seen.add(job_id)
+            results.append(EnqueueResult(job_id, False))
+            prepared.append((item, job_id, encoded_payload))
+            new_bytes += len(encoded_payload) + 256
+        if len(self.jobs) + len(prepared) > limits.max_queued:
+            raise QueueFull(
+                f"the queue holds {len(self.jobs)} jobs; {len(prepared)} more would pass "
+                f"the limit of {limits.max_queued}"
+            )
+        if self._job_bytes + new_bytes > limits.max_document_bytes:
+            raise QueueFull(
+                f"the queue document would grow past its limit of {limits.max_document_bytes} bytes"
+            )
+        for item, job_id, _ in prepared:
+            job = Job(
+                id=job_id,
+                type=item.type,
+                payload=item.payload,
+                status="unclaimed",
+                attempts=0,
+                max_attempts=item.max_attempts or limits.default_max_attempts,
+                created_at=now,
+                ready_at=now + item.delay_ms,
+                order=self.next_order,
+            )
+            self.next_order += 1
+            self._add(job)
+            self.counters["enqueued"] += 1
+        return results
+
+    def claim(
+        self,
+        worker_id: str,
+        now: int,
+        *,
+        types: Sequence[str] | None = None,
+        max_jobs: int = 1,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``max_jobs`` ready jobs in (ready time, enqueue order)."""
+        if not isinstance(worker_id, str) or not worker_id:
+            raise BrokerProtocolError("workerId must be a non-empty string")
+        if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+            raise BrokerProtocolError("max must be a positive integer")
+        claimed: list[ClaimedJob] = []
+        heaps: list[list[_HeapEntry]]
+        if types is None:
+            heaps = [self._ready]
+        else:
+            heaps = [h for t in dict.fromkeys(types) if (h := self._ready_by_type.get(t))]
+        while len(claimed) < max_jobs:
+            best: list[_HeapEntry] | None = None
+            best_head: _HeapEntry | None = None
+            for heap in heaps:
+                head = self._valid_head(heap)
+                if head is not None and head[0] <= now and (best_head is None or head < best_head):
+                    best, best_head = heap, head
+            if best is None or best_head is None:
+                break
+            heapq.heappop(best)
+            self._heap_entries -= 1
+            job = self.jobs[best_head[3]]
+            self._mark_claimed(job, worker_id, now)
+            claimed.append(
+                ClaimedJob(job.id, job.type, job.payload, job.attempts, self.limits.job_lease_ms)
+            )
+        return claimed
+
+    def heartbeat(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
+        """Renew a lease. A cancelled job answers LeaseLost and is finished here."""
+        job = self._held(job_id, worker_id, attempt)
+        if job.cancel_requested:
+            self._finish(job, "cancelled", now)
+            self.counters["cancelled"] += 1
+            raise LeaseLost(f"job {job_id!r} was cancelled")
+        job.heartbeat_at = now
+        job.encoded = None
+        self._leases.move_to_end(job_id)
+
+    def complete(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
+        job = self._held(job_id, worker_id, attempt)
+        if job.cancel_requested:
+            self._finish(job, "cancelled", now)
+            self.counters["cancelled"] += 1
+            raise LeaseLost(f"job {job_id!r} was cancelled")
+        self._finish(job, "completed", now)
+        self.counters["completed"] += 1
+
+    def fail(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: int,
+        *,
+        error: str,
+        attempt: int | None = None,
+        retry_in_ms: int | None = None,
+        final: bool = False,
+    ) -> str:
+        """Record a failed attempt; returns ``"retrying"`` or ``"dead"``."""
+        if retry_in_ms is not None and (not isinstance(retry_in_ms, int) or retry_in_ms < 0):
+            raise BrokerProtocolError("retryInMs must be a non-negative integer")
+        job = self._held(job_id, worker_id, attempt)
+        if job.cancel_requested:
+            self._finish(job, "cancelled", now)
+            self.counters["cancelled"] += 1
+            raise LeaseLost(f"job {job_id!r} was cancelled")
+        self.counters["failed"] += 1
+        job.last_error = error
+        if final or job.attempts >= job.max_attempts:
+            self._kill(job, "final" if final else "exhausted", now)
+            return "dead"
+        delay = retry_in_ms if retry_in_ms is not None else self.backoff_ms(job.attempts)
+        self._requeue(job, now + delay)
+        return "retrying"
+
+    def release(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
+        """Give a job back at once without counting the attempt (graceful shutdown)."""
+        job = self._held(job_id, worker_id, attempt)
+        job.attempts -= 1
+        if job.cancel_requested:
+            self._finish(job, "cancelled", now)
+            self.counters["cancelled"] += 1
+            return
+        # back to where it stood: its old ready time keeps its place in line
+        self._requeue(job, job.ready_at)
+
+    def cancel(self, job_id: str, now: int) -> str:
+        """Cancel a job; returns its status afterwards.
+
+        A queued job is finished as ``cancelled`` at once; an in-progress job is
+        marked, and its worker's next heartbeat (or complete/fail) gets LeaseLost;
+        a dead job leaves the dead-letter list as cancelled; a finished job stays
+        as it is.
+        """
+        job = self.jobs.get(job_id)
+        if job is not None:
+            if job.status == "unclaimed":
+                self._finish(job, "cancelled", now)
+                self.counters["cancelled"] += 1
+                return "cancelled"
+            job.cancel_requested = True
+            job.encoded = None
+            return "cancelling"
+        dead = self.dead.get(job_id)
+        if dead is not None:
+            del self.dead[job_id]
+            self._remember(
+                FinishedJob(dead.id, dead.type, "cancelled", dead.attempts, dead.created_at, now)
+            )
+            self.counters["cancelled"] += 1
+            return "cancelled"
+        finished = self.finished.get(job_id)
+        if finished is not None:
+            return finished.outcome
+        raise JobNotFound(f"no job {job_id!r}")
+
+    def requeue_dead(self, job_id: str, now: int) -> None:
+        """Move a dead job back to the end of the queue with its attempts reset."""
+        dead = self.dead.get(job_id)
+        if dead is None:
+            if self.knows(job_id):
+                raise BrokerProtocolError(f"job {job_id!r} is not in the dead-letter list")
+            raise JobNotFound(f"no job {job_id!r}")
+        if len(self.jobs) + 1 > self.limits.max_queued:
+            raise QueueFull(f"the queue holds {len(self.jobs)} jobs, its limit")
+        del self.dead[job_id]
+        job = Job(
+            id=dead.id,
+            type=dead.type,
+            payload=dead.payload,
+            status="unclaimed",
+            attempts=0,
+            max_attempts=dead.max_attempts,
+            created_at=dead.created_at,
+            ready_at=now,
+            order=self.next_order,
+            last_error=dead.last_error,
+        )
+        self.next_order += 1
+        self._add(job)
+        self.counters["requeued"] += 1
+
+    def expire(self, now: int) -> list[str]:
+        """Return expired leases to the queue (or the dead letters); trim the
+        dedup window. Returns the ids whose lease expired."""
+        expired: list[str] = []
+        deadline = now - self.limits.job_lease_ms
+        while self._leases:
+            job_id = next(iter(self._leases))
+            job = self.jobs[job_id]
+            assert job.heartbeat_at is not None
+            if job.heartbeat_at > deadline:
+                break
+            expired.append(job_id)
+            self.counters["expired"] += 1
+            if job.cancel_requested:
+                self._finish(job, "cancelled", now)
+                self.counters["cancelled"] += 1
+            elif job.attempts >= job.max_attempts:
+                job.last_error = job.last_error or "lease expired"
+                self._kill(job, "expired", now)
+            else:
+                job.last_error = "lease expired"
+                self._requeue(job, now)
+        horizon = now - self.limits.dedup_window_ms
+        while self.finished:
+            first = next(iter(self.finished.values()))
+            if first.finished_at > horizon and len(self.finished) <= self.limits.dedup_cap:
+                break
+            self.finished.popitem(last=False)
+        return expired
+
+    def renew_all_leases(self, now: int) -> None:
+        """Restart every in-progress lease at ``now`` (after a takeover, so that no
+        lease expires because of another host's clock or the failover gap)."""
+        for job_id in self._leases:
+            job = self.jobs[job_id]
+            job.heartbeat_at = now
+            job.encoded = None
+
+    def backoff_ms(self, attempts: int) -> int:
+        """Retry delay after the ``attempts``-th failed attempt: exponential, jittered."""
+        limits = self.limits
+        base = min(limits.retry_max_ms, limits.retry_base_ms << min(30, max(0, attempts - 1)))
+        jitter = 1.0 + self.rng.uniform(-limits.retry_jitter, limits.retry_jitter)
+        return max(0, round(base * jitter))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _held(self, job_id: str, worker_id: str, attempt: int | None) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            if self.knows(job_id):
+                raise LeaseLost(f"job {job_id!r} is no longer in progress")
+            raise JobNotFound(f"no job {job_id!r}")
+        if job.status != "in_progress" or job.worker_id != worker_id:
+            raise LeaseLost(f"job {job_id!r} is not held by worker {worker_id!r}")
+        if attempt is not None and attempt != job.attempts:
+            raise LeaseLost(
+                f"job {job_id!r} is at attempt {job.attempts}, not {attempt} (lease lost)"
+            )
+        return job
+
+    def _add(self, job: Job) -> None:
+        job.size = len(job.encode())
+        self._job_bytes += job.size
+        self.jobs[job.id] = job
+        self._push_ready(job)
+
+    def _push_ready(self, job: Job) -> None:
+        job.ticket += 1
+        entry = (job.ready_at, job.order, job.ticket, job.id)
+        heapq.heappush(self._ready, entry)
+        heapq.heappush(self._ready_by_type.setdefault(job.type, []), entry)
+        heapq.heappush(self._delayed, entry)
+        self._heap_entries += 3
+        self.unclaimed_count += 1
+        if self._heap_entries > 6 * self.unclaimed_count + 4096:
+            self._rebuild_heaps()
+
+    def _valid_head(self, heap: list[_HeapEntry]) -> _HeapEntry | None:
+        jobs = self.jobs
+        while heap:
+            head = heap[0]
+            job = jobs.get(head[3])
+            if job is not None and job.status == "unclaimed" and job.ticket == head[2]:
+                return head
+            heapq.heappop(heap)
+            self._heap_entries -= 1
+        return None
+
+    def _rebuild_heaps(self) -> None:
+        """Drop stale heap entries (O(n), amortized over the pushes that made them)."""
+        ready: list[_HeapEntry] = []
+        by_type: dict[str, list[_HeapEntry]] = {}
+        for job in self.jobs.values():
+            if job.status == "unclaimed":
+                entry = (job.ready_at, job.order, job.ticket, job.id)
+                ready.append(entry)
+                by_type.setdefault(job.type, []).append(entry)
+        delayed = [e for e in self._delayed if self._is_valid(e)]
+        heapq.heapify(ready)
+        heapq.heapify(delayed)
+        for heap in by_type.values():
+            heapq.heapify(heap)
+        self._ready, self._ready_by_type, self._delayed = ready, by_type, delayed
+        self._heap_entries = 2 * len(ready) + len(delayed)
+
+    def _is_valid(self, entry: _HeapEntry) -> bool:
+        job = self.jobs.get(entry[3])
+        return job is not None and job.status == "unclaimed" and job.ticket == entry[2]
+
+    def _mark_claimed(self, job: Job, worker_id: str, now: int) -> None:
+        job.status = "in_progress"
+        job.attempts += 1
+        job.worker_id = worker_id
+        job.heartbeat_at = now
+        job.encoded = None
+        self.unclaimed_count -= 1
+        self._leases[job.id] = None
+
+    def _leave_queue(self, job: Job) -> None:
+        del self.jobs[job.id]
+        self._job_bytes -= job.size
+        if job.status == "unclaimed":
+            self.unclaimed_count -= 1
+        else:
+            del self._leases[job.id]
+
+    def _requeue(self, job: Job, ready_at: int) -> None:
+        del self._leases[job.id]
+        job.status = "unclaimed"
+        job.worker_id = None
+        job.heartbeat_at = None
+        job.ready_at = ready_at
+        job.encoded = None
+        self._push_ready(job)
+
+    def _finish(self, job: Job, outcome: str, now: int) -> None:
+        self._leave_queue(job)
+        assert outcome in ("completed", "cancelled")
+        self._remember(
+            FinishedJob(
+                job.id,
+                job.type,
+                "completed" if outcome == "completed" else "cancelled",
+                job.attempts,
+                job.created_at,
+                now,
+            )
+        )
+
+    def _remember(self, record: FinishedJob) -> None:
+        self.finished[record.id] = record
+        if len(self.finished) > self.limits.dedup_cap:
+            self.finished.popitem(last=False)
+
+    def _kill(self, job: Job, reason: DeadReason, now: int) -> None:
+        self._leave_queue(job)
+        self.dead[job.id] = DeadJob(
+            id=job.id,
+            type=job.type,
+            payload=job.payload,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            created_at=job.created_at,
+            died_at=now,
+            reason=reason,
+            last_error=job.last_error,
+        )
+        self.counters["dead"] += 1
+        while len(self.dead) > self.limits.dead_letter_cap:
+            dropped_id, dropped = self.dead.popitem(last=False)
+            self.counters["deadDropped"] += 1
+            log.warning(
+                "dead-letter list full (%d): dropped the oldest entry %r (type %r, error %r)",
+                self.limits.dead_letter_cap,
+                dropped_id,
+                dropped.type,
+                dropped.last_error,
+            )
+
+    # ------------------------------------------------------------------ codec
+
+    def encode(self) -> bytes:
+        """The whole document, deterministically: the same state gives the same bytes."""
+        header = {
+            "format": FORMAT,
+            "formatVersion": FORMAT_VERSION,
+            "seq": self.seq,
+            "leader": None if self.leader is None else self.leader.to_json(),
+            "nextOrder": self.next_order,
+            "counters": self.counters,
+            "jobs": orjson.Fragment(_join(j.encode() for j in self.jobs.values())),
+            "dead": orjson.Fragment(_join(d.encode() for d in self.dead.values())),
+            "finished": orjson.Fragment(_join(f.encode() for f in self.finished.values())),
+        }
+        return orjson.dumps(header)
+
+    @classmethod
+    def decode(
+        cls,
+        data: bytes,
+        *,
+        limits: Limits | None = None,
+        rng: random.Random | None = None,
+        name: str = "queue.json",
+    ) -> QueueState:
+        """Parse a stored document; :class:`DocumentInvalid` if it is not one we know."""
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise DocumentInvalid(f"{name} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise DocumentInvalid(f"{name} is not a trioq queue document (no format {FORMAT!r})")
+        version = raw.get("formatVersion")
+        if version != FORMAT_VERSION:
+            raise DocumentInvalid(
+                f"{name} has format version {version!r}; this trioq reads version "
+                f"{FORMAT_VERSION} only and will not overwrite it"
+            )
+        try:
+            state = cls(limits=limits or Limits(), rng=rng or random.Random())
+            state.seq = _nonneg(raw["seq"])
+            leader = raw.get("leader")
+            if leader is not None:
+                state.leader = LeaderInfo(
+                    broker_id=str(leader["brokerId"]),
+                    url=str(leader["url"]),
+                    epoch=_nonneg(leader["epoch"]),
+                    lease_at=_nonneg(leader["leaseAt"]),
+                    released=bool(leader.get("released", False)),
+                )
+            state.next_order = _nonneg(raw["nextOrder"])
+            counters = raw["counters"]
+            for name_ in COUNTER_NAMES:
+                state.counters[name_] = _nonneg(counters.get(name_, 0))
+            leases: list[Job] = []
+            for item in raw["jobs"]:
+                job = Job.from_json(item)
+                if job.id in state.jobs:
+                    raise ValueError(f"job {job.id!r} appears twice")
+                state.jobs[job.id] = job
+                job.size = len(job.encode())
+                state._job_bytes += job.size
+                if job.status == "unclaimed":
+                    state.unclaimed_count += 1
+                    job.ticket = 1
+                    state._delayed.append((job.ready_at, job.order, 1, job.id))
+                else:
+                    if job.heartbeat_at is None or job.worker_id is None:
+                        raise ValueError(f"in-progress job {job.id!r} has no worker/heartbeat")
+                    leases.append(job)
+            leases.sort(key=lambda j: (j.heartbeat_at, j.order))
+            state._leases = OrderedDict.fromkeys(j.id for j in leases)
+            for item in raw["dead"]:
+                dead = DeadJob.from_json(item)
+                state.dead[dead.id] = dead
+            for item in raw["finished"]:
+                fin = FinishedJob.from_json(item)
+                state.finished[fin.id] = fin
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DocumentInvalid(f"{name} is damaged: {exc!r}") from exc
+        state._rebuild_heaps()
+        return state
+
+    def iter_jobs(self) -> Iterator[Job]:
+        return iter(self.jobs.values())
+
+
+def _join(parts: Iterator[bytes]) -> bytes:
+    return b"[" + b",".join(parts) + b"]"
+
+
+def _nonneg(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _new_id(rng: random.Random) -> str:
+    return f"{rng.getrandbits(128):032x}"
