@@ -18,6 +18,7 @@ from ._errors import TrioqError as TrioqError
 from ._errors import Unauthorized as Unauthorized
 from ._errors import WriteOutcomeUnknown as WriteOutcomeUnknown
 from ._faulty_storage import FaultyStorage as FaultyStorage
+from ._file_storage import FileStorage as FileStorage
 from ._memory_storage import MemoryStorage as MemoryStorage
 from ._storage import Storage as Storage
 from ._storage import Versioned as Versioned

@@ -21,6 +21,7 @@ status the broker answers with.
     ├── LeaseLost                   job not held by this worker / attempt
     ├── PayloadTooLarge             request or payload over its limit
     ├── NotLeader                   this broker does not lead (``leader`` says who)
+    ├── BrokerUnreachable           no broker answered (client side)
     └── QueueFull                   queued-job or document-size cap reached
 """
 
@@ -147,6 +148,13 @@ class NotLeader(TrioqError):
 
     def to_body(self) -> dict[str, object]:
         return {"_tag": self.tag, "message": self.message, "leader": self.leader}
+
+
+class BrokerUnreachable(TrioqError):
+    """No broker could be reached before the client's retry deadline."""
+
+    tag = "BrokerUnreachable"
+    status = 503
 
 
 class QueueFull(TrioqError):
