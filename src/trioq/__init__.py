@@ -20,6 +20,7 @@ from ._errors import WriteOutcomeUnknown as WriteOutcomeUnknown
 from ._faulty_storage import FaultyStorage as FaultyStorage
 from ._file_storage import FileStorage as FileStorage
 from ._memory_storage import MemoryStorage as MemoryStorage
+from ._s3_storage import S3Storage as S3Storage
 from ._storage import Storage as Storage
 from ._storage import Versioned as Versioned
 from ._throttled_storage import ThrottledStorage as ThrottledStorage
