@@ -47,3 +47,9 @@ class EngineConfig:
             )
         if self.standby_poll_interval <= 0:
             raise ValueError("standby poll interval must be > 0")
+        if self.write_retries < 1:
+            raise ValueError("write retries must be >= 1 (the first attempt counts)")
+        if self.write_retry_delay < 0 or self.shutdown_timeout < 0:
+            raise ValueError("write retry delay and shutdown timeout must be >= 0")
+        if self.max_pending < 1:
+            raise ValueError("max pending must be >= 1")

@@ -153,12 +153,13 @@ class Engine:
         self._send, self._recv = trio.open_memory_channel[_Pending](math.inf)
         self._waiting: list[_Pending] = []
         self._pending_count = 0
-        self._last_start = -math.inf
+        self._last_start = -math.inf  # last commit that wrote: spacing and lease refresh
         self._last_commit_wall = 0
         self._stop_requested = False
         self._wake_standby = trio.Event()
         self._takeover_request: tuple[str | None] | None = None
         self._inflight: list[_Pending] = []
+        self._gathered: list[_Pending] = []
         self._observed_version: str | None = None
         self._became_leader = trio.Event()
 
@@ -280,9 +281,9 @@ class Engine:
         graceful stop commits what is pending and releases the lease in a last
         commit, so a standby can take over at once.
         """
-        await self._elect()
-        task_status.started(self.role)
         try:
+            await self._elect()
+            task_status.started(self.role)
             while not self._stop_requested:
                 if self.role is Role.LEADER:
                     await self._lead()
@@ -333,8 +334,10 @@ class Engine:
                 data = state.encode()
                 try:
                     version = await self.storage.create(self.key, data)
-                except CASConflict:
-                    continue  # another broker created it first: look again
+                except (CASConflict, WriteOutcomeUnknown):
+                    # another broker created it first, or we cannot tell whether our
+                    # create landed: look again (our own document is taken over)
+                    continue
                 self._become_leader(state, version, data)
                 log.info("broker %s created %s and leads (epoch 1)", self.broker_id, self.key)
                 return
@@ -400,6 +403,7 @@ class Engine:
         self._last_start = trio.current_time()
         self._last_commit_wall = self.wall_clock()
         self._waiting = []
+        self._takeover_request = None
         self.role = Role.LEADER
         self._became_leader.set()
         self._became_leader = trio.Event()
@@ -409,6 +413,10 @@ class Engine:
         cfg = self.config
         last_version = self._observed_version
         changed_at = trio.current_time()
+        # whether the leader released the document at last_version; kept until the
+        # version changes, so a takeover that failed on a storage error is retried
+        # at the next poll instead of after the lease timeout
+        released = False
         while not self._stop_requested:
             with trio.move_on_after(cfg.standby_poll_interval):
                 await self._wake_standby.wait()
@@ -423,10 +431,10 @@ class Engine:
                     if self.role is Role.LEADER:
                         return
                     continue
-                released = False
                 if version != last_version:
                     last_version = version
                     changed_at = now
+                    released = False
                     got = await self.storage.read(self.key)
                     if got is not None:
                         doc = self._decode(got.data)
@@ -450,7 +458,10 @@ class Engine:
     async def _lead(self) -> None:
         cfg = self.config
         while self.role is Role.LEADER:
+            # received but not yet committed: if we are cancelled before the commit
+            # starts, the last commit (_final_commit) takes these
             batch: list[_Pending] = []
+            self._gathered = batch
             with trio.move_on_at(self._next_wakeup()):
                 batch.append(await self._recv.receive())
             self._answer_expired_waiters()
@@ -469,10 +480,17 @@ class Engine:
                 stop = True
                 batch = [p for p in batch if p is not _STOP]
             self._pending_count -= len(batch)
-            self._last_start = trio.current_time()
-            await self._commit(batch, release=stop)
+            self._gathered = []
+            started = trio.current_time()
+            if await self._commit(batch, release=stop):
+                self._last_start = started
             if stop and self.role is Role.LEADER:
+                log.info("broker %s released its lease on %s", self.broker_id, self.key)
                 self.role = Role.STOPPED
+                # waiting claims simply found nothing; later arrivals go elsewhere
+                for pending in self._waiting:
+                    pending.answer([])
+                self._waiting = []
                 self._fail_all(lambda: NotLeader("the broker stopped", leader=None))
                 return
 
@@ -514,10 +532,16 @@ class Engine:
                 keep.append(pending)
         self._waiting = keep
 
-    async def _commit(self, batch: list[_Pending], *, release: bool = False) -> None:
-        """Apply ``batch``, write the document once, answer every caller."""
+    async def _commit(self, batch: list[_Pending], *, release: bool = False) -> bool:
+        """Apply ``batch``, write the document once, answer every caller.
+
+        Returns whether a write was attempted. A batch that changed nothing (only
+        claims that found no job) is answered without a write, unless the lease is
+        due for a refresh: idle long-polling workers cost no storage writes.
+        """
+        self._inflight = batch
         if self._needs_reload and not await self._reload(batch):
-            return
+            return True
         state = self.state
         assert state is not None
         assert state.leader is not None
@@ -525,10 +549,9 @@ class Engine:
         now = self.wall_clock()
         answered: list[_Pending] = []
         newly_waiting: list[_Pending] = []
-        self._inflight = batch
         try:
             # leases that ran out go back first, so this batch's claims can take them
-            state.expire(now)
+            expired = state.expire(now)
             state.pop_due(now)
             for pending in batch:
                 try:
@@ -554,7 +577,19 @@ class Engine:
             self._needs_reload = True
             for pending in batch:
                 pending.answer(error=StorageUnavailable(f"internal error: {exc!r}"))
-            return
+            return True
+        changed = (
+            release
+            or bool(expired)
+            or bool(fulfilled)
+            or any(p.claim is None or p.result for p in answered)
+        )
+        lease_due = started >= self._last_start + self.config.broker_heartbeat_interval
+        if not changed and not lease_due:
+            for pending in answered:
+                pending.answer(pending.result, pending.error)
+            self._inflight = []
+            return False
         self._inflight = answered + fulfilled
         state.seq += 1
         state.leader.lease_at = now
@@ -570,17 +605,21 @@ class Engine:
             self.metrics["mutations"] += len(batch)
             for pending in answered + fulfilled:
                 pending.answer(pending.result, pending.error)
-            return
+            return True
         # not written: nothing in this batch happened
         self.metrics["failedBatches"] += 1
         self._waiting.extend(p for p in fulfilled if not p.abandoned)
         for pending in answered:
             if pending.error is not None and not isinstance(pending.error, NotLeader):
                 pending.answer(error=pending.error)  # rejected input changed nothing anyway
+            elif pending.claim is not None and not isinstance(error := outcome(), NotLeader):
+                # a claim must not be retried blindly: its jobs may be stored as claimed
+                pending.answer(error=WriteOutcomeUnknown(f"claim outcome unknown: {error.message}"))
             else:
                 pending.answer(error=outcome())
         if self.role is not Role.LEADER:
             self._fail_all(self.not_leader)
+        return True
 
     def _fulfil_waiters(
         self, state: QueueState, now: int, newly_waiting: list[_Pending]
@@ -734,6 +773,11 @@ class Engine:
         for pending in self._inflight:
             pending.answer(error=error())
         self._inflight = []
+        for pending in self._gathered:
+            if pending is not _STOP:
+                self._pending_count -= 1
+                pending.answer(error=error())
+        self._gathered = []
         for pending in self._waiting:
             pending.answer(error=error())
         self._waiting = []
@@ -748,15 +792,28 @@ class Engine:
 
     async def _final_commit(self) -> None:
         """At stop (or cancellation): commit what is pending and release the lease."""
-        batch: list[_Pending] = []
+        # a commit cancelled before it finished: what it wrote is unknown (the next
+        # commit reloads), and its callers must hear so
+        for pending in self._inflight:
+            pending.answer(
+                error=StorageUnavailable(
+                    "the broker stopped during a commit; its outcome is unknown"
+                )
+            )
+        self._inflight = []
+        batch = [p for p in self._gathered if p is not _STOP]
+        self._gathered = []
+        self._pending_count -= len(batch)
+        drained: list[_Pending] = []
         while True:
             try:
                 pending = self._recv.receive_nowait()
             except trio.WouldBlock:
                 break
             if pending is not _STOP:
-                batch.append(pending)
-        self._pending_count -= len(batch)
+                drained.append(pending)
+        self._pending_count -= len(drained)
+        batch += drained
         for pending in self._waiting:
             pending.answer([])
         self._waiting = []

@@ -53,8 +53,8 @@ class Job:
     heartbeat_at: int | None = None
     last_error: str | None = None
     cancel_requested: bool = False
-    # Bumped each time the job enters the ready queue; stale heap entries carry an
-    # older ticket and are skipped.
+    # A fresh value of the state's ticket counter each time the job enters the
+    # ready queue; stale heap entries carry another ticket and are skipped.
     ticket: int = 0
     # Bytes this job counts against the document-size cap, fixed when it enters.
     size: int = 0

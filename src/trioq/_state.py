@@ -5,7 +5,9 @@ Every mutation costs O(1) or O(log n) in the queue depth:
 - jobs live in a dict by id (insertion order = document order);
 - jobs ready to claim sit in heaps keyed by (ready time, enqueue order), one for all
   types and one per type, with lazy deletion (a heap entry carries the job's
-  ``ticket`` at the time it was queued and is skipped once the ticket moved on);
+  ``ticket`` at the time it was queued and is skipped once the ticket moved on;
+  tickets come from one state-wide counter, so an entry left behind by a job that
+  is gone never matches a later job that reuses its id);
 - in-progress jobs sit in an ordered dict in heartbeat order, so lease expiry pops
   from the front (every lease has the same length);
 - dead and finished jobs sit in ordered dicts in the order they got there, so the
@@ -23,7 +25,7 @@ import heapq
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +78,9 @@ class Limits:
     retry_max_ms: int = 300_000
     retry_jitter: float = 0.2
     """Retry delays vary by up to this fraction either way."""
+    max_delay_ms: int = 365 * 86_400_000
+    """Cap on a job's ``delay_ms`` and on a failure's ``retry_in_ms``, so stored times
+    stay far inside JSON's exact-integer range."""
 
 
 @dataclass(slots=True)
@@ -158,6 +163,7 @@ class QueueState:
     # jobs queued with a ready time in the future, to wake waiting claims on time
     _delayed: list[_HeapEntry] = field(default_factory=list)
     _heap_entries: int = 0
+    _tickets: int = 0
     unclaimed_count: int = 0
     _job_bytes: int = 0
 
@@ -169,7 +175,8 @@ class QueueState:
 
     @property
     def approx_bytes(self) -> int:
-        """Approximate encoded size of the queued jobs."""
+        """Encoded size of the queued jobs as of the last :meth:`encode` (jobs that
+        entered since count with their size when they entered)."""
         return self._job_bytes
 
     def stats(self) -> dict[str, int]:
@@ -240,8 +247,10 @@ class QueueState:
                 raise BrokerProtocolError(
                     f"{where}: maxAttempts must be an integer from 1 to {limits.max_attempts_limit}"
                 )
-            if not isinstance(item.delay_ms, int) or item.delay_ms < 0:
-                raise BrokerProtocolError(f"{where}: delayMs must be a non-negative integer")
+            if not _int_in(item.delay_ms, 0, limits.max_delay_ms):
+                raise BrokerProtocolError(
+                    f"{where}: delayMs must be an integer from 0 to {limits.max_delay_ms}"
+                )
             try:
                 encoded_payload = orjson.dumps(item.payload)
             except TypeError as exc:
@@ -281,7 +290,7 @@ class QueueState:
                 order=self.next_order,
             )
             self.next_order += 1
-            self._add(job)
+            self._add(job, now)
             self.counters["enqueued"] += 1
         return results
 
@@ -354,8 +363,10 @@ class QueueState:
         final: bool = False,
     ) -> str:
         """Record a failed attempt; returns ``"retrying"`` or ``"dead"``."""
-        if retry_in_ms is not None and (not isinstance(retry_in_ms, int) or retry_in_ms < 0):
-            raise BrokerProtocolError("retryInMs must be a non-negative integer")
+        if retry_in_ms is not None and not _int_in(retry_in_ms, 0, self.limits.max_delay_ms):
+            raise BrokerProtocolError(
+                f"retryInMs must be an integer from 0 to {self.limits.max_delay_ms}"
+            )
         job = self._held(job_id, worker_id, attempt)
         if job.cancel_requested:
             self._finish(job, "cancelled", now)
@@ -367,7 +378,7 @@ class QueueState:
             self._kill(job, "final" if final else "exhausted", now)
             return "dead"
         delay = retry_in_ms if retry_in_ms is not None else self.backoff_ms(job.attempts)
-        self._requeue(job, now + delay)
+        self._requeue(job, now + delay, now)
         return "retrying"
 
     def release(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
@@ -379,7 +390,7 @@ class QueueState:
             self.counters["cancelled"] += 1
             return
         # back to where it stood: its old ready time keeps its place in line
-        self._requeue(job, job.ready_at)
+        self._requeue(job, job.ready_at, now)
 
     def cancel(self, job_id: str, now: int) -> str:
         """Cancel a job; returns its status afterwards.
@@ -434,21 +445,26 @@ class QueueState:
             last_error=dead.last_error,
         )
         self.next_order += 1
-        self._add(job)
+        self._add(job, now)
         self.counters["requeued"] += 1
 
     def expire(self, now: int) -> list[str]:
         """Return expired leases to the queue (or the dead letters); trim the
         dedup window. Returns the ids whose lease expired."""
-        expired: list[str] = []
         deadline = now - self.limits.job_lease_ms
-        while self._leases:
-            job_id = next(iter(self._leases))
+        due: list[Job] = []
+        for job_id in self._leases:
             job = self.jobs[job_id]
             assert job.heartbeat_at is not None
             if job.heartbeat_at > deadline:
                 break
-            expired.append(job_id)
+            due.append(job)
+        # Leases that ran out together go in one canonical order, the order a
+        # decoded document lists them in: (heartbeat, enqueue order).
+        due.sort(key=_lease_order)
+        expired: list[str] = []
+        for job in due:
+            expired.append(job.id)
             self.counters["expired"] += 1
             if job.cancel_requested:
                 self._finish(job, "cancelled", now)
@@ -458,7 +474,7 @@ class QueueState:
                 self._kill(job, "expired", now)
             else:
                 job.last_error = "lease expired"
-                self._requeue(job, now)
+                self._requeue(job, now, now)
         horizon = now - self.limits.dedup_window_ms
         while self.finished:
             first = next(iter(self.finished.values()))
@@ -498,19 +514,23 @@ class QueueState:
             )
         return job
 
-    def _add(self, job: Job) -> None:
+    def _add(self, job: Job, now: int) -> None:
         job.size = len(job.encode())
         self._job_bytes += job.size
         self.jobs[job.id] = job
-        self._push_ready(job)
+        self._push_ready(job, now)
 
-    def _push_ready(self, job: Job) -> None:
-        job.ticket += 1
+    def _push_ready(self, job: Job, now: int) -> None:
+        self._tickets += 1
+        job.ticket = self._tickets
         entry = (job.ready_at, job.order, job.ticket, job.id)
         heapq.heappush(self._ready, entry)
         heapq.heappush(self._ready_by_type.setdefault(job.type, []), entry)
-        heapq.heappush(self._delayed, entry)
-        self._heap_entries += 3
+        self._heap_entries += 2
+        if job.ready_at > now:
+            # only a job that is not ready yet needs a wake-up at its ready time
+            heapq.heappush(self._delayed, entry)
+            self._heap_entries += 1
         self.unclaimed_count += 1
         if self._heap_entries > 6 * self.unclaimed_count + 4096:
             self._rebuild_heaps()
@@ -564,14 +584,14 @@ class QueueState:
         else:
             del self._leases[job.id]
 
-    def _requeue(self, job: Job, ready_at: int) -> None:
+    def _requeue(self, job: Job, ready_at: int, now: int) -> None:
         del self._leases[job.id]
         job.status = "unclaimed"
         job.worker_id = None
         job.heartbeat_at = None
         job.ready_at = ready_at
         job.encoded = None
-        self._push_ready(job)
+        self._push_ready(job, now)
 
     def _finish(self, job: Job, outcome: str, now: int) -> None:
         self._leave_queue(job)
@@ -620,7 +640,20 @@ class QueueState:
     # ------------------------------------------------------------------ codec
 
     def encode(self) -> bytes:
-        """The whole document, deterministically: the same state gives the same bytes."""
+        """The whole document, deterministically: the same state gives the same bytes.
+
+        Also brings each job's ``size`` (and :attr:`approx_bytes`) up to date with the
+        bytes written, as :meth:`decode` measures them: a decoded document enforces
+        the size cap exactly as the state that wrote it.
+        """
+        jobs: list[bytes] = []
+        total = 0
+        for job in self.jobs.values():
+            data = job.encode()
+            job.size = len(data)
+            total += job.size
+            jobs.append(data)
+        self._job_bytes = total
         header = {
             "format": FORMAT,
             "formatVersion": FORMAT_VERSION,
@@ -628,9 +661,9 @@ class QueueState:
             "leader": None if self.leader is None else self.leader.to_json(),
             "nextOrder": self.next_order,
             "counters": self.counters,
-            "jobs": orjson.Fragment(_join(j.encode() for j in self.jobs.values())),
-            "dead": orjson.Fragment(_join(d.encode() for d in self.dead.values())),
-            "finished": orjson.Fragment(_join(f.encode() for f in self.finished.values())),
+            "jobs": _array(jobs),
+            "dead": _array(d.encode() for d in self.dead.values()),
+            "finished": _array(f.encode() for f in self.finished.values()),
         }
         return orjson.dumps(header)
 
@@ -682,13 +715,14 @@ class QueueState:
                 state._job_bytes += job.size
                 if job.status == "unclaimed":
                     state.unclaimed_count += 1
-                    job.ticket = 1
-                    state._delayed.append((job.ready_at, job.order, 1, job.id))
+                    state._tickets += 1
+                    job.ticket = state._tickets
+                    state._delayed.append((job.ready_at, job.order, job.ticket, job.id))
                 else:
                     if job.heartbeat_at is None or job.worker_id is None:
                         raise ValueError(f"in-progress job {job.id!r} has no worker/heartbeat")
                     leases.append(job)
-            leases.sort(key=lambda j: (j.heartbeat_at, j.order))
+            leases.sort(key=_lease_order)
             state._leases = OrderedDict.fromkeys(j.id for j in leases)
             for item in raw["dead"]:
                 dead = DeadJob.from_json(item)
@@ -705,8 +739,21 @@ class QueueState:
         return iter(self.jobs.values())
 
 
-def _join(parts: Iterator[bytes]) -> bytes:
-    return b"[" + b",".join(parts) + b"]"
+def _array(parts: Iterable[bytes]) -> list[orjson.Fragment]:
+    """A JSON array of encoded items, for ``orjson.dumps``: one fragment holding the
+    items joined by commas, in a list (an empty fragment makes ``[]``). Each item is
+    copied once by the join; bracketing the joined bytes would copy them all again."""
+    return [orjson.Fragment(b",".join(parts))]
+
+
+def _lease_order(job: Job) -> tuple[int, int]:
+    assert job.heartbeat_at is not None
+    return (job.heartbeat_at, job.order)
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    """Whether ``value`` is an int (not a bool) from ``low`` to ``high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _nonneg(value: object) -> int:
