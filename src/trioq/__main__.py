@@ -1,0 +1,27 @@
+"""``trioq broker ...`` / ``trioq worker ...``: the command-line entry point."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: trioq {broker,worker} [options]  (trioq broker --help for more)")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "broker":
+        from ._broker import main as broker_main
+
+        return broker_main(rest)
+    if command == "worker":
+        from ._worker_cli import main as worker_main
+
+        return worker_main(rest)
+    print(f"trioq: unknown command {command!r} (broker or worker)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""The broker service: engine + HTTP server + fast-failover probe in one nursery."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from ._api import BrokerApi
+from ._broker_settings import BrokerSettings, SettingsError, parse_settings
+from ._engine import Engine, Role
+from ._errors import DocumentInvalid, StorageUnavailable
+from ._http import create_app
+from ._memory_storage import MemoryStorage
+from ._storage import Storage
+from ._throttled_storage import ThrottledStorage
+
+log = logging.getLogger("trioq.broker")
+
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 0.5
+PROBE_FAILURES = 2
+
+
+def build_storage(settings: BrokerSettings) -> Storage:
+    """The backend the settings name, throttled if limits are set."""
+    storage: Storage
+    if settings.storage == "file":
+        from ._file_storage import FileStorage
+
+        storage = FileStorage(settings.data_dir)
+    elif settings.storage == "s3":
+        from ._s3_storage import S3Storage
+
+        assert settings.bucket is not None
+        storage = S3Storage(
+            settings.bucket,
+            prefix=settings.prefix,
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
+        )
+    else:
+        storage = MemoryStorage()
+    if settings.max_reads_per_minute > 0 or settings.max_writes_per_minute > 0:
+        storage = ThrottledStorage(
+            storage,
+            max_reads_per_minute=settings.max_reads_per_minute,
+            max_writes_per_minute=settings.max_writes_per_minute,
+        )
+    return storage
+
+
+def _advertised(settings: BrokerSettings, binds: Sequence[str]) -> str:
+    if settings.advertise_url:
+        return settings.advertise_url.rstrip("/")
+    bound = binds[0] if binds else f"http://{settings.host}:{settings.port}"
+    if "0.0.0.0" in bound or "[::]" in bound:
+        port = bound.rsplit(":", 1)[1]
+        return f"http://{socket.gethostname()}:{port}"
+    return bound
+
+
+class _InFlight:
+    """ASGI wrapper that counts the HTTP requests and WebSockets being served."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.count == 0:
+            self._idle = trio.Event()
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.count:
+            await self._idle.wait()
+
+
+class Broker:
+    """One broker process's worth of service: run it with ``nursery.start(broker.run)``.
+
+    ``task_status.started(url)`` fires once the HTTP server is bound and the engine
+    leads or stands by; ``url`` is the advertised URL.
+    """
+
+    def __init__(self, settings: BrokerSettings, *, storage: Storage | None = None) -> None:
+        settings.validate()
+        self.settings = settings
+        self.storage = storage if storage is not None else build_storage(settings)
+        self.engine = Engine(
+            self.storage,
+            key=settings.key,
+            broker_id=settings.broker_id,
+            config=settings.engine_config(),
+            limits=settings.limits(),
+        )
+        throttle: Callable[[], dict[str, Any]] | None = None
+        if isinstance(self.storage, ThrottledStorage):
+            throttle = self.storage.stats
+        self.api = BrokerApi(self.engine, throttle_stats=throttle)
+        self._shutdown = trio.Event()
+        self.app = create_app(
+            self.api,
+            token=settings.token,
+            max_request_bytes=settings.max_request_bytes,
+            metrics_public=settings.metrics_public,
+            closing=self._shutdown,
+        )
+        self.url: str | None = None
+        self._stop_probe = False
+
+    def stop(self) -> None:
+        """Graceful stop: stop accepting, commit what is pending, release the lease."""
+        self._shutdown.set()
+        self.engine.stop()
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        settings = self.settings
+        if settings.token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "binding %s without a token: anyone who can reach it can use the queue",
+                settings.host,
+            )
+        config = HypercornConfig()
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        config.bind = [f"{host}:{settings.port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = settings.shutdown_grace_s
+        config.websocket_max_message_size = settings.max_request_bytes
+        config.h11_max_incomplete_size = 64 * 1024
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(self._serve, config)
+            self.url = _advertised(settings, binds)
+            self.engine.url = self.url
+            await nursery.start(self._run_engine)
+            if settings.failover_probe:
+                nursery.start_soon(self._probe_leader)
+            task_status.started(self.url)
+
+    async def _serve(
+        self, config: HypercornConfig, *, task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        """hypercorn until the shutdown, then until the requests in flight are
+        answered (at most the grace period).
+
+        hypercorn's own graceful stop also waits out the grace period for idle
+        keep-alive connections (every pooled client holds one), so once nothing is
+        in flight the server is cancelled instead: idle connections just close.
+        """
+        app = _InFlight(self.app)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(serve, app, config, shutdown_trigger=self._shutdown.wait)
+            )
+            task_status.started(binds)
+            await self._shutdown.wait()
+            with trio.move_on_after(self.settings.shutdown_grace_s):
+                await app.wait_idle()
+            nursery.cancel_scope.cancel()
+
+    async def _run_engine(
+        self, *, task_status: trio.TaskStatus[Role] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await self.engine.run(task_status=task_status)
+        finally:
+            # the engine is done (stopped, or failed): take the HTTP server and the
+            # probe down with it
+            self._shutdown.set()
+            self._stop_probe = True
+
+    async def _probe_leader(self) -> None:
+        """Fast failover: probe the leader; after two failures in a row with the
+        document unchanged in between, ask the engine to take over at once.
+
+        The version is read from the store at each failure (a HEAD), not taken from
+        the standby's last poll: under load the leader commits many times a second,
+        so a cached version is almost always older than the dead leader's last
+        commit, and comparing it would throw away a failed probe every time.
+        """
+        engine = self.engine
+        failures = 0
+        version_at_first: str | None = None
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
+            while not self._stop_probe and not self._shutdown.is_set():
+                with trio.move_on_after(PROBE_INTERVAL):
+                    await self._shutdown.wait()
+                leader = engine.leader_url
+                if engine.role is not Role.STANDBY or not leader or leader == engine.url:
+                    failures = 0
+                    continue
+                if await self._leader_answers(client, leader):
+                    failures = 0
+                    continue
+                try:
+                    version = await engine.storage.version(engine.key)
+                except StorageUnavailable as exc:
+                    log.warning("probe: cannot read the version of %s: %s", engine.key, exc)
+                    failures = 0
+                    continue
+                if version is None:
+                    failures = 0  # the document is gone: the standby loop elects
+                    continue
+                failures += 1
+                if failures == 1 or version != version_at_first:
+                    # the first failure, or the document moved: someone still commits
+                    failures, version_at_first = 1, version
+                    continue
+                if failures >= PROBE_FAILURES:
+                    log.warning(
+                        "leader %s failed %d probes with %s unchanged: taking over",
+                        leader,
+                        failures,
+                        engine.key,
+                    )
+                    engine.request_takeover(version)
+                    failures = 0
+
+    async def _leader_answers(self, client: httpx.AsyncClient, leader: str) -> bool:
+        try:
+            response = await client.get(f"{leader}/healthz")
+            body = response.json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return (
+            response.status_code == 200 and isinstance(body, dict) and body.get("role") == "leader"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trioq.broker``: run a broker until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = parse_settings(argv)
+        broker = Broker(settings)
+    except SettingsError as exc:
+        print(f"trioq broker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(_serve_until_signalled, broker)
+    except Exception as exc:
+        # trio's nurseries wrap what failed in exception groups: dig out the cause
+        # an operator can act on and say it in one line
+        cause = _operator_error(exc)
+        if cause is None:
+            raise
+        if isinstance(cause, OSError):
+            print(
+                f"trioq broker: cannot serve on {settings.host}:{settings.port}: {cause}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"trioq broker: {cause}", file=sys.stderr)
+        return 1
+
+
+def _operator_error(exc: BaseException) -> BaseException | None:
+    """The first storage, document or socket error in ``exc`` (or its groups)."""
+    if isinstance(exc, StorageUnavailable | DocumentInvalid | OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _operator_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _serve_until_signalled(broker: Broker) -> int:
+    code = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal code
+                count = 0
+                async for signum in signals:
+                    count += 1
+                    if count == 1:
+                        log.info(
+                            "%s: draining (again to exit at once)", signal.Signals(signum).name
+                        )
+                        broker.stop()
+                    else:
+                        log.warning("second signal: exiting at once")
+                        code = 130
+                        nursery.cancel_scope.cancel()
+
+            async def run_broker(*, task_status: trio.TaskStatus[str]) -> None:
+                await broker.run(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            url = await nursery.start(run_broker)
+            engine = broker.engine
+            print(
+                f"trioq broker {engine.broker_id} listening on {url} as {engine.role.value} "
+                f"(storage: {broker.storage.describe()})",
+                flush=True,
+            )
+    return code

@@ -1,0 +1,417 @@
+"""``trioq.Client``: an async HTTP client of the broker, for producers and workers.
+
+What it does for you:
+
+- job ids are generated client-side, so a retried submit never creates a second job;
+- connection errors and 503 answers are retried with bounded exponential backoff
+  within an overall deadline; ``NotLeader`` answers are followed to the leader;
+- a claim is retried only when it provably claimed nothing (the connection was
+  never made, or the broker answered 503); a claim whose answer was lost in flight
+  is not repeated (it raises :class:`~trioq.BrokerUnreachable`), and the jobs it may
+  have claimed return to the queue when their lease runs out;
+- error bodies come back as the matching :class:`~trioq.TrioqError` subclass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import orjson
+import trio
+
+from ._errors import ERRORS_BY_TAG, BrokerUnreachable, NotLeader, TrioqError, WriteOutcomeUnknown
+from ._storage import Storage
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+@dataclass(slots=True, frozen=True)
+class Claimed:
+    """A job handed to a worker: run it, then complete or fail it at ``attempt``."""
+
+    id: str
+    type: str
+    payload: Any
+    attempt: int
+    lease_ms: int
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """One job for :meth:`Client.submit_many`."""
+
+    type: str
+    payload: Any
+    id: str | None = None
+    max_attempts: int | None = None
+    delay: float | dt.timedelta | None = None
+
+
+def new_job_id() -> str:
+    """A fresh client-side job id (random, 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def to_json_value(payload: Any) -> Any:
+    """Pydantic models and dataclasses become plain JSON values."""
+    dump = getattr(payload, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    return orjson.loads(orjson.dumps(payload))
+
+
+def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
+    if delay is None:
+        return None
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+    if seconds < 0 or math.isnan(seconds):
+        raise ValueError("delay must be >= 0")
+    return round(seconds * 1000)
+
+
+def error_from_response(response: httpx.Response) -> TrioqError:
+    """The exception an error response stands for."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("_tag"), str):
+        cls = ERRORS_BY_TAG.get(body["_tag"], TrioqError)
+        message = str(body.get("message", ""))
+        if cls is NotLeader:
+            leader = body.get("leader")
+            return NotLeader(message, leader=leader if isinstance(leader, str) else None)
+        error = cls(message)
+        return error
+    return TrioqError(
+        f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}"
+    )
+
+
+class Client:
+    """Talks to a trioq broker (or several, following whichever leads).
+
+    Use as ``async with Client("http://broker:8080") as client: ...``.
+
+    Parameters:
+        urls: one broker URL, a comma-separated list, or a sequence of URLs.
+        token: bearer token, if the broker requires one.
+        timeout: per-request timeout in seconds (long-poll claims add their wait).
+        retry_deadline: overall time a call keeps retrying connection errors and
+            503 answers before it raises.
+        backoff_base: the first retry waits between half and all of twice this.
+        backoff_max: cap on one retry's wait (the waits double up to it).
+        transport: an httpx transport (e.g. ``httpx.ASGITransport`` for an
+            in-process broker, see :mod:`trioq.testing`).
+        rng: randomness for the retry jitter (tests pass a seeded one).
+
+    Raises ValueError for a URL that is not ``http://`` or ``https://``.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str] = DEFAULT_URL,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retry_deadline: float = 30.0,
+        backoff_base: float = 0.05,
+        backoff_max: float = 2.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.urls = parse_urls(urls)
+        self._current = 0
+        self.token = token
+        self.timeout = timeout
+        self.retry_deadline = retry_deadline
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        self._rng = rng or random.Random()
+
+    @classmethod
+    async def from_storage(
+        cls, storage: Storage, *, key: str = "queue.json", **kwargs: Any
+    ) -> Self:
+        """A client of the broker the queue document names as its leader."""
+        got = await storage.read(key)
+        if got is None:
+            raise NotLeader(f"{key} does not exist in {storage.describe()}: no broker has started")
+        try:
+            leader = orjson.loads(got.data).get("leader") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            leader = {}
+        url = leader.get("url") if isinstance(leader, dict) else None
+        if not isinstance(url, str) or not url:
+            raise NotLeader(f"{key} in {storage.describe()} names no leader", leader=None)
+        return cls(url, **kwargs)
+
+    @property
+    def url(self) -> str:
+        """The broker URL the client dials now."""
+        return self.urls[self._current]
+
+    async def __aenter__(self) -> Self:
+        await self._http.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self._http.aclose()
+
+    # ----------------------------------------------------------------- transport
+
+    def _follow(self, leader: str | None) -> bool:
+        """Dial ``leader`` next (or the next known URL); True if that is a new URL."""
+        before = self._current
+        if leader and leader.startswith(("http://", "https://")):
+            leader = leader.strip().rstrip("/")
+            if leader not in self.urls:
+                self.urls.append(leader)
+            self._current = self.urls.index(leader)
+        else:
+            self._current = (self._current + 1) % len(self.urls)
+        return self._current != before
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        claim: bool = False,
+        extra_timeout: float = 0.0,
+    ) -> httpx.Response:
+        """Send a request, retrying what is safe to retry, until the deadline."""
+        deadline = trio.current_time() + self.retry_deadline
+        attempt = 0
+        followed = False
+        content = None if body is None else orjson.dumps(body)
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        while True:
+            attempt += 1
+            last: TrioqError
+            hop = False
+            try:
+                response = await self._http.request(
+                    method,
+                    self.url + path,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                    timeout=self.timeout + extra_timeout,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # never reached a broker: safe to retry anything, claims included
+                last = BrokerUnreachable(f"cannot reach broker {self.url}: {exc!r}")
+                if len(self.urls) > 1:
+                    self._follow(None)
+            except httpx.TransportError as exc:
+                if claim:
+                    # the broker may have claimed jobs for us; asking again could
+                    # strand them for a lease: give up on this claim
+                    raise BrokerUnreachable(
+                        f"the answer to a claim from {self.url} was lost ({exc!r}); "
+                        "jobs it may have claimed return to the queue when their lease "
+                        "runs out"
+                    ) from exc
+                last = BrokerUnreachable(f"request to {self.url} failed: {exc!r}")
+            else:
+                if response.status_code < 400:
+                    return response
+                error = error_from_response(response)
+                if response.status_code != 503:
+                    raise error
+                if claim and isinstance(error, WriteOutcomeUnknown):
+                    # the broker does not know whether its commit (and so the claim)
+                    # landed: asking again could strand the jobs it took for a lease
+                    raise error
+                if isinstance(error, NotLeader):
+                    # a new leader URL is dialled at once (but never twice in a row
+                    # without a pause, in case two brokers name each other mid-takeover)
+                    hop = self._follow(error.leader) and error.leader is not None
+                last = error
+            now = trio.current_time()
+            if now >= deadline:
+                raise last
+            if hop and not followed:
+                followed = True
+                continue
+            followed = False
+            delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 16))
+            delay *= 0.5 + self._rng.random() / 2
+            await trio.sleep(min(delay, deadline - now))
+
+    # ------------------------------------------------------------------ producer
+
+    async def submit(
+        self,
+        type: str,
+        payload: Any,
+        *,
+        max_attempts: int | None = None,
+        delay: float | dt.timedelta | None = None,
+        id: str | None = None,
+    ) -> str:
+        """Enqueue one job; returns its id once the broker has made it durable."""
+        [job_id] = await self.submit_many(
+            [JobSpec(type, payload, id=id, max_attempts=max_attempts, delay=delay)]
+        )
+        return job_id
+
+    async def submit_many(self, jobs: Iterable[JobSpec]) -> list[str]:
+        """Enqueue a batch atomically (validated as a whole); ids in input order."""
+        items: list[dict[str, Any]] = []
+        for spec in jobs:
+            item: dict[str, Any] = {
+                "id": spec.id or new_job_id(),
+                "type": spec.type,
+                "payload": to_json_value(spec.payload),
+            }
+            if spec.max_attempts is not None:
+                item["maxAttempts"] = spec.max_attempts
+            delay = _delay_ms(spec.delay)
+            if delay:
+                item["delayMs"] = delay
+            items.append(item)
+        if not items:
+            return []
+        response = await self._call("POST", "/v1/jobs/batch", {"jobs": items})
+        return list(response.json()["jobIds"])
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job; returns its status afterwards."""
+        response = await self._call("POST", f"/v1/jobs/{job_id}/cancel", {})
+        return str(response.json()["status"])
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """A job's record, including finished jobs within the dedup window."""
+        return dict((await self._call("GET", f"/v1/jobs/{job_id}")).json())
+
+    async def stats(self) -> dict[str, Any]:
+        return dict((await self._call("GET", "/v1/stats")).json())
+
+    async def jobs(self, *, limit: int = 1000, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        return dict((await self._call("GET", "/v1/jobs", params=params)).json())
+
+    async def dead(self, *, limit: int = 1000, cursor: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        return dict((await self._call("GET", "/v1/dead", params=params)).json())
+
+    async def requeue(self, job_id: str) -> None:
+        """Move a dead-lettered job back to the queue."""
+        await self._call("POST", f"/v1/dead/{job_id}/requeue", {})
+
+    # -------------------------------------------------------------------- worker
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        types: Sequence[str] | None = None,
+        max: int = 1,
+        wait: float = 0.0,
+    ) -> list[Claimed]:
+        """Claim up to ``max`` jobs, waiting up to ``wait`` seconds for the first.
+
+        Retried only while the broker provably claimed nothing; if the answer is
+        lost in flight this raises :class:`~trioq.BrokerUnreachable` instead of
+        asking again (the jobs return to the queue when their lease runs out).
+        """
+        body: dict[str, Any] = {"workerId": worker_id, "max": max}
+        if types is not None:
+            body["types"] = list(types)
+        wait_ms = round(wait * 1000)
+        if wait_ms > 0:
+            body["waitMs"] = wait_ms
+        response = await self._call(
+            "POST", "/v1/jobs/claim", body, claim=True, extra_timeout=wait_ms / 1000
+        )
+        return [
+            Claimed(j["jobId"], j["type"], j["payload"], int(j["attempt"]), int(j["leaseMs"]))
+            for j in response.json().get("jobs", [])
+        ]
+
+    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
+        await self._call("POST", f"/v1/jobs/{job_id}/heartbeat", _held(worker_id, attempt))
+
+    async def complete(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
+        await self._call("POST", f"/v1/jobs/{job_id}/complete", _held(worker_id, attempt))
+
+    async def fail(
+        self,
+        job_id: str,
+        worker_id: str,
+        error: str,
+        *,
+        attempt: int | None = None,
+        retry_in: float | None = None,
+        final: bool = False,
+    ) -> str:
+        """Report a failed attempt; returns ``"retrying"`` or ``"dead"``."""
+        body = _held(worker_id, attempt)
+        body["error"] = error
+        if retry_in is not None:
+            body["retryInMs"] = round(retry_in * 1000)
+        if final:
+            body["final"] = True
+        response = await self._call("POST", f"/v1/jobs/{job_id}/fail", body)
+        return str(response.json()["status"])
+
+    async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
+        """Give a claimed job back at once, without counting the attempt."""
+        await self._call("POST", f"/v1/jobs/{job_id}/release", _held(worker_id, attempt))
+
+
+def parse_urls(urls: str | Sequence[str]) -> list[str]:
+    """Broker URLs from one URL, a comma-separated list or a sequence.
+
+    Raises ValueError for a URL that is not ``http://`` or ``https://``.
+    """
+    if isinstance(urls, str):
+        urls = urls.split(",")
+    parsed: list[str] = []
+    for url in urls:
+        url = url.strip().rstrip("/")
+        if not url:
+            continue
+        if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+            raise ValueError(f"broker URL {url!r} must start with http:// or https://")
+        parsed.append(url)
+    return parsed or [DEFAULT_URL]
+
+
+def _held(worker_id: str, attempt: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"workerId": worker_id}
+    if attempt is not None:
+        body["attempt"] = attempt
+    return body

@@ -1,0 +1,216 @@
+"""``python -m trioq.worker module:attr``: options, precedence, startup and its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from _jobs_for_tests import configured_worker
+from _worker_proc import base_env, broker_process, worker_process
+from trioq import _worker_cli
+from trioq._worker_cli import PROBE_DEADLINE, UsageError, configure, load_worker
+
+TARGET = "_jobs_for_tests:configured_worker"
+
+
+@pytest.fixture(autouse=True)
+def restore_settings() -> Iterator[None]:
+    """configure() changes the module-level worker's settings: put them back."""
+    saved = dataclasses.replace(configured_worker.settings)
+    yield
+    configured_worker.settings = saved
+
+
+# --------------------------------------------------------------- precedence
+
+
+def test_defaults_and_constructor_arguments() -> None:
+    worker, level = configure([TARGET], environ={})
+    s = worker.settings
+    assert worker is configured_worker
+    assert level == "INFO"
+    # Worker(concurrency=3, poll_interval=0.25) over the defaults
+    assert (s.concurrency, s.poll_interval) == (3, 0.25)
+    assert (s.heartbeat_interval, s.shutdown_grace, s.token) == (5.0, 30.0, None)
+    assert s.broker_url == "http://127.0.0.1:8080"
+
+
+def test_environment_wins_over_constructor_arguments() -> None:
+    env = {
+        "BROKER_URL": "http://env.test:1,http://env.test:2",
+        "TRIOQ_CONCURRENCY": "4",
+        "TRIOQ_POLL_INTERVAL_MS": "500",
+        "TRIOQ_HEARTBEAT_INTERVAL_MS": "750",
+        "TRIOQ_SHUTDOWN_GRACE_S": "12.5",
+        "TRIOQ_TOKEN": "from-env",
+        "TRIOQ_WORKER_ID": "env-worker",
+    }
+    s = configure([TARGET], environ=env)[0].settings
+    assert s.broker_url == "http://env.test:1,http://env.test:2"
+    assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (4, 0.5, 0.75)
+    assert (s.shutdown_grace, s.token, s.worker_id) == (12.5, "from-env", "env-worker")
+
+
+def test_flags_win_over_the_environment() -> None:
+    env = {"BROKER_URL": "http://env.test:1", "TRIOQ_CONCURRENCY": "4", "TRIOQ_TOKEN": "env"}
+    argv = [
+        TARGET,
+        "--broker-url",
+        "http://flag.test:9",
+        "--concurrency",
+        "6",
+        "--poll-interval-ms",
+        "100",
+        "--heartbeat-interval-ms",
+        "200",
+        "--shutdown-grace-s",
+        "1.5",
+        "--token",
+        "flag",
+        "--worker-id",
+        "flag-worker",
+        "--log-level",
+        "debug",
+    ]
+    worker, level = configure(argv, environ=env)
+    s = worker.settings
+    assert s.broker_url == "http://flag.test:9"
+    assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (6, 0.1, 0.2)
+    assert (s.shutdown_grace, s.token, s.worker_id) == (1.5, "flag", "flag-worker")
+    assert level == "DEBUG"
+
+
+# ----------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["no_such_module_xyz:worker"], {}, "cannot import 'no_such_module_xyz'"),
+        (["_jobs_for_tests:nope"], {}, "has no attribute 'nope'"),
+        (["_jobs_for_tests:not_a_worker"], {}, "is a int, not a trioq.Worker"),
+        (["_jobs_for_tests"], {}, "is not module:attr"),
+        (["_jobs_for_tests:empty_worker"], {}, "no handlers registered"),
+        ([TARGET, "--concurrency", "0"], {}, "concurrency must be >= 1"),
+        ([TARGET, "--broker-url", "localhost:8080"], {}, "must start with http"),
+        ([TARGET], {"TRIOQ_CONCURRENCY": "lots"}, "TRIOQ_CONCURRENCY='lots' is not valid"),
+        ([TARGET], {"BROKER_URL": "ftp://x"}, "must start with http"),
+        ([TARGET, "--log-level", "chatty"], {}, "unknown log level"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        configure(argv, environ=env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _worker_cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("trioq worker: ")
+    assert message in err
+
+
+def test_load_worker_returns_the_named_worker() -> None:
+    assert load_worker(TARGET) is configured_worker
+
+
+def test_malformed_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _worker_cli.main([TARGET, "--concurrency", "five"])
+    assert exit_info.value.code == 2
+    assert "invalid int value" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- subprocesses
+
+
+def run_worker_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-m", "trioq.worker", *args],
+        capture_output=True,
+        text=True,
+        env=base_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_help_runs_without_warnings() -> None:
+    # -W error: running the module must not import it twice (runpy's RuntimeWarning)
+    result = run_worker_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert "--broker-url" in result.stdout
+    assert "--concurrency" in result.stdout
+    assert result.stderr == ""
+
+
+def test_a_wrong_target_exits_2_with_one_line() -> None:
+    result = run_worker_cli("_jobs_for_tests:nope")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "trioq worker: module '_jobs_for_tests' has no attribute 'nope'"
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_unreachable_broker_exits_1_with_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = run_worker_cli("_jobs_for_tests:worker", "--broker-url", url)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stdout == ""  # no ready line
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        f"trioq worker: broker {url} is not usable: BrokerUnreachable: cannot reach broker"
+    )
+    assert PROBE_DEADLINE <= elapsed < PROBE_DEADLINE + 15
+
+
+async def test_startup_prints_types_and_broker_then_drains_on_sigint(tmp_path: Path) -> None:
+    async with broker_process(tmp_path, data_dir=tmp_path / "data", args=["--token", "t0k"]) as b:
+        async with worker_process(
+            tmp_path,
+            b.url,
+            "--concurrency",
+            "6",
+            target="_jobs_for_tests:worker",
+            env={"TRIOQ_CONCURRENCY": "4", "TRIOQ_TOKEN": "t0k", "TRIOQ_WORKER_ID": "cli-1"},
+        ) as worker:
+            line = await worker.ready()
+            assert line == (
+                f"trioq worker cli-1: types fail, record, typed; broker {b.url}; concurrency 6"
+            )
+            worker.signal(signal.SIGINT)
+            with trio.fail_after(15):
+                assert await worker.exited() == 0
+
+        async with worker_process(
+            tmp_path, b.url, target="_jobs_for_tests:worker", name="no-token"
+        ) as anonymous:
+            with trio.fail_after(15):
+                assert await anonymous.exited() == 1
+        [line] = anonymous.log_tail().splitlines()
+        assert line.startswith(f"trioq worker: broker {b.url} is not usable: Unauthorized: ")
