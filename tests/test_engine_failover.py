@@ -261,6 +261,38 @@ async def test_a_broker_restarted_with_its_id_takes_its_lease_back_at_once(
     assert stored(pair.inner).knows("a0")
 
 
+async def test_a_restart_on_its_own_exclusive_url_takes_the_lease_back_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # a broker that bound the URL the document names (new id, same address) knows
+    # the previous holder is gone; without exclusive_url it waits out the lease
+    async with trio.open_nursery() as nursery:
+        pair = await start_pair(nursery)
+        await enqueue_all(pair.a.engine, ["a0"])
+        await trio.sleep_until(7.0)
+        pair.storage_a.inject("error", count=None)
+        pair.a.scope.cancel()
+        await pair.a.ended.wait()
+        await trio.sleep_until(8.0)
+        polite = make_engine(pair.inner, "a-reborn-1")
+        polite.url = pair.a.engine.url
+        first = await launch(nursery, polite)
+        assert not first.engine.is_leader
+        first.engine.stop()
+        await first.ended.wait()
+        reborn = make_engine(pair.inner, "a-reborn-2")
+        reborn.url = pair.a.engine.url
+        reborn.exclusive_url = True
+        again = await launch(nursery, reborn)
+        assert again.engine.is_leader
+        assert again.engine.epoch == 2
+        assert trio.current_time() < 8.1
+        again.engine.stop()
+        pair.b.engine.stop()
+    check_history(pair.recorder.landed)
+    assert stored(pair.inner).knows("a0")
+
+
 async def test_a_forced_takeover_fences_the_old_leader(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

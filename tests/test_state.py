@@ -155,6 +155,7 @@ def test_auto_ids_are_unique() -> None:
         NewJob(1, type="t" * 129),
         NewJob(1, type="tab\there"),
         NewJob(1, type=None),  # type: ignore[arg-type]
+        NewJob(1, type="lone \ud800 surrogate"),  # JSON cannot carry it
         NewJob(1, max_attempts=0),
         NewJob(1, max_attempts=1001),
         NewJob(1, max_attempts=True),
@@ -355,7 +356,7 @@ def test_claim_by_type_merges_types_in_order() -> None:
 
 @pytest.mark.parametrize(
     ("worker", "max_jobs"),
-    [("", 1), (None, 1), (7, 1), ("w", 0), ("w", -1), ("w", True), ("w", 1.0)],
+    [("", 1), (None, 1), (7, 1), ("w\udc00", 1), ("w", 0), ("w", -1), ("w", True), ("w", 1.0)],
 )
 def test_claim_rejects_bad_requests(worker: Any, max_jobs: Any) -> None:
     state = make()
@@ -574,6 +575,9 @@ def test_fail_rejections_change_nothing() -> None:
         state.fail("a", "w1", T, error="e", attempt=3)
     with pytest.raises(LeaseLost):
         state.fail("b", "w1", T, error="e")
+    for bad_error in (None, 3, "lone \udc00 surrogate"):
+        with pytest.raises(BrokerProtocolError, match="error"):
+            state.fail("a", "w1", T, error=bad_error)  # type: ignore[arg-type]
     assert snapshot(state) == before
     assert state.counters["failed"] == 0
 
@@ -720,7 +724,7 @@ def test_cancelled_in_progress_job_then_release() -> None:
     add(state, "a")
     claim1(state)
     state.cancel("a", T)
-    assert state.release("a", "w1", T + 1) is None
+    state.release("a", "w1", T + 1)  # no LeaseLost: the worker was letting go anyway
     fin = state.finished["a"]
     assert (fin.outcome, fin.attempts) == ("cancelled", 0)
     assert state.counters["cancelled"] == 1
@@ -1214,7 +1218,12 @@ def test_decode_rejects_a_job_listed_twice() -> None:
 
 def test_records_roundtrip() -> None:
     state = populated()
-    for record in [*state.jobs.values(), *state.dead.values(), *state.finished.values()]:
-        cls: type[Job | DeadJob | FinishedJob] = type(record)
-        again = cls.from_json(orjson.loads(record.encode()))
-        assert again.encode() == record.encode()
+    assert state.jobs
+    assert state.dead
+    assert state.finished
+    for job_record in state.jobs.values():
+        assert Job.from_json(orjson.loads(job_record.encode())).encode() == job_record.encode()
+    for dead in state.dead.values():
+        assert DeadJob.from_json(orjson.loads(dead.encode())).encode() == dead.encode()
+    for fin in state.finished.values():
+        assert FinishedJob.from_json(orjson.loads(fin.encode())).encode() == fin.encode()

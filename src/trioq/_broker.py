@@ -154,6 +154,13 @@ class Broker:
             binds = await nursery.start(self._serve, config)
             self.url = _advertised(settings, binds)
             self.engine.url = self.url
+            # a URL we derived from our own bind is ours alone (unless a loopback URL
+            # is shared through a remote bucket): a document led from it was led by
+            # our previous life, crashed, and we may take over at once
+            loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+            self.engine.exclusive_url = settings.advertise_url is None and (
+                settings.storage == "file" or not loopback
+            )
             await nursery.start(self._run_engine)
             if settings.failover_probe:
                 nursery.start_soon(self._probe_leader)

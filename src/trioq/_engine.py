@@ -116,9 +116,14 @@ class Engine:
         limits: Limits | None = None,
         wall_clock: WallClock = system_wall_clock,
         rng: random.Random | None = None,
+        exclusive_url: bool = False,
     ) -> None:
         self.storage = storage
         self.key = key
+        self.exclusive_url = exclusive_url
+        """Whether ``url`` can belong to no other live broker (we bound it ourselves):
+        a document led from it was led by an earlier life of this broker, which a
+        restart may take over at once instead of waiting out the lease."""
         self.broker_id = broker_id or uuid.uuid4().hex[:16]
         self.url = url
         self.config = config or EngineConfig()
@@ -344,7 +349,12 @@ class Engine:
             doc = self._decode(got.data)
             self.leader = doc.leader
             self._observed_version = got.version
-            if doc.leader is None or doc.leader.released or doc.leader.broker_id == self.broker_id:
+            if (
+                doc.leader is None
+                or doc.leader.released
+                or doc.leader.broker_id == self.broker_id
+                or (self.exclusive_url and bool(self.url) and doc.leader.url == self.url)
+            ):
                 if await self._take_over(got.version):
                     return
                 continue

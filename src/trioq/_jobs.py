@@ -20,8 +20,8 @@ DeadReason = Literal["exhausted", "final", "expired"]
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 """Valid job ids: 1-128 characters of ``A-Z a-z 0-9 . _ : -``."""
 
-TYPE_PATTERN = re.compile(r"[^\x00-\x1f]{1,128}")
-"""Valid job types: 1-128 printable characters."""
+TYPE_PATTERN = re.compile(r"[^\x00-\x1f\ud800-\udfff]{1,128}")
+"""Valid job types: 1-128 printable characters (no lone surrogates: JSON cannot carry them)."""
 
 DEFAULT_TYPE = "default"
 
@@ -34,6 +34,17 @@ def valid_id(value: object) -> bool:
 def valid_type(value: object) -> bool:
     """Whether ``value`` is a valid job type."""
     return isinstance(value, str) and TYPE_PATTERN.fullmatch(value) is not None
+
+
+def valid_text(value: object) -> bool:
+    """Whether ``value`` is a string the document can store (UTF-8: no lone surrogates)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(slots=True, eq=False)

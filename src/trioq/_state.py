@@ -46,6 +46,7 @@ from ._jobs import (
     FinishedJob,
     Job,
     valid_id,
+    valid_text,
     valid_type,
 )
 
@@ -303,7 +304,7 @@ class QueueState:
         max_jobs: int = 1,
     ) -> list[ClaimedJob]:
         """Claim up to ``max_jobs`` ready jobs in (ready time, enqueue order)."""
-        if not isinstance(worker_id, str) or not worker_id:
+        if not worker_id or not valid_text(worker_id):
             raise BrokerProtocolError("workerId must be a non-empty string")
         if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
             raise BrokerProtocolError("max must be a positive integer")
@@ -363,6 +364,8 @@ class QueueState:
         final: bool = False,
     ) -> str:
         """Record a failed attempt; returns ``"retrying"`` or ``"dead"``."""
+        if not valid_text(error):
+            raise BrokerProtocolError("error must be a string")
         if retry_in_ms is not None and not _int_in(retry_in_ms, 0, self.limits.max_delay_ms):
             raise BrokerProtocolError(
                 f"retryInMs must be an integer from 0 to {self.limits.max_delay_ms}"
