@@ -1,4 +1,9 @@
-"""End-to-end broker benchmark: a broker subprocess, load from this process over HTTP.
+"""End-to-end broker benchmark: a broker subprocess, load from this process.
+
+The load goes over the broker's WebSocket JSON-RPC API (many calls in flight on a few
+connections): an httpx request costs the load generator more CPU than the broker
+spends on it, and both share this machine's two cores. For the HTTP stack's own
+ceiling, point ``wrk`` at a broker (``docs/performance.md``).
 
     python benchmarks/bench_broker.py [--quick] [--storage file|memory]
 
@@ -16,6 +21,7 @@ Numbers are from one run on a shared machine: compare rows within a run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -24,9 +30,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import orjson
 import trio
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
 
 import trioq
 
@@ -74,6 +83,35 @@ def broker_process(storage: str, data_dir: str, *extra: str) -> Iterator[str]:
             proc.wait()
 
 
+class Rpc:
+    """JSON-RPC over one WebSocket, many calls in flight."""
+
+    def __init__(self, ws: AsyncWebSocketSession) -> None:
+        self.ws = ws
+        self.ids = itertools.count()
+        self.waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
+
+    async def read(self) -> None:
+        while True:
+            message = orjson.loads(await self.ws.receive_text())
+            event, slot = self.waiting.pop(message["id"])
+            slot.append(message)
+            event.set()
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        call_id = next(self.ids)
+        event, slot = trio.Event(), []
+        self.waiting[call_id] = (event, slot)
+        await self.ws.send_text(
+            orjson.dumps({"id": call_id, "method": method, "params": params}).decode()
+        )
+        await event.wait()
+        reply = slot[0]
+        if not reply["ok"]:
+            raise RuntimeError(reply["error"])
+        return reply["result"]
+
+
 async def metric(client: httpx.AsyncClient, url: str, name: str) -> float:
     text = (await client.get(f"{url}/metrics")).text
     for line in text.splitlines():
@@ -82,31 +120,35 @@ async def metric(client: httpx.AsyncClient, url: str, name: str) -> float:
     return 0.0
 
 
-async def interval_row(storage: str, interval_ms: int, seconds: float, producers: int) -> None:
+async def interval_row(storage: str, interval_ms: int, seconds: float, in_flight: int) -> None:
     with (
         tempfile.TemporaryDirectory() as tmp,
         broker_process(storage, tmp, "--group-commit-interval-ms", str(interval_ms)) as url,
     ):
         submitted = 0
-        async with trioq.Client(url) as client, httpx.AsyncClient() as raw:
+        async with httpx.AsyncClient() as raw, aconnect_ws(f"{url}/v1/ws", raw) as ws:
+            rpc = Rpc(ws)
             commits0 = await metric(raw, url, "trioq_commits_total")
             started = time.monotonic()
 
             async def produce() -> None:
                 nonlocal submitted
                 while time.monotonic() - started < seconds:
-                    await client.submit("bench", {"n": submitted})
+                    await rpc.call("submitJob", {"type": "bench", "payload": {"n": submitted}})
                     submitted += 1
 
             async with trio.open_nursery() as nursery:
-                for _ in range(producers):
-                    nursery.start_soon(produce)
+                nursery.start_soon(rpc.read)
+                async with trio.open_nursery() as producers:
+                    for _ in range(in_flight):
+                        producers.start_soon(produce)
+                nursery.cancel_scope.cancel()
             elapsed = time.monotonic() - started
             commits = await metric(raw, url, "trioq_commits_total") - commits0
             conflicts = await metric(raw, url, "trioq_commit_conflicts_total")
         print(
-            f"| {interval_ms:>6} ms | {producers:>9} | {submitted / elapsed:>10.0f} | "
-            f"{commits / elapsed:>9.1f} | {commits / elapsed * 60:>9.0f} | "
+            f"| {interval_ms:>6} ms | {in_flight:>9} | {submitted / elapsed:>9.0f} | "
+            f"{commits / elapsed:>8.1f} | {commits / elapsed * 60:>10.0f} | "
             f"{submitted / max(commits, 1):>10.1f} | {conflicts:>9.0f} |"
         )
 
@@ -124,23 +166,38 @@ async def depth_row(storage: str, depth: int, seconds: float, workers: int) -> N
                         for _ in range(min(5000, depth - start))
                     ]
                 )
-            done = 0
+        done = 0
+        async with httpx.AsyncClient() as raw, aconnect_ws(f"{url}/v1/ws", raw) as ws:
+            rpc = Rpc(ws)
             started = time.monotonic()
 
             async def work(index: int) -> None:
                 nonlocal done
                 worker_id = f"bench-{index}"
                 while time.monotonic() - started < seconds:
-                    await client.submit("hot", {"i": index})
-                    for job in await client.claim(worker_id, types=["hot"], max=1):
-                        await client.complete(job.id, worker_id, attempt=job.attempt)
+                    await rpc.call("submitJob", {"type": "hot", "payload": {"i": index}})
+                    claimed = await rpc.call(
+                        "claimJobs", {"workerId": worker_id, "types": ["hot"], "max": 1}
+                    )
+                    for job in claimed["jobs"]:
+                        await rpc.call(
+                            "completeJob",
+                            {
+                                "jobId": job["jobId"],
+                                "workerId": worker_id,
+                                "attempt": job["attempt"],
+                            },
+                        )
                         done += 1
 
             async with trio.open_nursery() as nursery:
-                for i in range(workers):
-                    nursery.start_soon(work, i)
+                nursery.start_soon(rpc.read)
+                async with trio.open_nursery() as pool:
+                    for i in range(workers):
+                        pool.start_soon(work, i)
+                nursery.cancel_scope.cancel()
             elapsed = time.monotonic() - started
-            size = len((await client._http.get(f"{url}/state")).content)
+            size = len((await raw.get(f"{url}/state")).content)
         print(f"| {depth:>7} | {size / 1e6:>8.1f} MB | {workers:>7} | {done / elapsed:>8.0f} |")
 
 
@@ -149,15 +206,15 @@ async def main(quick: bool, storage: str) -> None:
     print(
         f"trioq {trioq.__version__}, storage={storage}, {os.cpu_count()} CPUs, {seconds:.0f} s/row\n"
     )
-    print("| interval | producers | submits/s | writes/s | writes/min | jobs/write | conflicts |")
+    print("| interval | in flight | submits/s | writes/s | writes/min | jobs/write | conflicts |")
     print("|---|---|---|---|---|---|---|")
     for interval in (50, 500, 2000):
-        await interval_row(storage, interval, max(seconds, 6.0 if interval == 2000 else 0), 32)
+        await interval_row(storage, interval, max(seconds, 6.0 if interval == 2000 else 0), 64)
     print("\n| depth | document | workers | jobs/s |")
     print("|---|---|---|---|")
     depths = (0, 10_000) if quick else (0, 10_000, 50_000, 100_000)
     for depth in depths:
-        await depth_row(storage, depth, seconds, 16)
+        await depth_row(storage, depth, seconds, 60)
 
 
 if __name__ == "__main__":

@@ -1099,9 +1099,9 @@ def test_the_size_cap_holds_the_same_after_decode() -> None:
     state.encode()
     twin = roundtrip(state)
     assert twin.approx_bytes == state.approx_bytes > 5000
-    payload = "p" * 998  # 1000 bytes encoded: counted as 1256 with the overhead allowance
+    payload = "p" * 998  # 1000 bytes encoded: one more such job fits, two do not
     for s in (state, twin):
-        s.limits.max_document_bytes = s.approx_bytes + 1256
+        s.limits.max_document_bytes = s.approx_bytes + 1500
         s.enqueue([NewJob(payload, id="fits")], T)
         with pytest.raises(QueueFull):
             s.enqueue([NewJob(payload, id="does-not")], T)
@@ -1227,3 +1227,18 @@ def test_records_roundtrip() -> None:
         assert DeadJob.from_json(orjson.loads(dead.encode())).encode() == dead.encode()
     for fin in state.finished.values():
         assert FinishedJob.from_json(orjson.loads(fin.encode())).encode() == fin.encode()
+
+
+def test_decode_header_reads_seq_and_leader_without_the_jobs() -> None:
+    state = QueueState(rng=random.Random(1))
+    state.seq = 41
+    # a URL and payloads that contain the marker the header reader cuts at
+    state.leader = LeaderInfo('b-1",x', 'http://h/,"jobs":[', 7, 1000, released=True)
+    state.enqueue([NewJob({"k": ',"jobs":'}, type=',"jobs":')], 1000)
+    data = state.encode()
+    assert QueueState.decode_header(data) == (41, state.leader)
+    assert QueueState.decode(data).leader == state.leader
+    with pytest.raises(DocumentInvalid, match="format version 2"):
+        QueueState.decode_header(data.replace(b'"formatVersion":1', b'"formatVersion":2'))
+    with pytest.raises(DocumentInvalid, match="not valid JSON"):
+        QueueState.decode_header(b'{"format":"trioq.queue",')

@@ -346,14 +346,14 @@ class Engine:
                 self._become_leader(state, version, data)
                 log.info("broker %s created %s and leads (epoch 1)", self.broker_id, self.key)
                 return
-            doc = self._decode(got.data)
-            self.leader = doc.leader
+            _, leader = self._decode_header(got.data)
+            self.leader = leader
             self._observed_version = got.version
             if (
-                doc.leader is None
-                or doc.leader.released
-                or doc.leader.broker_id == self.broker_id
-                or (self.exclusive_url and bool(self.url) and doc.leader.url == self.url)
+                leader is None
+                or leader.released
+                or leader.broker_id == self.broker_id
+                or (self.exclusive_url and bool(self.url) and leader.url == self.url)
             ):
                 if await self._take_over(got.version):
                     return
@@ -362,8 +362,8 @@ class Engine:
             log.info(
                 "broker %s stands by; %s leads (epoch %d)",
                 self.broker_id,
-                doc.leader.url or doc.leader.broker_id,
-                doc.leader.epoch,
+                leader.url or leader.broker_id,
+                leader.epoch,
             )
             return
 
@@ -371,6 +371,9 @@ class Engine:
         return QueueState.decode(
             data, limits=self.limits, rng=self.rng, name=f"{self.key} in {self.storage.describe()}"
         )
+
+    def _decode_header(self, data: bytes) -> tuple[int, LeaderInfo | None]:
+        return QueueState.decode_header(data, name=f"{self.key} in {self.storage.describe()}")
 
     async def _take_over(self, expected_version: str) -> bool:
         """CAS the document from ``expected_version`` to one we lead; True if we do."""
@@ -447,10 +450,9 @@ class Engine:
                     released = False
                     got = await self.storage.read(self.key)
                     if got is not None:
-                        doc = self._decode(got.data)
-                        self.leader = doc.leader
+                        _, self.leader = self._decode_header(got.data)
                         last_version = got.version
-                        released = doc.leader is None or doc.leader.released
+                        released = self.leader is None or self.leader.released
                 self._observed_version = last_version
                 request, self._takeover_request = self._takeover_request, None
                 forced = request is not None and request[0] in (None, last_version)
@@ -604,7 +606,15 @@ class Engine:
         state.seq += 1
         state.leader.lease_at = now
         state.leader.released = release
-        data = state.encode()
+        try:
+            data = state.encode()
+        except Exception as exc:  # a value the validators let through: reload, go on
+            log.exception("cannot encode %s; reloading it", self.key)
+            self._needs_reload = True
+            for pending in answered + fulfilled:
+                pending.answer(error=StorageUnavailable(f"internal error: {exc!r}"))
+            self._inflight = []
+            return True
         self.last_batch_size = len(batch)
         outcome = await self._write(data, state.seq)
         self.last_commit_seconds = trio.current_time() - started

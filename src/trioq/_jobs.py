@@ -67,15 +67,21 @@ class Job:
     # A fresh value of the state's ticket counter each time the job enters the
     # ready queue; stale heap entries carry another ticket and are skipped.
     ticket: int = 0
-    # Bytes this job counts against the document-size cap, fixed when it enters.
+    # Bytes this job counts against the document-size cap: its encoded size when it
+    # entered, brought up to date by every QueueState.encode().
     size: int = 0
     encoded: bytes | None = field(default=None, repr=False)
+    # The payload's own JSON, kept so that re-encoding the job after a claim or a
+    # heartbeat copies the payload's bytes instead of serializing it again.
+    payload_json: bytes | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        if self.payload_json is None:
+            self.payload_json = orjson.dumps(self.payload)
         return {
             "id": self.id,
             "type": self.type,
-            "payload": self.payload,
+            "payload": orjson.Fragment(self.payload_json),
             "status": self.status,
             "attempts": self.attempts,
             "maxAttempts": self.max_attempts,
