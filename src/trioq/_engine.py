@@ -482,11 +482,7 @@ class Engine:
             start_at = self._last_start + cfg.group_commit_interval
             if start_at > trio.current_time():
                 await trio.sleep_until(start_at)
-            while True:
-                try:
-                    batch.append(self._recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            batch += self._drain()
             stop = False
             if _STOP in batch:
                 stop = True
@@ -801,14 +797,19 @@ class Engine:
         for pending in self._waiting:
             pending.answer(error=error())
         self._waiting = []
-        while True:
-            try:
-                pending = self._recv.receive_nowait()
-            except trio.WouldBlock:
-                break
+        for pending in self._drain():
             if pending is not _STOP:
                 self._pending_count -= 1
                 pending.answer(error=error())
+
+    def _drain(self) -> list[_Pending]:
+        """Every mutation waiting in the channel now (no checkpoint: atomic)."""
+        items: list[_Pending] = []
+        while True:
+            try:
+                items.append(self._recv.receive_nowait())
+            except trio.WouldBlock:
+                return items
 
     async def _final_commit(self) -> None:
         """At stop (or cancellation): commit what is pending and release the lease."""
@@ -824,14 +825,7 @@ class Engine:
         batch = [p for p in self._gathered if p is not _STOP]
         self._gathered = []
         self._pending_count -= len(batch)
-        drained: list[_Pending] = []
-        while True:
-            try:
-                pending = self._recv.receive_nowait()
-            except trio.WouldBlock:
-                break
-            if pending is not _STOP:
-                drained.append(pending)
+        drained = [p for p in self._drain() if p is not _STOP]
         self._pending_count -= len(drained)
         batch += drained
         for pending in self._waiting:
