@@ -1242,3 +1242,22 @@ def test_decode_header_reads_seq_and_leader_without_the_jobs() -> None:
         QueueState.decode_header(data.replace(b'"formatVersion":1', b'"formatVersion":2'))
     with pytest.raises(DocumentInvalid, match="not valid JSON"):
         QueueState.decode_header(b'{"format":"trioq.queue",')
+
+
+def test_the_size_cap_counts_dead_letters_and_the_dedup_window() -> None:
+    state = make()
+    big = {"blob": "x" * 4000}
+    state.enqueue([NewJob(big, id="doomed", max_attempts=1)], T)
+    state.claim("w", T)
+    state.fail("doomed", "w", T, error="boom")
+    state.enqueue([NewJob(1, id="done")], T)
+    state.claim("w", T)
+    state.complete("done", "w", T)
+    assert state.approx_bytes == 0
+    assert state.side_bytes > 4000
+    # the dead job's payload still rides in every write: it counts against the cap
+    state.limits.max_document_bytes = state.side_bytes + 1000
+    with pytest.raises(QueueFull):
+        state.enqueue([NewJob({"blob": "y" * 900})], T)
+    state.cancel("doomed", T)  # leaves the dead letters: its payload is gone
+    state.enqueue([NewJob({"blob": "y" * 400})], T)

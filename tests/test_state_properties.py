@@ -721,6 +721,9 @@ class QueueMachine(RuleBasedStateMachine):
             len(s.dead) + c["deadDropped"] + c["requeued"] + self.model.dead_cancelled
         )
         assert s.approx_bytes == sum(j.size for j in s.jobs.values())
+        assert s.side_bytes == sum(len(d.encode()) for d in s.dead.values()) + sum(
+            len(f.encode()) for f in s.finished.values()
+        )
         assert s.stats() == {
             "total": len(s.jobs),
             "unclaimed": s.unclaimed_count,
@@ -751,6 +754,7 @@ class QueueMachine(RuleBasedStateMachine):
         again = QueueState.decode(data, limits=limits())
         assert again.encode() == data
         assert again.approx_bytes == self.state.approx_bytes
+        assert again.side_bytes == self.state.side_bytes
         # the twin, decoded long ago and fed the same mutations, writes the same bytes
         assert self.twin.encode() == data
 

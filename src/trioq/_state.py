@@ -167,12 +167,19 @@ class QueueState:
     _tickets: int = 0
     unclaimed_count: int = 0
     _job_bytes: int = 0
+    # encoded size of the dead-letter and finished lists: they ride in every write too
+    _side_bytes: int = 0
 
     # ------------------------------------------------------------------ reads
 
     @property
     def in_progress_count(self) -> int:
         return len(self._leases)
+
+    @property
+    def side_bytes(self) -> int:
+        """Encoded size of the dead-letter and finished lists (counted by the size cap)."""
+        return self._side_bytes
 
     @property
     def approx_bytes(self) -> int:
@@ -274,7 +281,7 @@ class QueueState:
                 f"the queue holds {len(self.jobs)} jobs; {len(prepared)} more would pass "
                 f"the limit of {limits.max_queued}"
             )
-        if self._job_bytes + new_bytes > limits.max_document_bytes:
+        if self._job_bytes + self._side_bytes + new_bytes > limits.max_document_bytes:
             raise QueueFull(
                 f"the queue document would grow past its limit of {limits.max_document_bytes} bytes"
             )
@@ -415,7 +422,7 @@ class QueueState:
             return "cancelling"
         dead = self.dead.get(job_id)
         if dead is not None:
-            del self.dead[job_id]
+            self._forget_dead(job_id)
             self._remember(
                 FinishedJob(dead.id, dead.type, "cancelled", dead.attempts, dead.created_at, now)
             )
@@ -435,7 +442,7 @@ class QueueState:
             raise JobNotFound(f"no job {job_id!r}")
         if len(self.jobs) + 1 > self.limits.max_queued:
             raise QueueFull(f"the queue holds {len(self.jobs)} jobs, its limit")
-        del self.dead[job_id]
+        self._forget_dead(job_id)
         job = Job(
             id=dead.id,
             type=dead.type,
@@ -484,7 +491,8 @@ class QueueState:
             first = next(iter(self.finished.values()))
             if first.finished_at > horizon and len(self.finished) <= self.limits.dedup_cap:
                 break
-            self.finished.popitem(last=False)
+            _, gone = self.finished.popitem(last=False)
+            self._side_bytes -= len(gone.encode())
         return expired
 
     def renew_all_leases(self, now: int) -> None:
@@ -613,12 +621,17 @@ class QueueState:
 
     def _remember(self, record: FinishedJob) -> None:
         self.finished[record.id] = record
+        self._side_bytes += len(record.encode())
         if len(self.finished) > self.limits.dedup_cap:
-            self.finished.popitem(last=False)
+            _, gone = self.finished.popitem(last=False)
+            self._side_bytes -= len(gone.encode())
+
+    def _forget_dead(self, job_id: str) -> None:
+        self._side_bytes -= len(self.dead.pop(job_id).encode())
 
     def _kill(self, job: Job, reason: DeadReason, now: int) -> None:
         self._leave_queue(job)
-        self.dead[job.id] = DeadJob(
+        dead = self.dead[job.id] = DeadJob(
             id=job.id,
             type=job.type,
             payload=job.payload,
@@ -629,9 +642,11 @@ class QueueState:
             reason=reason,
             last_error=job.last_error,
         )
+        self._side_bytes += len(dead.encode())
         self.counters["dead"] += 1
         while len(self.dead) > self.limits.dead_letter_cap:
             dropped_id, dropped = self.dead.popitem(last=False)
+            self._side_bytes -= len(dropped.encode())
             self.counters["deadDropped"] += 1
             log.warning(
                 "dead-letter list full (%d): dropped the oldest entry %r (type %r, error %r)",
@@ -712,9 +727,11 @@ class QueueState:
             for item in raw["dead"]:
                 dead = DeadJob.from_json(item)
                 state.dead[dead.id] = dead
+                state._side_bytes += len(dead.encode())
             for item in raw["finished"]:
                 fin = FinishedJob.from_json(item)
                 state.finished[fin.id] = fin
+                state._side_bytes += len(fin.encode())
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DocumentInvalid(f"{name} is damaged: {exc!r}") from exc
         state._rebuild_heaps()
