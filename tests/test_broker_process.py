@@ -148,6 +148,7 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
         "TRIOQ_MAX_PAYLOAD_BYTES": "100",
         "TRIOQ_MAX_REQUEST_BYTES": "1000",
         "TRIOQ_MAX_QUEUED": "5",
+        "TRIOQ_MAX_DOCUMENT_BYTES": "70000",
         "TRIOQ_DEDUP_WINDOW_S": "60",
         "TRIOQ_SHUTDOWN_GRACE_S": "2.5",
         "TRIOQ_METRICS_PUBLIC": "yes",
@@ -162,6 +163,7 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
     assert from_env.max_writes_per_minute == 30
     assert from_env.shutdown_grace_s == 2.5
     assert (from_env.metrics_public, from_env.failover_probe) == (True, False)
+    assert from_env.limits().max_document_bytes == 70000
     flags = [
         "--host=127.0.0.3",
         "--port=99",
@@ -173,6 +175,7 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
         "--broker-heartbeat-timeout-ms=900",
         "--token=flag-tok",
         "--max-queued=9",
+        "--max-document-bytes=80000",
         "--shutdown-grace-s=1",
         "--no-metrics-public",
         "--failover-probe",
@@ -187,6 +190,7 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
     assert from_flags.group_commit_interval_ms == 10
     assert from_flags.broker_heartbeat_timeout_ms == 900
     assert (from_flags.max_queued, from_flags.shutdown_grace_s) == (9, 1.0)
+    assert from_flags.limits().max_document_bytes == 80000
     assert (from_flags.metrics_public, from_flags.failover_probe) == (False, True)
     # untouched by flags: still from the environment
     assert from_flags.max_payload_bytes == 100

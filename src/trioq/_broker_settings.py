@@ -43,6 +43,7 @@ class BrokerSettings:
     max_payload_bytes: int = 1024 * 1024
     max_request_bytes: int = 8 * 1024 * 1024
     max_queued: int = 100_000
+    max_document_bytes: int = 256 * 1024 * 1024
     dedup_window_s: int = 86_400
     metrics_public: bool = False
     failover_probe: bool = True
@@ -60,6 +61,7 @@ class BrokerSettings:
         return Limits(
             job_lease_ms=self.job_heartbeat_timeout_ms,
             max_queued=self.max_queued,
+            max_document_bytes=self.max_document_bytes,
             max_payload_bytes=self.max_payload_bytes,
             dedup_window_ms=self.dedup_window_s * 1000,
         )
@@ -86,6 +88,7 @@ class BrokerSettings:
             "max_payload_bytes",
             "max_request_bytes",
             "max_queued",
+            "max_document_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.replace('_', '-')} must be positive")
@@ -134,6 +137,7 @@ _OPTIONS: list[tuple[str, str | None, str, type]] = [
     ("--max-payload-bytes", "TRIOQ_MAX_PAYLOAD_BYTES", "max_payload_bytes", int),
     ("--max-request-bytes", "TRIOQ_MAX_REQUEST_BYTES", "max_request_bytes", int),
     ("--max-queued", "TRIOQ_MAX_QUEUED", "max_queued", int),
+    ("--max-document-bytes", "TRIOQ_MAX_DOCUMENT_BYTES", "max_document_bytes", int),
     ("--dedup-window-s", "TRIOQ_DEDUP_WINDOW_S", "dedup_window_s", int),
     ("--shutdown-grace-s", "TRIOQ_SHUTDOWN_GRACE_S", "shutdown_grace_s", float),
 ]
