@@ -227,6 +227,7 @@ INVALID_CLAIMS: list[dict[str, Any]] = [
     {"workerId": "w", "types": [1]},
     {"workerId": "w", "types": [None]},
     {"workerId": "w", "types": {"a": 1}},
+    {"workerId": "w", "types": []},
 ]
 
 

@@ -178,6 +178,8 @@ class BrokerApi:
         types = _get(params, "types", list, None)
         if types is not None and not all(isinstance(t, str) for t in types):
             raise BrokerProtocolError("types must be a list of strings")
+        if types == []:
+            raise BrokerProtocolError("types must not be empty (omit it to claim any type)")
         max_jobs = _int(params, "max", None, 1, MAX_CLAIM)
         wait_ms = _int(params, "waitMs", 0, 0, MAX_WAIT_MS)
         if not self.engine.is_leader:
