@@ -745,9 +745,11 @@ async def test_real_processes_sigterm_releases_the_lease_for_an_immediate_takeov
             stopped_at = trio.current_time()
             await child.finish()
             assert child.process.returncode == 0
-            with trio.fail_after(2):
+            with trio.fail_after(4):
                 await standby.wait_leader()
-            assert trio.current_time() - stopped_at < 1.0
+            # well inside the 5 s lease timeout (polls are 50 ms apart; the margin is
+            # for the child's exit on a loaded machine)
+            assert trio.current_time() - stopped_at < 3.0
             assert standby.epoch == 2
             acked = child.with_prefix("acked")
             assert standby.state is not None
