@@ -388,6 +388,12 @@ async def test_kill_9_loses_no_acknowledged_mutation(tmp_path: Path) -> None:
     args = file_args(tmp_path, "--broker-id", "restartable")
     acked: set[str] = set()
     completed: set[str] = set()
+    enough = trio.Event()  # something to lose: acknowledged and completed jobs
+
+    def progress() -> None:
+        if len(acked) > 20 and completed:
+            enough.set()
+
     async with broker_process(args, log_path=tmp_path / "log1") as broker:
 
         async def submitter(n: int, http: httpx.AsyncClient) -> None:
@@ -399,6 +405,7 @@ async def test_kill_9_loses_no_acknowledged_mutation(tmp_path: Path) -> None:
                     return
                 if response.status_code == 200:
                     acked.add(job_id)
+                    progress()
 
         async def worker(http: httpx.AsyncClient) -> None:
             for _ in range(10_000):
@@ -410,6 +417,7 @@ async def test_kill_9_loses_no_acknowledged_mutation(tmp_path: Path) -> None:
                         )
                         if done.status_code == 204:
                             completed.add(item["jobId"])
+                            progress()
                 except (httpx.HTTPError, ValueError, KeyError):
                     return
 
@@ -420,7 +428,11 @@ async def test_kill_9_loses_no_acknowledged_mutation(tmp_path: Path) -> None:
             for n in range(4):
                 nursery.start_soon(submitter, n, http)
             nursery.start_soon(worker, http)
-            await trio.sleep(1.0)
+            # kill mid-traffic, once there is something to lose (bounded wait: a
+            # loaded machine is slower to get there than a fixed sleep allows)
+            with trio.move_on_after(20):
+                await enough.wait()
+            await trio.sleep(0.2)
             broker.kill()
         assert await broker.wait(5) == -signal.SIGKILL
     assert len(acked) > 20
