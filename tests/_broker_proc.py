@@ -161,6 +161,8 @@ BROKER_ENV_VARS = frozenset(
         "TRIOQ_DEDUP_WINDOW_S",
         "TRIOQ_SHUTDOWN_GRACE_S",
         "TRIOQ_METRICS_PUBLIC",
+        "TRIOQ_FAILOVER_PROBE",
+        "TRIOQ_CREATE",
     }
 )
 
@@ -256,7 +258,11 @@ async def run_broker_to_exit(
 
 def s3_args(server: S3Server, bucket: str) -> list[str]:
     """The flags of a broker on ``bucket`` at ``server``."""
-    return ["--storage", "s3", "--bucket", bucket, "--endpoint-url", server.endpoint_url]
+    # --create: each test starts on a new bucket (without it a broker refuses a
+    # location where the queue is missing)
+    return [
+        "--storage", "s3", "--bucket", bucket, "--endpoint-url", server.endpoint_url, "--create"
+    ]  # fmt: skip
 
 
 def s3_env(server: S3Server) -> dict[str, str]:

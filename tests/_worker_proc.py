@@ -162,6 +162,7 @@ async def broker_process(
     if s3 is not None:
         assert bucket is not None
         argv += ["--storage", "s3", "--bucket", bucket, "--endpoint-url", s3.endpoint_url]
+        argv += ["--create"]
         extra = {
             "AWS_ACCESS_KEY_ID": s3.access_key_id,
             "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,

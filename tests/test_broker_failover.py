@@ -169,6 +169,9 @@ async def test_crash_failover_at_default_settings(
             )
             assert await a.wait(5) == -signal.SIGKILL
             assert failover < CRASH_FAILOVER_BOUND
+            # the standby probed the leader every second, quietly (httpx logs each
+            # request at INFO: 86,400 lines a day)
+            assert "HTTP Request" not in b.log(100_000)
             assert first_served < CRASH_FAILOVER_BOUND + 5
             health = (await http.get(f"{b.url}/healthz")).json()
             assert (health["role"], health["epoch"]) == ("leader", 2)

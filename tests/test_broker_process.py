@@ -98,6 +98,17 @@ INVALID: list[tuple[list[str], dict[str, str], str]] = [
     (["--advertise-url", "ftp://x"], {}, "http://"),
     ([], {"TRIOQ_METRICS_PUBLIC": "maybe"}, "TRIOQ_METRICS_PUBLIC: 'maybe' is not a valid switch"),
     ([], {"TRIOQ_FAILOVER_PROBE": "2"}, "TRIOQ_FAILOVER_PROBE"),
+    # an endpoint without a scheme used to end in a 90-line exception group
+    (
+        ["--storage", "s3", "--bucket", "b", "--endpoint-url", "127.0.0.1:18333"],
+        {},
+        "is not an http:// or https:// URL",
+    ),
+    # S3 settings on another backend used to be ignored silently
+    (["--bucket", "b"], {}, "--bucket (S3_BUCKET) applies to the s3 backend only"),
+    ([], {"S3_PREFIX": "p/"}, "--prefix (S3_PREFIX) applies to the s3 backend only"),
+    (["--storage", "memory", "--endpoint-url", "http://x"], {}, "--endpoint-url"),
+    ([], {"TRIOQ_CREATE": "perhaps"}, "TRIOQ_CREATE"),
 ]
 
 
@@ -183,7 +194,9 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
         "--no-metrics-public",
         "--failover-probe",
     ]
-    from_flags = parse_settings(flags, env)
+    # S3 settings with another backend are refused: the flags' file backend runs
+    # with an environment that names no bucket
+    from_flags = parse_settings(flags, {k: v for k, v in env.items() if not k.startswith("S3_")})
     assert (from_flags.host, from_flags.port, from_flags.storage) == ("127.0.0.3", 99, "file")
     assert (from_flags.data_dir, from_flags.broker_id, from_flags.token) == (
         "/f",
@@ -197,6 +210,11 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
     assert (from_flags.metrics_public, from_flags.failover_probe) == (False, True)
     # untouched by flags: still from the environment
     assert from_flags.max_payload_bytes == 100
+    # the backend's name is not case-sensitive; --create is a switch like the others
+    upper = parse_settings(["--storage", "S3", "--bucket", "b", "--create"], {})
+    assert (upper.storage, upper.create) == ("s3", True)
+    assert parse_settings([], {"STORAGE_BACKEND": " Memory "}).storage == "memory"
+    assert parse_settings([], {"TRIOQ_CREATE": "yes"}).create is True
     defaults = parse_settings([], {})
     assert (defaults.metrics_public, defaults.failover_probe, defaults.port) == (False, True, 8080)
 
@@ -450,3 +468,66 @@ async def test_kill_9_loses_no_acknowledged_mutation(tmp_path: Path) -> None:
     document = await stored_document(tmp_path)
     assert document["leader"]["epoch"] == 2
     assert stats["completedTotal"] >= len(completed)
+
+
+# -- a queue that existed is never replaced by an empty one ------------------------------
+
+
+async def test_a_missing_queue_on_s3_is_created_only_with_create(
+    seaweedfs: S3Server, seaweedfs_bucket: str, tmp_path: Path
+) -> None:
+    """A bucket never proves itself new: without --create a broker refuses to start
+    (one line naming the object); with it, it creates the queue; once the object is
+    deleted, a broker without --create refuses again rather than start empty."""
+    args = ["--port", "0", "--storage", "s3", "--bucket", seaweedfs_bucket]
+    args += ["--endpoint-url", seaweedfs.endpoint_url]
+    code, out, err = await run_broker_to_exit(args, env=s3_env(seaweedfs))
+    assert (code, out) == (1, "")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"trioq broker: no queue at queue.json in S3 storage s3://{seaweedfs_bucket}"
+    )
+    assert "--create" in last
+    assert "Traceback" not in err
+    async with broker_process(
+        [*args, "--create"], env=s3_env(seaweedfs), log_path=tmp_path / "l"
+    ) as broker:
+        assert broker.role == "leader"
+        broker.terminate()
+        assert await broker.wait(20) == 0
+    # an existing queue needs no --create
+    async with broker_process(args, env=s3_env(seaweedfs), log_path=tmp_path / "l2") as broker:
+        assert broker.role == "leader"
+        broker.terminate()
+        assert await broker.wait(20) == 0
+    seaweedfs.client().delete_object(Bucket=seaweedfs_bucket, Key="queue.json")
+    code, _, err = await run_broker_to_exit(args, env=s3_env(seaweedfs))
+    assert code == 1
+    assert "no queue at queue.json" in err.strip().splitlines()[-1]
+
+
+async def test_the_file_backend_creates_a_queue_in_a_new_directory_only(tmp_path: Path) -> None:
+    async with broker_process(file_args(tmp_path), log_path=tmp_path / "l") as broker:
+        assert broker.role == "leader"  # a directory that did not exist: new
+        broker.terminate()
+        assert await broker.wait(20) == 0
+    (tmp_path / "data" / "queue.json").unlink()  # the lock file stays behind
+    code, out, err = await run_broker_to_exit(file_args(tmp_path))
+    assert (code, out) == (1, "")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("trioq broker: no queue at queue.json in file storage ")
+    async with broker_process(file_args(tmp_path, "--create"), log_path=tmp_path / "l2") as b:
+        assert b.role == "leader"
+        b.terminate()
+        assert await b.wait(20) == 0
+
+
+def test_help_names_the_command_it_was_called_as(capsys: pytest.CaptureFixture[str]) -> None:
+    from trioq.__main__ import main as trioq_main
+
+    with pytest.raises(SystemExit) as exited:
+        trioq_main(["broker", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: trioq broker ")
+    assert "--create" in out

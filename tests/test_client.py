@@ -4,7 +4,10 @@ error mapping by ``_tag``. Virtual time (MockClock) throughout: no socket is ope
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +18,7 @@ import trio
 from pydantic import BaseModel
 
 import trioq
+import trioq._client
 from trioq import (
     BrokerProtocolError,
     JobNotFound,
@@ -527,3 +531,172 @@ async def test_storage_unavailable_is_a_retryable_503(autojump_clock: trio.abc.C
         await client.stats()
     assert len(script.requests) == 2
     assert issubclass(ERRORS_BY_TAG["StorageUnavailable"], StorageUnavailable)
+
+
+# ------------------------------------------------------- a starting broker
+
+
+def starting() -> httpx.Response:
+    return httpx.Response(
+        503,
+        json={
+            "_tag": "NotLeader",
+            "message": "broker a is starting, not the leader",
+            "leader": None,
+            "role": "starting",
+        },
+    )
+
+
+async def test_not_leader_bodies_carry_the_brokers_role(autojump_clock: trio.abc.Clock) -> None:
+    standby = {"_tag": "NotLeader", "message": "m", "leader": "http://l.test", "role": "standby"}
+    async with trioq.Client(
+        "http://x.test", transport=httpx.MockTransport(answer(409, standby))
+    ) as client:
+        with pytest.raises(NotLeader) as caught:
+            await client.get("j")
+    assert (caught.value.role, caught.value.leader, caught.value.starting) == (
+        "standby",
+        "http://l.test",
+        False,
+    )
+    # a body from a broker that does not send the role (older, or osqueue)
+    old = {"_tag": "NotLeader", "message": "m", "leader": None}
+    async with trioq.Client("http://x.test", transport=httpx.MockTransport(answer(409, old))) as c:
+        with pytest.raises(NotLeader) as caught:
+            await c.get("j")
+    assert (caught.value.role, caught.value.starting) == (None, False)
+
+
+async def test_a_starting_broker_is_asked_again_shortly_and_not_left(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    a = Scripted(*[starting()] * 6, ok({"status": "ok", "from": "a"}))
+    b = Scripted(ok({"status": "ok", "from": "b"}))
+
+    def route(request: httpx.Request) -> httpx.Response:
+        return (a if request.url.host == "a.test" else b)(request)
+
+    async with trioq.Client(
+        "http://a.test,http://b.test", transport=httpx.MockTransport(route), rng=FullJitter()
+    ) as client:
+        start = trio.current_time()
+        assert (await client.stats())["from"] == "a"
+        assert client.url == "http://a.test"
+    assert b.requests == []  # not a leader change: no other URL was dialled
+    # short waits: 0.1 s doubling, capped at 0.5 s (a 503 otherwise backs off to 2 s)
+    assert [t - start for t in a.times] == pytest.approx(
+        [0, 0.1, 0.3, 0.7, 1.2, 1.7, 2.2], abs=EXACT
+    )
+
+
+async def test_a_client_waits_for_an_in_process_broker_that_is_still_electing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    engine = make_engine(MemoryStorage(), "a")
+    transport = httpx.ASGITransport(app=create_app(BrokerApi(engine)))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        async with trioq.Client("http://a.test", transport=transport, retry_deadline=0) as client:
+            with pytest.raises(NotLeader) as caught:
+                await client.stats()
+            assert caught.value.starting
+            assert caught.value.role == "starting"
+        async with trioq.Client("http://a.test", transport=transport) as client:
+
+            async def elect_later() -> None:
+                await trio.sleep(0.3)
+                await nursery.start(engine.run)
+
+            nursery.start_soon(elect_later)
+            start = trio.current_time()
+            assert (await client.stats())["total"] == 0
+            assert trio.current_time() - start < 1.0
+        engine.stop()
+
+
+# ---------------------------------------------------------- a dead broker
+
+
+async def test_a_dead_broker_is_retried_at_debug_level_and_the_error_says_what_was_tried(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = Scripted(httpx.ConnectError)
+    with caplog.at_level(logging.DEBUG, logger="trioq.client"):
+        async with trioq.Client(
+            "http://a.test,http://b.test", transport=httpx.MockTransport(down), retry_deadline=3
+        ) as client:
+            with pytest.raises(BrokerUnreachable) as caught:
+                await client.submit("t", 1)
+    attempts = len(down.requests)
+    assert attempts > 3
+    message = str(caught.value)
+    assert message.startswith("cannot reach broker http://")
+    assert message.endswith(
+        f"(gave up POST /v1/jobs/batch after {attempts} attempts in 3.0 s to "
+        "http://a.test, http://b.test)"
+    )
+    retries = [r for r in caplog.records if r.name == "trioq.client"]
+    assert len(retries) == attempts - 1  # one line per retry, none for the last failure
+    assert {r.levelno for r in retries} == {logging.DEBUG}
+    assert "POST http://a.test/v1/jobs/batch failed (attempt 1): BrokerUnreachable" in (
+        retries[0].getMessage()
+    )
+
+
+# ----------------------------------------------------------------- payloads
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (math.nan, "nan at $ (JSON has no NaN or Infinity"),
+        ({"a": [1, math.inf]}, "inf at $['a'][1]"),
+        ([-math.inf], "-inf at $[0]"),
+        (2**70, f"{2**70} at $ is outside -2**63 .. 2**64-1"),
+        ({"n": 2**64}, f"{2**64} at $['n'] is outside"),
+        ({"n": -(2**63) - 1}, f"{-(2**63) - 1} at $['n'] is outside"),
+        (Point(1, 2**65), f"{2**65} at $['y'] is outside"),
+        ("\ud800", "surrogates not allowed"),
+    ],
+)
+async def test_payloads_that_would_change_are_refused(
+    autojump_clock: trio.abc.Clock, payload: Any, needle: str
+) -> None:
+    script = Scripted(ok({"jobIds": ["j"]}))
+    async with trioq.Client("http://x.test", transport=httpx.MockTransport(script)) as client:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            await client.submit("t", payload)
+    assert script.requests == []  # refused before anything was sent
+
+
+class Measure(BaseModel):
+    value: float
+
+
+async def test_a_model_with_nan_is_refused_and_other_types_are_type_errors(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with trioq.Client("http://x.test", transport=httpx.MockTransport(ok)) as client:
+        with pytest.raises(ValueError, match=r"nan at \$\['value'\]"):
+            await client.submit("t", Measure(value=math.nan))
+        with pytest.raises(TypeError, match="cannot be encoded as JSON"):
+            await client.submit("t", {1, 2})
+        with pytest.raises(TypeError, match="Dict key must be str"):
+            await client.submit("t", {1: "a"})
+
+
+async def test_json_values_round_trip_exactly(autojump_clock: trio.abc.Clock) -> None:
+    edge = {
+        "ints": [2**64 - 1, -(2**63), 0, -1],
+        "floats": [0.1, -0.0, 1e308, 5e-324, 1.5],
+        "null": None,
+        "nested": {"nullable": [None, "null", "nan"], "deep": [[[True, False]]]},
+        "text": "é ✓ \u2028 \x00",
+    }
+    async with open_test_broker() as broker:
+        job = await broker.client.submit("t", edge)
+        [claimed] = await broker.client.claim("w")
+    assert claimed.id == job
+    assert claimed.payload == edge
+    assert orjson.dumps(claimed.payload) == orjson.dumps(edge)
+    assert trioq._client.to_json_value(edge) == edge

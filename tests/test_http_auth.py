@@ -46,7 +46,6 @@ _BAD_HEADERS: list[dict[str, str | bytes]] = [
     {"Authorization": "Bearer wrong"},
     {"Authorization": f"Bearer {TOKEN}x"},
     {"Authorization": f"Bearer {TOKEN[:-1]}"},
-    {"Authorization": f"bearer {TOKEN}"},
     {"Authorization": f"Basic {TOKEN}"},
     {"Authorization": TOKEN},
     {"Authorization": f"Bearer  {TOKEN}"},
@@ -88,6 +87,20 @@ async def test_every_route_requires_the_token(secured: InProcessBroker) -> None:
         good = {"Authorization": f"Bearer {TOKEN}"}
         stats = await client.get("/v1/stats", headers=good)
         assert stats.json()["total"] == 0
+
+
+async def test_the_scheme_is_case_insensitive(secured: InProcessBroker) -> None:
+    """RFC 9110: the auth scheme is case-insensitive (the token is not)."""
+    async with httpx.AsyncClient(base_url=secured.url, verify=False) as client:
+        for scheme in ("bearer", "BEARER", "bEaReR"):
+            headers = {"Authorization": f"{scheme} {TOKEN}"}
+            submitted = await client.post("/v1/jobs", json={"payload": 1}, headers=headers)
+            assert submitted.status_code == 200, (scheme, submitted.text)
+            for method, path, body in ROUTES:
+                response = await client.request(method, path, json=body, headers=headers)
+                assert response.status_code != 401, (scheme, method, path, response.text)
+            wrong = {"Authorization": f"{scheme} {TOKEN.swapcase()}"}
+            assert (await client.get("/v1/stats", headers=wrong)).status_code == 401
 
 
 async def test_junk_without_the_token_is_401_not_400(secured: InProcessBroker) -> None:
@@ -181,6 +194,18 @@ async def test_websocket_with_the_token(secured: InProcessBroker) -> None:
         reply = await ws.receive_json()
         assert reply["ok"] is True
         assert reply["result"]["total"] == 0
+
+
+async def test_websocket_scheme_is_case_insensitive(secured: InProcessBroker) -> None:
+    for scheme in ("bearer", "BEARER"):
+        headers = {"Authorization": f"{scheme} {TOKEN}"}
+        async with (
+            httpx.AsyncClient(headers=headers, verify=False) as client,
+            aconnect_ws(f"{secured.url}/v1/ws", client) as ws,
+        ):
+            await ws.send_json({"id": 1, "method": "getStats", "params": {}})
+            reply = await ws.receive_json()
+            assert reply["ok"] is True, (scheme, reply)
 
 
 async def test_websocket_without_auth_configured(nursery: trio.Nursery, tmp_path: Path) -> None:

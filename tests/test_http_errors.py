@@ -16,8 +16,9 @@ import pytest
 import trio
 
 from _broker_proc import InProcessBroker, start_in_process
+from trioq import Client
 from trioq._broker_settings import BrokerSettings
-from trioq._errors import StorageUnreachable
+from trioq._errors import ERRORS_BY_TAG, JobNotDead, StorageUnreachable
 from trioq._faulty_storage import FaultyStorage
 from trioq._file_storage import FileStorage
 from trioq._memory_storage import MemoryStorage
@@ -27,9 +28,10 @@ KNOWN_TAGS = {
     401: {"Unauthorized"},
     404: {"JobNotFound", "NotFound"},
     405: {"MethodNotAllowed"},
-    409: {"LeaseLost"},
+    409: {"LeaseLost", "JobNotDead"},
     413: {"PayloadTooLarge"},
     503: {"NotLeader", "QueueFull", "StorageUnavailable"},
+    500: {"InternalError"},  # a bug: asserted absent everywhere
 }
 
 
@@ -355,9 +357,27 @@ async def test_lease_lost_is_409(http: httpx.AsyncClient) -> None:
     assert_error(again, 409, "LeaseLost")
 
 
-async def test_requeue_of_a_job_that_is_not_dead_is_400(http: httpx.AsyncClient) -> None:
-    job_id = await held_job(http)
-    assert_error(await http.post(f"/v1/dead/{job_id}/requeue"), 400, "BrokerProtocolError")
+async def test_requeue_of_a_job_that_is_not_dead_is_409(
+    broker: InProcessBroker, http: httpx.AsyncClient
+) -> None:
+    """A job that exists but is not dead (queued, held, finished) is a conflict with
+    its state, not a malformed request; the client raises JobNotDead."""
+    held = await held_job(http)
+    queued = (await http.post("/v1/jobs", json={"payload": 1, "id": "queued"})).json()["jobId"]
+    before = await snapshot(http)
+    for job_id in (held, queued):
+        body = assert_error(await http.post(f"/v1/dead/{job_id}/requeue"), 409, "JobNotDead")
+        assert job_id in body["message"]
+    assert await snapshot(http) == before
+    async with Client(broker.url, retry_deadline=5) as client:
+        with pytest.raises(JobNotDead):
+            await client.requeue(queued)
+
+
+async def test_every_tag_on_the_wire_has_a_class() -> None:
+    for status, tags in KNOWN_TAGS.items():
+        for tag in tags:
+            assert ERRORS_BY_TAG[tag].status == status, tag
 
 
 async def test_unknown_routes_and_methods(http: httpx.AsyncClient) -> None:
@@ -367,6 +387,89 @@ async def test_unknown_routes_and_methods(http: httpx.AsyncClient) -> None:
     assert_error(await http.get("/v1/jobs/claim/x"), 404, "NotFound")
     assert_error(await http.put("/v1/jobs/x/complete"), 405, "MethodNotAllowed")
     assert_error(await http.post("/healthz"), 405, "MethodNotAllowed")
+
+
+async def test_post_only_paths_answer_405_to_other_methods(http: httpx.AsyncClient) -> None:
+    """``/v1/jobs/claim`` and ``/v1/jobs/batch`` sit where ``GET /v1/jobs/{id}``
+    would match: a GET is the wrong method, not a lookup of a job named "claim"."""
+    for path in ("/v1/jobs/claim", "/v1/jobs/batch"):
+        for method in ("GET", "PUT", "DELETE", "PATCH"):
+            response = await http.request(method, path)
+            assert_error(response, 405, "MethodNotAllowed")
+            assert "POST" in response.headers["allow"]
+        head = await http.head(path)
+        assert head.status_code == 405
+    for op in ("heartbeat", "complete", "fail", "release", "cancel"):
+        assert_error(await http.get(f"/v1/jobs/x/{op}"), 405, "MethodNotAllowed")
+    assert_error(await http.get("/v1/dead/x/requeue"), 405, "MethodNotAllowed")
+    # names that only look like them are job ids
+    for name in ("claims", "Claim", "batch2", "xclaim"):
+        assert_error(await http.get(f"/v1/jobs/{name}"), 404, "JobNotFound")
+    # a job may still be called "claim": every POST route reaches it
+    await http.post("/v1/jobs", json={"payload": 1, "id": "claim"})
+    cancelled = await http.post("/v1/jobs/claim/cancel")
+    assert cancelled.json() == {"jobId": "claim", "status": "cancelled"}
+
+
+# ------------------------------------------------------------------ numbers
+
+OUT_OF_RANGE = [
+    "123456789012345678901234567890",
+    "18446744073709551616",  # 2**64
+    "-9223372036854775809",  # -2**63 - 1
+    "-9999999999999999999",
+    "1" + "0" * 5000,
+]
+
+
+async def test_integers_beyond_64_bits_are_400_not_floats(http: httpx.AsyncClient) -> None:
+    """orjson reads them as floats: they are refused, naming the problem, wherever
+    they are (payload, nested, another field, a batch item)."""
+    before = await snapshot(http)
+    for literal in OUT_OF_RANGE:
+        for path, body in (
+            ("/v1/jobs", f'{{"payload": {literal}}}'),
+            ("/v1/jobs", f'{{"payload": {{"a": [1, {{"b": {literal}}}]}}}}'),
+            ("/v1/jobs", f'{{"payload": 1, "maxAttempts": {literal}}}'),
+            ("/v1/jobs/batch", f'{{"jobs": [{{"payload": 1}}, {{"payload": {literal}}}]}}'),
+            ("/v1/jobs/claim", f'{{"workerId": "w", "max": {literal}}}'),
+        ):
+            response = await http.post(path, content=body.encode())
+            answer = assert_error(response, 400, "BrokerProtocolError")
+            if len(literal) < 40:  # a longer one overflows a double: orjson refuses it
+                assert literal in answer["message"], answer
+                assert "out of range" in answer["message"], answer
+    assert await snapshot(http) == before
+
+
+async def test_numbers_that_round_trip_exactly(http: httpx.AsyncClient) -> None:
+    """The 64-bit edges, long digit runs in strings, and floats with many digits are
+    accepted and come back as they were sent."""
+    payloads = [
+        "18446744073709551615",  # 2**64 - 1
+        "-9223372036854775808",  # -2**63
+        "9999999999999999999",
+        '"123456789012345678901234567890"',
+        '{"k123456789012345678901234567890": ["12345678901234567890\\"", 1]}',
+        "0.1234567890123456789012345",
+        "1.5e300",
+    ]
+    for n, literal in enumerate(payloads):
+        body = f'{{"payload": {literal}, "id": "exact-{n}"}}'
+        response = await http.post("/v1/jobs", content=body.encode())
+        assert response.status_code == 200, (literal, response.text)
+        stored = (await http.get(f"/v1/jobs/exact-{n}")).json()["payload"]
+        assert stored == orjson.loads(literal), literal
+        if isinstance(stored, int):
+            assert str(stored) == literal
+
+
+async def test_nan_and_infinity_are_400(http: httpx.AsyncClient) -> None:
+    before = await snapshot(http)
+    for literal in ("NaN", "-NaN", "Infinity", "-Infinity", "1e400", "-1e999"):
+        response = await http.post("/v1/jobs", content=f'{{"payload": {literal}}}'.encode())
+        assert_error(response, 400, "BrokerProtocolError")
+    assert await snapshot(http) == before
 
 
 # ------------------------------------------------------------------------ 413

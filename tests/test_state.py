@@ -16,6 +16,7 @@ import pytest
 from trioq import (
     BrokerProtocolError,
     DocumentInvalid,
+    JobNotDead,
     JobNotFound,
     LeaseLost,
     PayloadTooLarge,
@@ -751,7 +752,7 @@ def test_cancel_a_dead_job() -> None:
     fin = state.finished["a"]
     assert (fin.outcome, fin.attempts, fin.finished_at) == ("cancelled", 1, T + 5)
     assert (state.counters["dead"], state.counters["cancelled"]) == (1, 1)
-    with pytest.raises(BrokerProtocolError, match="not in the dead-letter list"):
+    with pytest.raises(JobNotDead, match="not in the dead-letter list"):
         state.requeue_dead("a", T + 6)
     assert_invariants(state)
 
@@ -838,7 +839,7 @@ def test_requeue_dead_rejections() -> None:
     before = snapshot(state)
     with pytest.raises(JobNotFound):
         state.requeue_dead("nope", T)
-    with pytest.raises(BrokerProtocolError):
+    with pytest.raises(JobNotDead):
         state.requeue_dead("q", T)
     with pytest.raises(QueueFull):
         state.requeue_dead("d", T)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 import trioq
-from trioq.testing import open_test_broker
+from trioq.testing import UnhandledJobs, open_test_broker
 
 
 async def test_worker_runs_handlers_retries_and_dead_letters(
@@ -50,3 +51,59 @@ async def test_worker_runs_handlers_retries_and_dead_letters(
         assert dead[invalid]["attempts"] == 1
         assert "valid integer" in dead[invalid]["lastError"]
         assert invalid not in attempts
+
+
+async def test_jobs_no_handler_takes_are_named_in_one_plain_exception(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    worker = trioq.Worker()
+    done: list[int] = []
+
+    @worker.job("known")  # async: a thread would race the autojumping clock
+    async def known(payload: int) -> None:
+        done.append(payload)
+
+    async def run() -> None:
+        async with open_test_broker() as broker:
+            await broker.client.submit("known", 1)
+            await broker.client.submit("email:send", {}, delay=5)
+            await broker.client.submit("email:send", {})
+            await broker.client.submit("other", None)
+            await broker.run_worker_until_idle(worker)
+
+    started = trio.current_time()
+    # not an exception group: pytest.raises matches only the exception itself
+    with pytest.raises(UnhandledJobs) as caught:
+        await run()
+    assert str(caught.value) == (
+        "the queue holds jobs of type(s) the worker has no handler for: "
+        "'email:send' (2 jobs), 'other' (1 job); it handles ['known']"
+    )
+    assert trio.current_time() - started < 1  # at once, not after the 60 s timeout
+    # the worker was drained and can run again
+    async with open_test_broker() as broker:
+        await broker.client.submit("known", 2)
+        await broker.run_worker_until_idle(worker)
+    assert done[-1] == 2
+
+
+async def test_a_run_that_never_gets_idle_says_what_is_pending(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    worker = trioq.Worker(shutdown_grace=1)
+
+    @worker.job("stuck")
+    async def stuck(payload: None) -> None:
+        await trio.sleep_forever()
+
+    async def run() -> None:
+        async with open_test_broker() as broker:
+            await broker.client.submit("stuck", None)
+            await broker.run_worker_until_idle(worker, timeout=5)
+
+    with pytest.raises(trio.TooSlowError) as caught:
+        await run()
+    assert str(caught.value) == (
+        "run_worker_until_idle: not idle after 5 s; 1 job(s) still queued or running, "
+        "of types ['stuck']"
+    )

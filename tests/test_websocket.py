@@ -4,7 +4,9 @@ size limits and what a graceful stop does to an open socket."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import trio
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 
+import trioq._http
 from _broker_proc import InProcessBroker, start_in_process
 from trioq._broker_settings import BrokerSettings
 
@@ -91,6 +94,7 @@ async def test_every_method(broker: InProcessBroker, ws: AsyncWebSocketSession) 
         "inProgress": 0,
         "completedTotal": 0,
         "brokerAddress": broker.url,
+        "groupCommitIntervalMs": 0,
     }
     assert await ok(ws, "submitJob", {"payload": {"n": 1}, "type": "t", "id": "a"}) == {
         "jobId": "a"
@@ -299,6 +303,133 @@ async def test_domain_errors(ws: AsyncWebSocketSession) -> None:
         deep = [deep]
     await error(ws, "submitJob", {"payload": deep}, "BrokerProtocolError")
     assert (await ok(ws, "getStats"))["total"] == 1
+
+
+async def test_integers_beyond_64_bits_are_refused(ws: AsyncWebSocketSession) -> None:
+    """orjson would read them as floats: refused, naming the problem; the 64-bit
+    edges round-trip exactly."""
+    for literal in (
+        "123456789012345678901234567890",
+        "18446744073709551616",
+        "-9223372036854775809",
+    ):
+        for message in (
+            f'{{"id": 1, "method": "submitJob", "params": {{"payload": {literal}}}}}',
+            f'{{"id": 2, "method": "submitJobs", "params": {{"jobs": [{{"payload": [{literal}]}}]}}}}',
+            f'{{"id": {literal}, "method": "getStats"}}',
+        ):
+            reply = await raw_reply(ws, message)
+            assert reply["ok"] is False, message
+            assert reply["id"] is None  # the message as a whole is refused
+            assert reply["error"]["_tag"] == "BrokerProtocolError"
+            assert literal in reply["error"]["message"]
+    for literal in ("18446744073709551615", "-9223372036854775808"):
+        message = f'{{"id": 3, "method": "submitJob", "params": {{"payload": {literal}}}}}'
+        job_id = (await raw_reply(ws, message))["result"]["jobId"]
+        record = await ok(ws, "getJob", {"jobId": job_id})
+        assert str(record["payload"]) == literal
+    for literal in ("NaN", "Infinity", "-Infinity", "1e400"):
+        message = f'{{"id": 4, "method": "submitJob", "params": {{"payload": {literal}}}}}'
+        reply = await raw_reply(ws, message)
+        assert reply["error"]["_tag"] == "BrokerProtocolError", literal
+    assert (await ok(ws, "getStats"))["total"] == 2
+
+
+UPGRADE = (
+    b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+async def raw_exchange(url: str, data: bytes) -> tuple[bytes, bytes]:
+    """Send ``data`` on a fresh connection (in one write) and read the answer: its
+    head (status line and headers, lower case) and its body (by Content-Length)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    answer = b""
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(data)
+        with trio.fail_after(20):
+            while b"\r\n\r\n" not in answer:
+                chunk = await stream.receive_some(65536)
+                assert chunk, answer
+                answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            head = head.lower()
+            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            while len(body) < length:
+                chunk = await stream.receive_some(65536)
+                assert chunk, answer
+                body += chunk
+    return head, body
+
+
+@pytest.mark.parametrize("token", [None, "t0ken"])
+async def test_bytes_behind_a_handshake_are_refused_and_break_nothing(
+    nursery: trio.Nursery, tmp_path: Path, token: str | None
+) -> None:
+    """Bytes that arrive with a handshake (a body, or a frame sent before the answer)
+    make hypercorn refuse it (400) while the app answers it too: unguarded, the two
+    answers collide in h11 and the exception takes the whole server down. The
+    broker refuses them and stays up."""
+    broker = await start_in_process(nursery, settings(tmp_path, token=token))
+    frame = b"\x81\x85abcd" + bytes(c ^ k for c, k in zip(b"hello", b"abcda", strict=True))
+    for headers in (b"", b"Authorization: Bearer t0ken\r\n"):
+        for framing, extra in (
+            (b"Content-Length: 5\r\n", b"hello"),
+            (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+            (b"", frame),  # a client that does not wait for the 101
+            (b"", b"garbage"),
+        ):
+            head, _ = await raw_exchange(broker.url, UPGRADE + headers + framing + b"\r\n" + extra)
+            assert head.startswith(b"http/1.1 400"), head
+            assert b"\r\nconnection: close" in head
+    headers = {"Authorization": "Bearer t0ken"} if token else {}
+    async with (
+        httpx.AsyncClient(headers=headers, verify=False) as client,
+        aconnect_ws(f"{broker.url}/v1/ws", client) as session,
+    ):
+        assert (await ok(session, "getStats"))["total"] == 0
+
+
+async def test_bytes_racing_handshake_answers_break_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The same, with the bytes sent at seeded random moments while the broker
+    answers the handshake (accepts it, or refuses it 401): whichever answer comes
+    first, the other is dropped, and the broker stays up."""
+    broker = await start_in_process(nursery, settings(tmp_path, token="t0ken"))
+    host, port = broker.url.removeprefix("http://").rsplit(":", 1)
+    rng = random.Random(5)
+
+    async def handshake(headers: bytes, extra: bytes, delay: float) -> None:
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(UPGRADE + headers + b"\r\n")
+            await trio.sleep(delay)  # spreads the bytes over the answer's progress
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(extra)
+                with trio.fail_after(10):
+                    await stream.receive_some(65536)
+
+    async with trio.open_nursery() as clients:
+        for _ in range(200):
+            headers = rng.choice([b"", b"Authorization: Bearer t0ken\r\n"])
+            extra = rng.choice([b"\x81\x05hello", b"garbage", b"\r\n"])
+            clients.start_soon(handshake, headers, extra, rng.choice([0, 0, 1e-4, 1e-3, 1e-2]))
+    async with (
+        httpx.AsyncClient(headers={"Authorization": "Bearer t0ken"}, verify=False) as client,
+        aconnect_ws(f"{broker.url}/v1/ws", client) as session,
+    ):
+        assert (await ok(session, "getStats"))["total"] == 0
+
+
+async def test_a_handshake_whose_body_never_comes_is_refused(
+    broker: InProcessBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trioq._http, "DRAIN_SECONDS", 0.5, raising=False)
+    head, body = await raw_exchange(broker.url, UPGRADE + b"Content-Length: 5\r\n\r\n")
+    assert head.startswith(b"http/1.1 400"), head
+    assert b"\r\nconnection: close" in head
+    assert orjson.loads(body)["_tag"] == "BrokerProtocolError"
 
 
 async def test_message_over_the_request_limit(broker: InProcessBroker) -> None:

@@ -9,9 +9,11 @@ one or two milliseconds.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -24,6 +26,7 @@ import trioq
 from trioq import JobNotFound
 from trioq._errors import BrokerUnreachable
 from trioq._state import Limits
+from trioq._worker import BACKOFF_MAX, RETRY_WINDOW, WARN_EVERY
 from trioq.testing import TEST_URL, TestBroker, open_test_broker
 
 Fault = Callable[[str], Awaitable[None]]
@@ -1029,3 +1032,396 @@ def test_environment_wins_over_constructor_arguments() -> None:
     with pytest.raises(ValueError, match="TRIOQ_CONCURRENCY"):
         worker.apply_environment({"TRIOQ_CONCURRENCY": "many"})
     assert not math.isnan(s.poll_interval)
+
+
+# ------------------------------------------------- heartbeats against the lease
+
+
+async def test_heartbeats_renew_at_least_three_times_per_granted_lease(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    starts: dict[str, float] = {}
+
+    async def work(payload: int, ctx: trioq.JobContext) -> None:
+        starts[ctx.id] = trio.current_time()
+        await trio.sleep(9.5)
+
+    async with (
+        open_test_broker(job_lease_ms=3000) as broker,
+        RecordingClient(broker) as client,
+        trio.open_nursery() as nursery,
+    ):
+        # the configured interval (5 s) is longer than the 3 s lease the broker grants
+        worker = trioq.Worker(concurrency=2, heartbeat_interval=5, client=client)
+        worker.job("work")(work)
+        with caplog.at_level(logging.INFO, logger="trioq.worker"):
+            await nursery.start(worker.run)
+            jobs = await client.submit_many([trioq.JobSpec("work", 1), trioq.JobSpec("work", 2)])
+
+            async def all_completed() -> bool:
+                return all([await status_is(client, job, "completed") for job in jobs])
+
+            await eventually(all_completed)
+            worker.drain()
+
+    for job in jobs:
+        # every second (a third of the lease), from the claim to the end of the handler
+        start = starts[job]
+        assert client.times("heartbeat", job) == pytest.approx(
+            [start + i for i in range(1, 10)], abs=EXACT
+        )
+    assert (worker.counts["completed"], worker.counts["lost"]) == (2, 0)
+    noted = [r.getMessage() for r in caplog.records if "ms leases" in r.getMessage()]
+    assert noted == [
+        "the broker grants 3000 ms leases: heartbeats every 1 s instead of the configured "
+        "5 s (at least three per lease)"
+    ]
+
+
+# --------------------------------------------------------- stopping: bounds
+
+
+async def test_a_stop_awaits_a_claim_in_flight_one_commit_interval_plus_a_second(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    times: dict[str, float] = {}
+
+    async def forever(payload: None) -> None:
+        times["start"] = trio.current_time()
+        try:
+            await trio.sleep(1000)
+        except trio.Cancelled:
+            times["cancelled"] = trio.current_time()
+            raise
+
+    # the broker's interval (0.5 s, learned at start) bounds the wait, not the
+    # worker's stand-in setting
+    async with (
+        open_test_broker(group_commit_interval=0.5) as broker,
+        RecordingClient(broker) as client,
+    ):
+
+        async def second_claim_unanswered(_: str) -> None:
+            if len(client.of("claim")) >= 2:
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    times["claim given up"] = trio.current_time()
+
+        client.claim_fault = second_claim_unanswered
+        worker = trioq.Worker(
+            concurrency=2, shutdown_grace=5, group_commit_interval=9, client=client
+        )
+        worker.job("forever")(forever)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            job = await client.submit("forever", None)
+            await trio.sleep(1)  # the job runs; a claim for the free slot is in flight
+            assert len(client.of("claim")) == 2
+            times["drain"] = trio.current_time()
+            worker.drain()
+        times["returned"] = trio.current_time()
+        assert (await client.get(job))["status"] == "unclaimed"  # released for another
+
+    drain = times["drain"]
+    assert times["claim given up"] == pytest.approx(drain + 0.5 + 1, abs=EXACT)
+    # the grace counts from the drain, not from the end of the claim
+    assert times["cancelled"] == pytest.approx(drain + 5, abs=EXACT)
+    assert times["returned"] == pytest.approx(drain + 5, abs=EXACT)
+    assert any("gave up a claim" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("how", "grace", "bound"),
+    [("drain", 30.0, 1.5), ("cancel", 30.0, 1.5), ("drain", 0.25, 0.25), ("abort", 30.0, 0.0)],
+)
+async def test_an_idle_worker_stops_within_a_commit_interval_plus_a_second(
+    autojump_clock: trio.abc.Clock, how: str, grace: float, bound: float
+) -> None:
+    async with (
+        open_test_broker(group_commit_interval=0.5) as broker,
+        RecordingClient(broker) as client,
+    ):
+        worker = trioq.Worker(
+            poll_interval=10, shutdown_grace=grace, group_commit_interval=9, client=client
+        )
+        worker.job("x")(lambda payload: None)
+        with trio.CancelScope() as outer:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run)
+                await trio.sleep(2)  # a long-poll claim (10 s) waits at the broker
+                stopped = trio.current_time()
+                if how == "drain":
+                    worker.drain()
+                elif how == "abort":
+                    worker.abort()
+                else:
+                    outer.cancel()
+        returned = trio.current_time()
+        # the claim given up took nothing with it: a job submitted now waits for a worker
+        job = await client.submit("x", None)
+        assert (await client.get(job))["status"] == "unclaimed"
+    assert returned - stopped == pytest.approx(bound, abs=EXACT)
+    assert len(client.of("claim")) == 1
+
+
+# ------------------------------------------------------ a broker that is down
+
+
+class Switch(httpx.AsyncBaseTransport):
+    """The in-process broker, or a refused connection while ``down``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.down = False
+        self.refused: list[float] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            self.refused.append(trio.current_time())
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+class VirtualLog(logging.Handler):
+    """Records (virtual time, level, message) of each log record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[float, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((trio.current_time(), record.levelno, record.getMessage()))
+
+    def at(self, level: int) -> list[tuple[float, str]]:
+        return [(t, m) for (t, lv, m) in self.lines if lv == level]
+
+
+@pytest.fixture
+def worker_log() -> Iterator[VirtualLog]:
+    handler = VirtualLog()
+    logger = logging.getLogger("trioq.worker")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+async def test_run_starts_once_the_broker_answers_and_warns_at_a_bounded_rate(
+    autojump_clock: trio.abc.Clock, worker_log: VirtualLog
+) -> None:
+    async with open_test_broker() as broker:
+        switch = Switch(broker.transport)
+        switch.down = True
+        async with trioq.Client(TEST_URL, transport=switch) as client, trio.open_nursery() as n:
+            worker = trioq.Worker(client=client)
+            worker.job("x")(lambda payload: None)
+
+            async def broker_up_at(t: float) -> None:
+                await trio.sleep_until(t)
+                switch.down = False
+
+            n.start_soon(broker_up_at, 100.0)
+            await n.start(worker.run)
+            started = trio.current_time()
+            worker.drain()
+
+    assert 100 <= started <= 100 + BACKOFF_MAX + RETRY_WINDOW
+    warnings = worker_log.at(logging.WARNING)
+    # the first after the first failed attempts (the probe's retries in the client) ...
+    first_at, first = warnings[0]
+    assert first_at == pytest.approx(RETRY_WINDOW, abs=EXACT)
+    assert first.startswith(f"broker {TEST_URL}: probe failed (BrokerUnreachable: cannot reach")
+    # ... then at most one every WARN_EVERY seconds
+    times = [t for (t, _) in warnings]
+    assert all(b - a >= WARN_EVERY for a, b in itertools.pairwise(times))
+    assert 3 <= len(warnings) <= 1 + 100 // WARN_EVERY
+    assert "still failing after" in warnings[1][1]
+    [(_, back)] = worker_log.at(logging.INFO)
+    assert back.startswith(f"broker {TEST_URL} answers again after")
+
+
+async def test_a_worker_whose_broker_goes_away_warns_and_stops_promptly(
+    autojump_clock: trio.abc.Clock, worker_log: VirtualLog
+) -> None:
+    async with open_test_broker() as broker:
+        switch = Switch(broker.transport)
+        async with trioq.Client(TEST_URL, transport=switch) as client:
+            worker = trioq.Worker(group_commit_interval=0.0, client=client)
+            worker.job("x")(lambda payload: None)
+            with trio.CancelScope() as outer:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(worker.run)
+                    switch.down = True
+                    # 17 s on, a claim is being retried inside the client
+                    await trio.sleep(17)
+                    cancelled_at = trio.current_time()
+                    outer.cancel()
+            returned = trio.current_time()
+
+    # the first claim refused is retried in the client; when that fails, the warning
+    [(warned_at, warning)] = worker_log.at(logging.WARNING)[:1]
+    assert warned_at == pytest.approx(switch.refused[0] + RETRY_WINDOW, abs=EXACT)
+    assert warning.startswith(f"broker {TEST_URL}: claim failed (BrokerUnreachable: ")
+    assert "attempts in 2.0 s to http://trioq.test" in warning
+    # a claim in flight is given up one commit interval (here 0) plus one second on
+    assert returned - cancelled_at <= 1.0 + EXACT
+
+
+async def test_a_wrong_token_raises_from_start(autojump_clock: trio.abc.Clock) -> None:
+    async with (
+        open_test_broker(token="right") as broker,
+        broker.make_client(token="wrong") as client,
+        trio.open_nursery() as nursery,
+    ):
+        worker = trioq.Worker(client=client)
+        worker.job("x")(lambda payload: None)
+        with pytest.raises(trioq.Unauthorized):
+            await nursery.start(worker.run)
+
+
+async def test_a_drain_before_the_broker_answered_ends_the_wait(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_test_broker() as broker:
+        switch = Switch(broker.transport)
+        switch.down = True
+        async with trioq.Client(TEST_URL, transport=switch) as client:
+            worker = trioq.Worker(client=client)
+            worker.job("x")(lambda payload: None)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.run)
+                await trio.sleep(5)
+                worker.drain()
+                drained = trio.current_time()
+            assert trio.current_time() == pytest.approx(drained, abs=EXACT)
+
+
+# ------------------------------------------------------------- job log lines
+
+
+async def test_every_job_log_line_names_the_job_its_type_and_attempt(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_test_broker(job_lease_ms=3000) as broker, RecordingClient(broker) as client:
+        worker = trioq.Worker(heartbeat_interval=1, client=client)
+
+        @worker.job("report")
+        async def report(payload: str) -> None:
+            await trio.sleep(1.5)  # one heartbeat (which fails for "beat")
+            if payload == "raise":
+                raise RuntimeError("no")
+
+        @worker.on_claimed
+        def broken_hook(ctx: trioq.JobContext) -> None:
+            raise KeyError("hook")
+
+        async def outcome_fault(job_id: str) -> None:
+            record = await client.get(job_id)
+            if record["payload"] == "hang":
+                await trio.sleep_forever()  # "reporting ... timed out"
+            if record["payload"] == "unreachable":
+                raise BrokerUnreachable("injected")  # "could not report ..."
+
+        async def heartbeat_fault(job_id: str) -> None:
+            if (await client.get(job_id))["payload"] == "beat":
+                raise BrokerUnreachable("injected heartbeat failure")
+
+        client.complete_fault = outcome_fault
+        client.heartbeat_fault = heartbeat_fault
+        with caplog.at_level(logging.INFO, logger="trioq.worker"):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run)
+                ids = {
+                    payload: await client.submit("report", payload, max_attempts=1)
+                    for payload in ("hang", "unreachable", "beat", "raise")
+                }
+                ids["invalid"] = await client.submit("report", 42, max_attempts=1)
+
+                async def all_finished() -> bool:
+                    records = [await client.get(job_id) for job_id in ids.values()]
+                    return all(r["status"] in ("completed", "dead") for r in records)
+
+                await eventually(all_finished)
+                worker.drain()
+
+    by_job = {job_id: f"job {job_id} (report, attempt 1)" for job_id in ids.values()}
+    lines = [r.getMessage() for r in caplog.records if r.name == "trioq.worker"]
+    about_jobs = [line for line in lines if "job" in line and not line.startswith("draining")]
+    for line in about_jobs:
+        assert any(line.startswith(label) for label in by_job.values()), line
+    for needle, payload in [
+        ("reporting its completion timed out after 5 s; its lease will expire", "hang"),
+        ("could not report its completion (BrokerUnreachable: injected)", "unreachable"),
+        ("heartbeat failed: BrokerUnreachable: injected heartbeat failure", "beat"),
+        ("raised RuntimeError: no", "raise"),
+        ("invalid payload for 'report'", "invalid"),
+        ("hook", "raise"),
+    ]:
+        assert any(line.startswith(by_job[ids[payload]]) and needle in line for line in lines), (
+            needle,
+            lines,
+        )
+
+
+# ---------------------------------------------------------- registration (more)
+
+
+async def _handler(payload: None) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("register", "error", "message"),
+    [
+        (lambda w: w.job(_handler), TypeError, "@worker.job needs the job type"),
+        (lambda w: w.job(42), TypeError, "must be a string, not int"),
+        (lambda w: w.job(""), ValueError, "job type '' is not 1-128 printable characters"),
+        (lambda w: w.job("x" * 129), ValueError, "is not 1-128 printable characters"),
+        (lambda w: w.job("a\nb"), ValueError, "is not 1-128 printable characters"),
+        (lambda w: w.job("t", timeout=-1), ValueError, "timeout must be > 0 seconds"),
+        (lambda w: w.job("t", timeout=0), ValueError, "timeout must be > 0 seconds"),
+        (lambda w: w.job("t", timeout=math.nan), ValueError, "timeout must be > 0 seconds"),
+        (lambda w: w.job("t", timeout="60"), TypeError, "timeout must be seconds"),
+    ],
+)
+def test_registration_mistakes_fail_at_decoration(
+    register: Callable[[trioq.Worker], Any], error: type[Exception], message: str
+) -> None:
+    worker = trioq.Worker()
+    with pytest.raises(error, match=re.escape(message)):
+        register(worker)
+    assert worker.handlers == {}
+
+
+def test_a_bare_decorator_leaves_the_function_alone() -> None:
+    worker = trioq.Worker()
+    with pytest.raises(TypeError, match=re.escape("write @worker.job('some:type') above")):
+
+        @worker.job  # type: ignore[arg-type]
+        async def handler(payload: None) -> None: ...
+
+    worker.job("t", timeout=2.5)(_handler)
+    assert worker.handlers["t"].timeout == 2.5
+
+
+# ----------------------------------------------------------------- settings
+
+
+async def test_an_embedded_worker_uses_its_arguments_unless_told_to_read_the_environment(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIOQ_CONCURRENCY", "7")
+    monkeypatch.setenv("GROUP_COMMIT_INTERVAL_MS", "250")
+    worker = trioq.Worker(concurrency=2)
+    worker.job("x")(lambda payload: None)
+    async with open_test_broker() as broker:
+        await broker.run_worker_until_idle(worker)
+    assert worker.settings.concurrency == 2
+    assert worker.settings.group_commit_interval == 2.0
+    worker.apply_environment()
+    assert worker.settings.concurrency == 7
+    assert worker.settings.group_commit_interval == 0.25

@@ -17,6 +17,7 @@ import trio
 from _jobs_for_tests import configured_worker
 from _worker_proc import base_env, broker_process, worker_process
 from trioq import _worker_cli
+from trioq._worker import WorkerSettings
 from trioq._worker_cli import PROBE_DEADLINE, UsageError, configure, load_worker
 
 TARGET = "_jobs_for_tests:configured_worker"
@@ -42,6 +43,7 @@ def test_defaults_and_constructor_arguments() -> None:
     assert (s.concurrency, s.poll_interval) == (3, 0.25)
     assert (s.heartbeat_interval, s.shutdown_grace, s.token) == (5.0, 30.0, None)
     assert s.broker_url == "http://127.0.0.1:8080"
+    assert s.group_commit_interval == 2.0
 
 
 def test_environment_wins_over_constructor_arguments() -> None:
@@ -53,15 +55,22 @@ def test_environment_wins_over_constructor_arguments() -> None:
         "TRIOQ_SHUTDOWN_GRACE_S": "12.5",
         "TRIOQ_TOKEN": "from-env",
         "TRIOQ_WORKER_ID": "env-worker",
+        "GROUP_COMMIT_INTERVAL_MS": "400",
     }
     s = configure([TARGET], environ=env)[0].settings
     assert s.broker_url == "http://env.test:1,http://env.test:2"
     assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (4, 0.5, 0.75)
     assert (s.shutdown_grace, s.token, s.worker_id) == (12.5, "from-env", "env-worker")
+    assert s.group_commit_interval == 0.4
 
 
 def test_flags_win_over_the_environment() -> None:
-    env = {"BROKER_URL": "http://env.test:1", "TRIOQ_CONCURRENCY": "4", "TRIOQ_TOKEN": "env"}
+    env = {
+        "BROKER_URL": "http://env.test:1",
+        "TRIOQ_CONCURRENCY": "4",
+        "TRIOQ_TOKEN": "env",
+        "GROUP_COMMIT_INTERVAL_MS": "400",
+    }
     argv = [
         TARGET,
         "--broker-url",
@@ -78,6 +87,8 @@ def test_flags_win_over_the_environment() -> None:
         "flag",
         "--worker-id",
         "flag-worker",
+        "--group-commit-interval-ms",
+        "50",
         "--log-level",
         "debug",
     ]
@@ -86,6 +97,7 @@ def test_flags_win_over_the_environment() -> None:
     assert s.broker_url == "http://flag.test:9"
     assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (6, 0.1, 0.2)
     assert (s.shutdown_grace, s.token, s.worker_id) == (1.5, "flag", "flag-worker")
+    assert s.group_commit_interval == 0.05
     assert level == "DEBUG"
 
 
@@ -105,6 +117,13 @@ def test_flags_win_over_the_environment() -> None:
         ([TARGET], {"TRIOQ_CONCURRENCY": "lots"}, "TRIOQ_CONCURRENCY='lots' is not valid"),
         ([TARGET], {"BROKER_URL": "ftp://x"}, "must start with http"),
         ([TARGET, "--log-level", "chatty"], {}, "unknown log level"),
+        (
+            ["_jobs_for_tests.py:worker"],
+            {},
+            "a module path, not a file: did you mean _jobs_for_tests:worker",
+        ),
+        (["./pkg/jobs.py:worker"], {}, "did you mean pkg.jobs:worker"),
+        ([TARGET, "--group-commit-interval-ms", "-1"], {}, "group commit interval must be >= 0"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
@@ -158,6 +177,23 @@ def test_help_runs_without_warnings() -> None:
     assert "--broker-url" in result.stdout
     assert "--concurrency" in result.stdout
     assert result.stderr == ""
+
+
+def test_help_states_the_defaults_the_worker_uses() -> None:
+    # argparse rewraps lines: compare with the whitespace folded
+    text = " ".join(_worker_cli._parser().format_help().split())
+    defaults = WorkerSettings()
+    assert "None" not in text
+    assert f"(env BROKER_URL; default {defaults.broker_url})" in text
+    assert defaults.broker_url == "http://127.0.0.1:8080"  # what docs/workers.md says
+    for env, value in [
+        ("TRIOQ_CONCURRENCY", defaults.concurrency),
+        ("TRIOQ_POLL_INTERVAL_MS", round(defaults.poll_interval * 1000)),
+        ("TRIOQ_HEARTBEAT_INTERVAL_MS", round(defaults.heartbeat_interval * 1000)),
+        ("TRIOQ_SHUTDOWN_GRACE_S", round(defaults.shutdown_grace)),
+        ("GROUP_COMMIT_INTERVAL_MS", round(defaults.group_commit_interval * 1000)),
+    ]:
+        assert f"env {env}; default {value})" in text, env
 
 
 def test_a_wrong_target_exits_2_with_one_line() -> None:

@@ -18,9 +18,10 @@ import httpx
 import pytest
 import trio
 
+import _broker_proc
 import trioq
 from _servers import S3Server
-from _worker_proc import Event, broker_process, read_events, worker_process
+from _worker_proc import Event, Proc, broker_process, read_events, worker_process
 
 pytestmark = pytest.mark.slow
 
@@ -369,3 +370,91 @@ async def test_workers_follow_the_leader_across_its_crash(
     assert done["across"] == 1
     assert [e.attempt for e in events_of(events_dir, "start", "across")] == [1]
     assert recovered < 45, recovered
+
+
+# ----------------------------------------------------- leases, a dead broker
+
+
+async def test_a_worker_renews_a_short_lease_and_a_drain_completes_every_job_once(
+    tmp_path: Path, events_dir: Path
+) -> None:
+    # the broker grants 3 s leases; the worker runs at its defaults (5 s heartbeats)
+    args = ["--host", "127.0.0.1", "--port", "0", "--storage", "file"]
+    async with (
+        _broker_proc.broker_process(
+            [*args, "--data-dir", str(tmp_path / "data")],
+            log_path=tmp_path / "broker.log",
+            env={"JOB_HEARTBEAT_TIMEOUT_MS": "3000"},
+        ) as broker,
+        trioq.Client(broker.url) as client,
+        worker_process(tmp_path, broker.url, "--concurrency", "5") as worker,
+    ):
+        await worker.ready()
+        ids = [f"lease-{i}" for i in range(5)]
+        await client.submit_many([record(3.0, job_id) for job_id in ids])
+        await eventually(counted(events_dir, "start", 5))
+        worker.signal(signal.SIGTERM)  # while all five run
+        with trio.fail_after(LIMIT):
+            code = await worker.exited()
+        records = [await client.get(job_id) for job_id in ids]
+
+    log = worker.log_path.read_text()
+    assert code == 0, worker.log_tail()
+    assert "lease was lost" not in log, log
+    assert "could not be renewed" not in log, log
+    assert log.count("the broker grants 3000 ms leases: heartbeats every 1 s") == 1, log
+    assert Counter(e.job_id for e in events_of(events_dir, "done")) == dict.fromkeys(ids, 1)
+    assert Counter(e.job_id for e in events_of(events_dir, "start")) == dict.fromkeys(ids, 1)
+    assert events_of(events_dir, "cancelled") == []
+    assert [(r["outcome"], r["attempts"]) for r in records] == [("completed", 1)] * 5
+
+
+def warned_about(worker: Proc, url: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return f"WARNING trioq.worker: broker {url}: claim failed" in worker.log_tail(200)
+
+    return check
+
+
+async def test_a_worker_whose_broker_dies_warns_and_stops_within_the_claim_bound(
+    tmp_path: Path, events_dir: Path
+) -> None:
+    async with (
+        broker_process(tmp_path, data_dir=tmp_path / "data") as broker,
+        worker_process(tmp_path, broker.url, "--group-commit-interval-ms", "50") as worker,
+    ):
+        await worker.ready()
+        broker.signal(signal.SIGKILL)
+        await eventually(warned_about(worker, broker.url), limit=15)
+        # (a claim may be in flight now, retried inside the client: it gets at
+        # most one commit interval plus one second, 1.05 s)
+        worker.signal(signal.SIGTERM)
+        terminated = time.monotonic()
+        with trio.fail_after(LIMIT):
+            code = await worker.exited()
+        took = time.monotonic() - terminated
+    assert code == 0, worker.log_tail()
+    assert took < 4.0, (took, worker.log_tail())  # 1.05 s, plus the process's own exit
+
+
+async def test_a_stop_gives_up_a_claim_the_broker_never_answers(
+    tmp_path: Path, events_dir: Path
+) -> None:
+    async with (
+        broker_process(tmp_path, data_dir=tmp_path / "data") as broker,
+        worker_process(tmp_path, broker.url, "--group-commit-interval-ms", "50") as worker,
+    ):
+        await worker.ready()
+        # an idle worker always has a long-poll claim out (or sends the next one
+        # into the listen backlog): a frozen broker leaves it unanswered
+        broker.signal(signal.SIGSTOP)
+        worker.signal(signal.SIGTERM)
+        terminated = time.monotonic()
+        with trio.fail_after(LIMIT):
+            code = await worker.exited()
+        took = time.monotonic() - terminated
+    assert code == 0, worker.log_tail()
+    assert "gave up a claim" in worker.log_tail(), worker.log_tail()
+    # one commit interval plus one second (1.05 s), plus the process's own exit; the
+    # request timeout (10 s) would be the bound otherwise
+    assert took < 3.0, (took, worker.log_tail())

@@ -19,11 +19,16 @@ from ._errors import BrokerUnreachable as BrokerUnreachable
 from ._errors import BucketNotFound as BucketNotFound
 from ._errors import CASConflict as CASConflict
 from ._errors import DocumentInvalid as DocumentInvalid
+from ._errors import InternalError as InternalError
+from ._errors import JobNotDead as JobNotDead
 from ._errors import JobNotFound as JobNotFound
 from ._errors import LeaseLost as LeaseLost
+from ._errors import MethodNotAllowed as MethodNotAllowed
+from ._errors import NotFound as NotFound
 from ._errors import NotLeader as NotLeader
 from ._errors import PayloadTooLarge as PayloadTooLarge
 from ._errors import QueueFull as QueueFull
+from ._errors import QueueNotFound as QueueNotFound
 from ._errors import StorageAuthError as StorageAuthError
 from ._errors import StorageUnavailable as StorageUnavailable
 from ._errors import StorageUnreachable as StorageUnreachable

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "broker":
         from ._broker import main as broker_main
 
-        return broker_main(rest)
+        return broker_main(rest, prog="trioq broker")
     if command == "worker":
         from ._worker_cli import main as worker_main
 

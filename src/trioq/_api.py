@@ -112,6 +112,9 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+_STATS_FIELDS = ("total", "unclaimed", "inProgress", "completedTotal")
+
+
 class BrokerApi:
     """Operations over one engine, answering in osqueue's JSON shapes."""
 
@@ -230,25 +233,41 @@ class BrokerApi:
         return {"jobId": job_id, "status": status}
 
     async def requeue(self, job_id: str) -> dict[str, Any]:
-        await self.engine.requeue_dead(job_id_param(job_id))
+        job_id = job_id_param(job_id)
+        await self.engine.requeue_dead(job_id)
         return {"jobId": job_id, "status": "unclaimed"}
 
     # ------------------------------------------------------------------- reads
 
+    # Reads show the last committed state only: never a batch whose write is in
+    # flight or failed (Engine.read waits such a commit out).
+
     def stats(self) -> dict[str, Any]:
-        state = self._leader_state()
-        return {**state.stats(), "brokerAddress": self.engine.url}
+        self._leader_state()
+        committed = self.engine.committed_stats
+        return {
+            **{name: committed[name] for name in _STATS_FIELDS},
+            "brokerAddress": self.engine.url,
+            # workers bound how long a claim in flight is awaited at a stop by it
+            "groupCommitIntervalMs": round(self.engine.config.group_commit_interval * 1000),
+        }
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        state = self._leader_state()
-        record = state.lookup(job_id_param(job_id))
-        if record is None:
-            raise JobNotFound(f"no job {job_id!r}")
-        return job_view(record)
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        job_id = job_id_param(job_id)
 
-    def list_jobs(self, limit: int, cursor: str | None) -> dict[str, Any]:
-        state = self._leader_state()
+        def view(state: QueueState) -> dict[str, Any]:
+            record = state.lookup(job_id)
+            if record is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            return job_view(record)
+
+        return await self.engine.read(view)
+
+    async def list_jobs(self, limit: int, cursor: str | None) -> dict[str, Any]:
         after = _cursor(cursor)
+        return await self.engine.read(lambda state: self._jobs_page(state, limit, after))
+
+    def _jobs_page(self, state: QueueState, limit: int, after: int) -> dict[str, Any]:
         page: list[dict[str, Any]] = []
         next_cursor: str | None = None
         for job in state.iter_jobs():
@@ -265,17 +284,9 @@ class BrokerApi:
             "nextCursor": next_cursor,
         }
 
-    def list_dead(self, limit: int, cursor: str | None) -> dict[str, Any]:
-        state = self._leader_state()
+    async def list_dead(self, limit: int, cursor: str | None) -> dict[str, Any]:
         start = _cursor(cursor, default=0)
-        dead = list(state.dead.values())[start : start + limit + 1]
-        more = len(dead) > limit
-        return {
-            "total": len(state.dead),
-            "dropped": state.counters["deadDropped"],
-            "jobs": [job_view(d) for d in dead[:limit]],
-            "nextCursor": str(start + limit) if more else None,
-        }
+        return await self.engine.read(lambda state: _dead_page(state, limit, start))
 
     def throttle_stats(self) -> dict[str, Any]:
         if self._throttle_stats is None:
@@ -287,6 +298,17 @@ class BrokerApi:
     def assert_leader(self) -> None:
         if not self.engine.is_leader:
             raise self.engine.not_leader()
+
+
+def _dead_page(state: QueueState, limit: int, start: int) -> dict[str, Any]:
+    dead = list(state.dead.values())[start : start + limit + 1]
+    more = len(dead) > limit
+    return {
+        "total": len(state.dead),
+        "dropped": state.counters["deadDropped"],
+        "jobs": [job_view(d) for d in dead[:limit]],
+        "nextCursor": str(start + limit) if more else None,
+    }
 
 
 def _cursor(cursor: str | None, default: int = 0) -> int:

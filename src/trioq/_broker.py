@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -18,7 +19,9 @@ from hypercorn.trio import serve
 from ._api import BrokerApi
 from ._broker_settings import BrokerSettings, SettingsError, parse_settings
 from ._engine import Engine, Role
-from ._errors import DocumentInvalid, StorageUnavailable
+from ._errors import DocumentInvalid, QueueNotFound, StorageUnavailable
+from ._faulty_storage import FaultyStorage
+from ._file_storage import FileStorage
 from ._http import create_app
 from ._memory_storage import MemoryStorage
 from ._storage import Storage
@@ -57,6 +60,29 @@ def build_storage(settings: BrokerSettings) -> Storage:
             max_writes_per_minute=settings.max_writes_per_minute,
         )
     return storage
+
+
+def _unwrapped(storage: Storage) -> Storage:
+    while isinstance(storage, ThrottledStorage | FaultyStorage):
+        storage = storage.inner
+    return storage
+
+
+def is_new_location(storage: Storage, key: str) -> bool:
+    """Whether ``key`` provably never held a queue in ``storage`` (blocking I/O).
+
+    Memory storage always starts empty; a file backend whose directory does not
+    exist or is empty is new (the lock file a queue leaves behind when its document
+    is deleted makes the directory not new). An S3 bucket never is: a missing object
+    there may have been deleted, or the prefix may be wrong.
+    """
+    storage = _unwrapped(storage)
+    if isinstance(storage, MemoryStorage):
+        return True
+    if isinstance(storage, FileStorage):
+        directory = storage.directory
+        return not directory.is_dir() or not os.listdir(directory)
+    return False
 
 
 def _advertised(settings: BrokerSettings, binds: Sequence[str]) -> str:
@@ -108,12 +134,15 @@ class Broker:
         settings.validate()
         self.settings = settings
         self.storage = storage if storage is not None else build_storage(settings)
+        config = settings.engine_config()
+        config.freeze_loaded_state = True
         self.engine = Engine(
             self.storage,
             key=settings.key,
             broker_id=settings.broker_id,
-            config=settings.engine_config(),
+            config=config,
             limits=settings.limits(),
+            create=False,  # decided in run(): looking at the location is I/O
         )
         throttle: Callable[[], dict[str, Any]] | None = None
         if isinstance(self.storage, ThrottledStorage):
@@ -160,6 +189,9 @@ class Broker:
             loopback = settings.host in ("127.0.0.1", "localhost", "::1")
             self.engine.exclusive_url = settings.advertise_url is None and (
                 settings.storage == "file" or not loopback
+            )
+            self.engine.create = settings.create or await trio.to_thread.run_sync(
+                is_new_location, self.storage, settings.key
             )
             await nursery.start(self._run_engine)
             if settings.failover_probe:
@@ -256,15 +288,19 @@ class Broker:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.broker") -> int:
     """``python -m trioq.broker``: run a broker until SIGINT/SIGTERM."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: a standby's probe alone would write a line a
+    # second (86,400 a day)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        settings = parse_settings(argv)
+        settings = parse_settings(argv, prog=prog)
         broker = Broker(settings)
     except SettingsError as exc:
         print(f"trioq broker: {exc}", file=sys.stderr)
@@ -289,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _operator_error(exc: BaseException) -> BaseException | None:
     """The first storage, document or socket error in ``exc`` (or its groups)."""
-    if isinstance(exc, StorageUnavailable | DocumentInvalid | OSError):
+    if isinstance(exc, StorageUnavailable | DocumentInvalid | QueueNotFound | OSError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:

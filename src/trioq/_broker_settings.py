@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -47,6 +48,7 @@ class BrokerSettings:
     dedup_window_s: int = 86_400
     metrics_public: bool = False
     failover_probe: bool = True
+    create: bool = False
     shutdown_grace_s: float = 10.0
 
     def engine_config(self) -> EngineConfig:
@@ -72,6 +74,20 @@ class BrokerSettings:
             raise SettingsError(f"unknown storage backend {self.storage!r} (file, s3 or memory)")
         if self.storage == "s3" and not self.bucket:
             raise SettingsError("the s3 backend needs a bucket: --bucket or S3_BUCKET")
+        if self.storage != "s3":
+            for attr, flag, var in _S3_ONLY:
+                if getattr(self, attr):
+                    raise SettingsError(
+                        f"{flag} ({var}) applies to the s3 backend only, but the storage "
+                        f"backend is {self.storage!r}: add --storage s3 or drop {flag}"
+                    )
+        if self.endpoint_url is not None:
+            url = urllib.parse.urlsplit(self.endpoint_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise SettingsError(
+                    f"--endpoint-url {self.endpoint_url!r} is not an http:// or https:// URL "
+                    "(for example http://127.0.0.1:8333)"
+                )
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is out of range")
         if self.advertise_url is not None:
@@ -143,15 +159,26 @@ _OPTIONS: list[tuple[str, str | None, str, type]] = [
 ]
 
 
+_S3_ONLY = (
+    ("bucket", "--bucket", "S3_BUCKET"),
+    ("prefix", "--prefix", "S3_PREFIX"),
+    ("region", "--region", "S3_REGION"),
+    ("endpoint_url", "--endpoint-url", "S3_ENDPOINT_URL"),
+)
+
 # on/off settings: flag (with its --no- form), environment variable, attribute
 _SWITCHES: list[tuple[str, str, str, type]] = [
     ("--metrics-public", "TRIOQ_METRICS_PUBLIC", "metrics_public", bool),
     ("--failover-probe", "TRIOQ_FAILOVER_PROBE", "failover_probe", bool),
+    ("--create", "TRIOQ_CREATE", "create", bool),
 ]
 _SWITCH_HELP = {
     "metrics_public": "serve /metrics without the token",
     "failover_probe": "standby: probe the leader and take over after two failed probes "
     "(--no-failover-probe: wait for the lease timeout)",
+    "create": "create a new, empty queue if none is stored at the key; without it a "
+    "broker refuses to start where the queue is missing (the file backend creates one "
+    "in a new or empty directory, the memory backend always)",
 }
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -167,12 +194,15 @@ def _switch(var: str, raw: str) -> bool:
 
 
 def parse_settings(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    prog: str = "python -m trioq.broker",
 ) -> BrokerSettings:
     """Build settings from flags, then the environment, then defaults; validated."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
-        prog="python -m trioq.broker",
+        prog=prog,
         description="Run a trioq broker (leader or standby) over a queue document.",
     )
     for flag, var, attr, _ in _OPTIONS:
@@ -197,6 +227,8 @@ def parse_settings(
             raw, source = env[var], var
         if raw is None:
             continue
+        if attr == "storage":
+            raw = raw.strip().lower()  # S3_BUCKET users write STORAGE_BACKEND=S3 too
         try:
             value = kind(raw)
         except ValueError:

@@ -5,20 +5,29 @@ What it does for you:
 - job ids are generated client-side, so a retried submit never creates a second job;
 - connection errors and 503 answers are retried with bounded exponential backoff
   within an overall deadline; ``NotLeader`` answers are followed to the leader;
+- a broker that answers ``NotLeader`` while it is still starting (role ``"starting"``,
+  no leader known) is asked again after a short wait: that is not a leader change,
+  so the client does not move to another URL for it;
 - a claim is retried only when it provably claimed nothing (the connection was
   never made, or the broker answered 503); a claim whose answer was lost in flight
   is not repeated (it raises :class:`~trioq.BrokerUnreachable`), and the jobs it may
   have claimed return to the queue when their lease runs out;
-- error bodies come back as the matching :class:`~trioq.TrioqError` subclass.
+- every retry is logged at debug level (logger ``trioq.client``); the error raised at
+  the deadline says how many attempts were made, for how long, and to which URLs;
+- error bodies come back as the matching :class:`~trioq.TrioqError` subclass;
+- payloads are JSON values that must round-trip exactly: NaN, infinities and
+  integers outside ``-2**63 .. 2**64-1`` raise ``ValueError`` before anything is sent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 import math
 import random
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -28,9 +37,18 @@ import orjson
 import trio
 
 from ._errors import ERRORS_BY_TAG, BrokerUnreachable, NotLeader, TrioqError, WriteOutcomeUnknown
+from ._state import QueueState
 from ._storage import Storage
 
+log = logging.getLogger("trioq.client")
+
 DEFAULT_URL = "http://127.0.0.1:8080"
+
+STARTING_RETRY_MAX = 0.5
+"""Cap, in seconds, on the wait before asking a starting broker again."""
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,12 +78,79 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def to_json_value(payload: Any) -> Any:
-    """Pydantic models and dataclasses become plain JSON values."""
+def encode_payload(payload: Any) -> bytes:
+    """A payload's JSON encoding (pydantic models and dataclasses as plain values).
+
+    Raises ValueError for what would not come back exactly: NaN and infinities (JSON
+    has none; they would turn into ``null``), integers outside ``-2**63 .. 2**64-1``
+    (beyond what the broker decodes exactly) and strings with lone surrogates; and
+    TypeError for values JSON cannot hold (a set, a dict with non-string keys, ...).
+    """
     dump = getattr(payload, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    return orjson.loads(orjson.dumps(payload))
+    value = dump(mode="json") if callable(dump) else payload
+    try:
+        data = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise _encode_error(value, exc) from None
+    # orjson writes NaN and the infinities as null: only a payload with a null in it
+    # can hold one, so the walk that finds it stays off the common path
+    if b"null" in data:
+        where = _find(value, _non_finite)
+        if where is not None:
+            path, bad = where
+            raise ValueError(
+                f"payload is not JSON: {bad!r} at {path} (JSON has no NaN or Infinity; "
+                "it would arrive as null)"
+            )
+    return data
+
+
+def to_json_value(payload: Any) -> Any:
+    """The plain JSON value a payload is sent as; refuses what would not round-trip
+    (see :func:`encode_payload`)."""
+    return orjson.loads(encode_payload(payload))
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _int_out_of_range(value: Any) -> bool:
+    return isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX
+
+
+def _find(value: Any, bad: Callable[[Any], bool], path: str = "$") -> tuple[str, Any] | None:
+    """The first ``(path, item)`` in ``value`` for which ``bad(item)``, if any."""
+    if bad(value):
+        return path, value
+    items: Iterable[tuple[str, Any]]
+    if isinstance(value, dict):
+        items = ((f"{path}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = ((f"{path}[{f.name!r}]", getattr(value, f.name)) for f in dataclasses.fields(value))
+    else:
+        return None
+    for child_path, child in items:
+        found = _find(child, bad, child_path)
+        if found is not None:
+            return found
+    return None
+
+
+def _encode_error(value: Any, exc: orjson.JSONEncodeError) -> Exception:
+    text = str(exc)
+    if "Integer exceeds" in text:
+        where = _find(value, _int_out_of_range)
+        at = f"{where[1]} at {where[0]}" if where is not None else "an integer"
+        return ValueError(
+            f"payload is not JSON that round-trips: {at} is outside -2**63 .. 2**64-1 "
+            "(send it as a string)"
+        )
+    if "not valid UTF-8" in text or "Recursion limit" in text:
+        return ValueError(f"payload cannot be encoded as JSON: {text}")
+    return TypeError(f"payload cannot be encoded as JSON: {text}")
 
 
 def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
@@ -88,7 +173,12 @@ def error_from_response(response: httpx.Response) -> TrioqError:
         message = str(body.get("message", ""))
         if cls is NotLeader:
             leader = body.get("leader")
-            return NotLeader(message, leader=leader if isinstance(leader, str) else None)
+            role = body.get("role")
+            return NotLeader(
+                message,
+                leader=leader if isinstance(leader, str) else None,
+                role=role if isinstance(role, str) else None,
+            )
         error = cls(message)
         return error
     return TrioqError(
@@ -106,7 +196,8 @@ class Client:
         token: bearer token, if the broker requires one.
         timeout: per-request timeout in seconds (long-poll claims add their wait).
         retry_deadline: overall time a call keeps retrying connection errors and
-            503 answers before it raises.
+            503 answers before it raises (``claim`` and ``stats`` take a per-call
+            ``retry_deadline`` too).
         backoff_base: the first retry waits between half and all of twice this.
         backoff_max: cap on one retry's wait (the waits double up to it).
         transport: an httpx transport (e.g. ``httpx.ASGITransport`` for an
@@ -152,14 +243,11 @@ class Client:
         got = await storage.read(key)
         if got is None:
             raise NotLeader(f"{key} does not exist in {storage.describe()}: no broker has started")
-        try:
-            leader = orjson.loads(got.data).get("leader") or {}
-        except (orjson.JSONDecodeError, AttributeError):
-            leader = {}
-        url = leader.get("url") if isinstance(leader, dict) else None
-        if not isinstance(url, str) or not url:
+        # the header only: parsing a 100,000-job document would stall the event loop
+        _, leader = QueueState.decode_header(got.data, name=f"{key} in {storage.describe()}")
+        if leader is None or not leader.url:
             raise NotLeader(f"{key} in {storage.describe()} names no leader", leader=None)
-        return cls(url, **kwargs)
+        return cls(leader.url, **kwargs)
 
     @property
     def url(self) -> str:
@@ -205,21 +293,31 @@ class Client:
         params: Mapping[str, Any] | None = None,
         claim: bool = False,
         extra_timeout: float = 0.0,
+        retry_deadline: float | None = None,
     ) -> httpx.Response:
-        """Send a request, retrying what is safe to retry, until the deadline."""
-        deadline = trio.current_time() + self.retry_deadline
+        """Send a request, retrying what is safe to retry, until the deadline
+        (``retry_deadline`` seconds, default the client's)."""
+        started = trio.current_time()
+        deadline = started + (self.retry_deadline if retry_deadline is None else retry_deadline)
         attempt = 0
+        starting_waits = 0
         followed = False
+        tried: list[str] = []
+        cause: BaseException | None = None
         content = None if body is None else orjson.dumps(body)
         headers = {"Content-Type": "application/json"} if content is not None else None
         while True:
             attempt += 1
+            url = self.url
+            if url not in tried:
+                tried.append(url)
             last: TrioqError
             hop = False
+            starting = False
             try:
                 response = await self._http.request(
                     method,
-                    self.url + path,
+                    url + path,
                     content=content,
                     params=params,
                     headers=headers,
@@ -227,7 +325,8 @@ class Client:
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # never reached a broker: safe to retry anything, claims included
-                last = BrokerUnreachable(f"cannot reach broker {self.url}: {exc!r}")
+                last = BrokerUnreachable(f"cannot reach broker {url}: {exc!r}")
+                cause = exc
                 if len(self.urls) > 1:
                     self._follow(None)
             except httpx.TransportError as exc:
@@ -235,11 +334,12 @@ class Client:
                     # the broker may have claimed jobs for us; asking again could
                     # strand them for a lease: give up on this claim
                     raise BrokerUnreachable(
-                        f"the answer to a claim from {self.url} was lost ({exc!r}); "
+                        f"the answer to a claim from {url} was lost ({exc!r}); "
                         "jobs it may have claimed return to the queue when their lease "
                         "runs out"
                     ) from exc
-                last = BrokerUnreachable(f"request to {self.url} failed: {exc!r}")
+                last = BrokerUnreachable(f"request to {url} failed: {exc!r}")
+                cause = exc
             else:
                 if response.status_code < 400:
                     return response
@@ -250,21 +350,42 @@ class Client:
                     # the broker does not know whether its commit (and so the claim)
                     # landed: asking again could strand the jobs it took for a lease
                     raise error
-                if isinstance(error, NotLeader):
+                if isinstance(error, NotLeader) and error.starting:
+                    # still electing: it will lead or name the leader shortly, so
+                    # this is no leader change; ask the same broker again soon
+                    starting = True
+                elif isinstance(error, NotLeader):
                     # a new leader URL is dialled at once (but never twice in a row
                     # without a pause, in case two brokers name each other mid-takeover)
                     hop = self._follow(error.leader) and error.leader is not None
                 last = error
+                cause = None
             now = trio.current_time()
             if now >= deadline:
-                raise last
+                raise _gave_up(last, f"{method} {path}", attempt, now - started, tried) from cause
             if hop and not followed:
                 followed = True
+                log.debug(
+                    "%s %s: %s; following the leader to %s", method, url + path, last, self.url
+                )
                 continue
             followed = False
-            delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 16))
-            delay *= 0.5 + self._rng.random() / 2
-            await trio.sleep(min(delay, deadline - now))
+            if starting:
+                starting_waits += 1
+                delay = min(STARTING_RETRY_MAX, self.backoff_base * 2 ** min(starting_waits, 16))
+            else:
+                delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 16))
+            delay = min(delay * (0.5 + self._rng.random() / 2), deadline - now)
+            log.debug(
+                "%s %s failed (attempt %d): %s: %s; retrying in %.2f s",
+                method,
+                url + path,
+                attempt,
+                type(last).__name__,
+                last,
+                delay,
+            )
+            await trio.sleep(delay)
 
     # ------------------------------------------------------------------ producer
 
@@ -290,7 +411,8 @@ class Client:
             item: dict[str, Any] = {
                 "id": spec.id or new_job_id(),
                 "type": spec.type,
-                "payload": to_json_value(spec.payload),
+                # encoded once, checked, and spliced into the request body as is
+                "payload": orjson.Fragment(encode_payload(spec.payload)),
             }
             if spec.max_attempts is not None:
                 item["maxAttempts"] = spec.max_attempts
@@ -312,8 +434,9 @@ class Client:
         """A job's record, including finished jobs within the dedup window."""
         return dict((await self._call("GET", f"/v1/jobs/{job_id}")).json())
 
-    async def stats(self) -> dict[str, Any]:
-        return dict((await self._call("GET", "/v1/stats")).json())
+    async def stats(self, *, retry_deadline: float | None = None) -> dict[str, Any]:
+        """Queue counters from the leader (``retry_deadline``: this call's, in seconds)."""
+        return dict((await self._call("GET", "/v1/stats", retry_deadline=retry_deadline)).json())
 
     async def jobs(self, *, limit: int = 1000, cursor: str | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
@@ -340,12 +463,14 @@ class Client:
         types: Sequence[str] | None = None,
         max: int = 1,
         wait: float = 0.0,
+        retry_deadline: float | None = None,
     ) -> list[Claimed]:
         """Claim up to ``max`` jobs, waiting up to ``wait`` seconds for the first.
 
-        Retried only while the broker provably claimed nothing; if the answer is
-        lost in flight this raises :class:`~trioq.BrokerUnreachable` instead of
-        asking again (the jobs return to the queue when their lease runs out).
+        Retried only while the broker provably claimed nothing (for at most
+        ``retry_deadline`` seconds, default the client's); if the answer is lost in
+        flight this raises :class:`~trioq.BrokerUnreachable` instead of asking again
+        (the jobs return to the queue when their lease runs out).
         """
         body: dict[str, Any] = {"workerId": worker_id, "max": max}
         if types is not None:
@@ -354,7 +479,12 @@ class Client:
         if wait_ms > 0:
             body["waitMs"] = wait_ms
         response = await self._call(
-            "POST", "/v1/jobs/claim", body, claim=True, extra_timeout=wait_ms / 1000
+            "POST",
+            "/v1/jobs/claim",
+            body,
+            claim=True,
+            extra_timeout=wait_ms / 1000,
+            retry_deadline=retry_deadline,
         )
         return [
             Claimed(j["jobId"], j["type"], j["payload"], int(j["attempt"]), int(j["leaseMs"]))
@@ -408,6 +538,22 @@ def parse_urls(urls: str | Sequence[str]) -> list[str]:
             raise ValueError(f"broker URL {url!r} must start with http:// or https://")
         parsed.append(url)
     return parsed or [DEFAULT_URL]
+
+
+def _gave_up(
+    last: TrioqError, what: str, attempts: int, elapsed: float, tried: list[str]
+) -> TrioqError:
+    """``last``, its message saying what was tried before the deadline."""
+    note = (
+        f" (gave up {what} after {attempts} attempt{'s' if attempts != 1 else ''} "
+        f"in {elapsed:.1f} s to {', '.join(tried)})"
+    )
+    if isinstance(last, NotLeader):
+        return NotLeader(last.message + note, leader=last.leader, role=last.role)
+    try:
+        return type(last)(last.message + note)
+    except TypeError:  # a subclass with another signature: keep it as it is
+        return last
 
 
 def _held(worker_id: str, attempt: int | None) -> dict[str, Any]:

@@ -28,6 +28,10 @@ class EngineConfig:
     """Bound on the last commit (pending mutations + lease release) at stop."""
     max_pending: int = 100_000
     """Mutations waiting for a commit beyond which new ones are refused (QueueFull)."""
+    freeze_loaded_state: bool = False
+    """Pause the garbage collector while a document loads and ``gc.freeze()`` what
+    was loaded (the broker process turns this on; a library user's process may not
+    want its collector touched)."""
 
     def validate(self) -> None:
         """Raise ValueError on settings that cannot work together."""

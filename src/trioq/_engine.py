@@ -19,6 +19,7 @@ Run it as a nursery task: ``await nursery.start(engine.run)``.
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import math
 import random
@@ -36,6 +37,7 @@ from ._errors import (
     DocumentInvalid,
     NotLeader,
     QueueFull,
+    QueueNotFound,
     StorageUnavailable,
     TrioqError,
     WriteOutcomeUnknown,
@@ -89,6 +91,31 @@ class _ClaimRequest:
 _STOP = _Pending(op=None)
 
 
+@dataclass(eq=False)
+class _Reader:
+    """A read waiting for the state to be committed again (see :meth:`Engine.read`)."""
+
+    fn: Callable[[QueueState], Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def answer(self, state: QueueState | None, error: BaseException | None = None) -> None:
+        if self.done.is_set():
+            return
+        if error is None and state is not None:
+            try:
+                self.result = self.fn(state)
+            except Exception as exc:  # the read's own error (JobNotFound, ...)
+                error = exc
+        self.error = error
+        self.done.set()
+
+
+def _unchanged(state: QueueState, now: int) -> None:
+    """A mutation that changes nothing: it makes the commit loop reload the state."""
+
+
 class Engine:
     """Leads (or stands by for) one queue document on a :class:`~trioq.Storage`.
 
@@ -103,6 +130,12 @@ class Engine:
         wall_clock: milliseconds since the epoch for stored times (tests inject one
             derived from ``trio.current_time()``).
         rng: randomness for ids and retry jitter.
+        exclusive_url: see the attribute.
+        create: whether the first election may create the document when none is
+            stored. A broker passes ``False`` unless the location is provably new or
+            the operator asked for a new queue (``--create``): a deleted object or a
+            wrong prefix must not turn into an empty queue. Once this engine has seen
+            the document, a missing one is never created again, whatever ``create``.
     """
 
     def __init__(
@@ -117,10 +150,12 @@ class Engine:
         wall_clock: WallClock = system_wall_clock,
         rng: random.Random | None = None,
         exclusive_url: bool = False,
+        create: bool = True,
     ) -> None:
         self.storage = storage
         self.key = key
         self.exclusive_url = exclusive_url
+        self.create = create
         """Whether ``url`` can belong to no other live broker (we bound it ourselves):
         a document led from it was led by an earlier life of this broker, which a
         restart may take over at once instead of waiting out the lease."""
@@ -133,7 +168,8 @@ class Engine:
         self.rng = rng or random.Random()
         self.role = Role.STARTING
         self.state: QueueState | None = None
-        """The leader's applied state (reads are served from it)."""
+        """The leader's applied state: ahead of what is stored while a commit is in
+        flight or after one failed; read it through :meth:`read`."""
         self.document: bytes | None = None
         """The last document this engine committed."""
         self.leader: LeaderInfo | None = None
@@ -167,6 +203,17 @@ class Engine:
         self._gathered: list[_Pending] = []
         self._observed_version: str | None = None
         self._became_leader = trio.Event()
+        self._seen_document = False
+        # the state holds changes not known to be stored (a batch applied and not
+        # yet written, or a write that failed and awaits a reload); reads wait
+        self._dirty = False
+        self._readers: list[_Reader] = []
+        self._reload_asked = False
+        self.committed_stats: dict[str, int] = {}
+        """Counts of the last committed state (``QueueState.stats`` plus ``dead``),
+        for metrics and ``/v1/stats``; empty until this engine first leads."""
+        self.committed_counters: dict[str, int] = {}
+        """The document's counters as last committed."""
 
     # ------------------------------------------------------------ public reads
 
@@ -193,8 +240,50 @@ class Engine:
     def not_leader(self) -> NotLeader:
         leader = None if self.is_leader else self.leader_url
         return NotLeader(
-            f"broker {self.broker_id} is {self.role.value}, not the leader", leader=leader
+            f"broker {self.broker_id} is {self.role.value}, not the leader",
+            leader=leader,
+            role=self.role.value,
         )
+
+    async def read(self, fn: Callable[[QueueState], T]) -> T:
+        """``fn(state)`` over the last committed state, never over a batch that is
+        being written or whose write failed: while one is, the read waits for the
+        commit (or the reload that follows a failed one) and runs at that moment.
+        ``fn`` must not change the state."""
+        if self.role is not Role.LEADER or self.state is None:
+            raise self.not_leader()
+        if not self._dirty:
+            return fn(self.state)
+        reader = _Reader(fn)
+        self._readers.append(reader)
+        self._ask_reload()
+        try:
+            await reader.done.wait()
+        finally:
+            if reader in self._readers:
+                self._readers.remove(reader)
+        if reader.error is not None:
+            raise reader.error
+        return reader.result  # type: ignore[no-any-return]
+
+    def _ask_reload(self) -> None:
+        """After a failed commit no commit comes by itself to bring the state back to
+        what is stored: with reads waiting, an empty mutation makes the loop reload."""
+        if self._needs_reload and self._readers and not self._reload_asked:
+            self._reload_asked = True
+            self._pending_count += 1
+            self._send.send_nowait(_Pending(op=_unchanged))
+
+    def _committed(self) -> None:
+        """The state is what is stored again: serve the reads that waited for it."""
+        self._dirty = False
+        state = self.state
+        if state is not None:
+            self.committed_stats = {**state.stats(), "dead": len(state.dead)}
+            self.committed_counters = dict(state.counters)
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.answer(state)
 
     # -------------------------------------------------------------- mutations
 
@@ -332,6 +421,8 @@ class Engine:
         while True:
             got = await self.storage.read(self.key)
             if got is None:
+                if not self.create or self._seen_document:
+                    raise self._missing()
                 state = QueueState(limits=self.limits, rng=self.rng)
                 state.seq = 1
                 now = self.wall_clock()
@@ -347,6 +438,7 @@ class Engine:
                 log.info("broker %s created %s and leads (epoch 1)", self.broker_id, self.key)
                 return
             _, leader = self._decode_header(got.data)
+            self._seen_document = True
             self.leader = leader
             self._observed_version = got.version
             if (
@@ -367,10 +459,42 @@ class Engine:
             )
             return
 
-    def _decode(self, data: bytes) -> QueueState:
-        return QueueState.decode(
-            data, limits=self.limits, rng=self.rng, name=f"{self.key} in {self.storage.describe()}"
+    def _missing(self) -> QueueNotFound:
+        where = f"{self.key} in {self.storage.describe()}"
+        if self._seen_document:
+            return QueueNotFound(
+                f"{where} vanished after this broker had seen it; refusing to create an "
+                "empty queue in its place (restore the object, or start a broker with "
+                "--create on a location meant to be new)"
+            )
+        return QueueNotFound(
+            f"no queue at {where}; refusing to create one (a deleted object or a wrong "
+            "--bucket/--prefix/--data-dir would lose every job silently): start one "
+            "broker with --create to make a new queue there"
         )
+
+    async def _decode(self, data: bytes) -> QueueState:
+        """Decode in steps of about a millisecond with checkpoints between them.
+
+        With ``config.freeze_loaded_state`` the collector is paused meanwhile and
+        what was loaded is moved out of its reach (``gc.freeze``): at 100,000 jobs
+        each full collection the loading would trigger stalls the loop for tens of
+        milliseconds, and every later full collection would scan the records again.
+        """
+        freeze = self.config.freeze_loaded_state and gc.isenabled()
+        if freeze:
+            gc.disable()
+        try:
+            return await QueueState.decode_async(
+                data,
+                limits=self.limits,
+                rng=self.rng,
+                name=f"{self.key} in {self.storage.describe()}",
+            )
+        finally:
+            if freeze:
+                gc.freeze()
+                gc.enable()
 
     def _decode_header(self, data: bytes) -> tuple[int, LeaderInfo | None]:
         return QueueState.decode_header(data, name=f"{self.key} in {self.storage.describe()}")
@@ -380,7 +504,7 @@ class Engine:
         got = await self.storage.read(self.key)
         if got is None or got.version != expected_version:
             return False
-        state = self._decode(got.data)
+        state = await self._decode(got.data)
         now = self.wall_clock()
         old_epoch = 0 if state.leader is None else state.leader.epoch
         state.leader = LeaderInfo(self.broker_id, self.url, old_epoch + 1, now)
@@ -417,7 +541,9 @@ class Engine:
         self._last_commit_wall = self.wall_clock()
         self._waiting = []
         self._takeover_request = None
+        self._seen_document = True
         self.role = Role.LEADER
+        self._committed()
         self._became_leader.set()
         self._became_leader = trio.Event()
 
@@ -440,6 +566,11 @@ class Engine:
                 version = await self.storage.version(self.key)
                 now = trio.current_time()
                 if version is None:
+                    if self._seen_document:
+                        if last_version is not None:
+                            log.error("%s", self._missing())
+                        last_version = None
+                        continue
                     await self._elect()
                     if self.role is Role.LEADER:
                         return
@@ -492,6 +623,7 @@ class Engine:
             started = trio.current_time()
             if await self._commit(batch, release=stop):
                 self._last_start = started
+            self._ask_reload()
             if stop and self.role is Role.LEADER:
                 log.info("broker %s released its lease on %s", self.broker_id, self.key)
                 self.role = Role.STOPPED
@@ -557,6 +689,7 @@ class Engine:
         now = self.wall_clock()
         answered: list[_Pending] = []
         newly_waiting: list[_Pending] = []
+        self._dirty = True
         try:
             # leases that ran out go back first, so this batch's claims can take them
             expired = state.expire(now)
@@ -564,6 +697,10 @@ class Engine:
             for pending in batch:
                 try:
                     if pending.claim is not None:
+                        if pending.abandoned:
+                            # its caller is gone: taking a job for it would strand
+                            # the job until its lease ran out
+                            continue
                         request = pending.claim
                         jobs = state.claim(
                             request.worker_id, now, types=request.types, max_jobs=request.max_jobs
@@ -594,6 +731,7 @@ class Engine:
         )
         lease_due = started >= self._last_start + self.config.broker_heartbeat_interval
         if not changed and not lease_due:
+            self._committed()
             for pending in answered:
                 pending.answer(pending.result, pending.error)
             self._inflight = []
@@ -616,6 +754,7 @@ class Engine:
         self.last_commit_seconds = trio.current_time() - started
         if outcome is None:
             self.document = data
+            self._committed()
             self._last_commit_wall = now
             self.metrics["commits"] += 1
             self.metrics["mutations"] += len(batch)
@@ -716,7 +855,7 @@ class Engine:
             self._version = got.version
             return None
         try:
-            stored = self._decode(got.data)
+            stored = await self._decode(got.data)
         except DocumentInvalid as exc:
             self._fatal = exc
             self._step_down(None)
@@ -738,18 +877,25 @@ class Engine:
         self.state = stored
         self._version = got.version
         self.document = got.data
+        self._needs_reload = False
+        self._committed()
         return lambda: StorageUnavailable("commit raced with an earlier write; retry")
 
     async def _reload(self, batch: list[_Pending]) -> bool:
         """Re-read the document before a commit; False if the batch was answered."""
+        self._reload_asked = False
         try:
             got = await self.storage.read(self.key)
             if got is None:
                 raise StorageUnavailable(f"{self.key} vanished from {self.storage.describe()}")
-            stored = self._decode(got.data)
+            stored = await self._decode(got.data)
         except StorageUnavailable as exc:
+            error = StorageUnavailable(f"cannot reload the queue: {exc}")
             for pending in batch:
-                pending.answer(error=StorageUnavailable(f"cannot reload the queue: {exc}"))
+                pending.answer(error=error)
+            readers, self._readers = self._readers, []
+            for reader in readers:
+                reader.answer(None, error)
             return False
         except DocumentInvalid as exc:
             self._fatal = exc
@@ -767,6 +913,7 @@ class Engine:
         self._version = got.version
         self.document = got.data
         self._needs_reload = False
+        self._committed()
         return True
 
     def _step_down(self, leader: LeaderInfo | None) -> None:
@@ -797,6 +944,9 @@ class Engine:
         for pending in self._waiting:
             pending.answer(error=error())
         self._waiting = []
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.answer(None, error())
         for pending in self._drain():
             if pending is not _STOP:
                 self._pending_count -= 1

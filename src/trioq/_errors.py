@@ -15,6 +15,7 @@ status the broker answers with.
     │   ├── StorageUnreachable      the endpoint cannot be reached
     │   └── WriteOutcomeUnknown     a write was sent but its outcome is unknown
     ├── DocumentInvalid             queue.json cannot be decoded / unknown format
+    ├── QueueNotFound               no queue.json where one was expected
     ├── BrokerProtocolError         malformed request or invalid field
     ├── Unauthorized                missing or wrong token
     ├── JobNotFound                 no such job
@@ -22,7 +23,11 @@ status the broker answers with.
     ├── PayloadTooLarge             request or payload over its limit
     ├── NotLeader                   this broker does not lead (``leader`` says who)
     ├── BrokerUnreachable           no broker answered (client side)
-    └── QueueFull                   queued-job or document-size cap reached
+    ├── QueueFull                   queued-job or document-size cap reached
+    ├── JobNotDead                  requeue of a job that is not dead
+    ├── NotFound                    no such route
+    ├── MethodNotAllowed            the route does not take this method
+    └── InternalError               a bug in the broker (HTTP 500)
 """
 
 from __future__ import annotations
@@ -101,6 +106,14 @@ class DocumentInvalid(TrioqError):
     status = 503
 
 
+class QueueNotFound(TrioqError):
+    """No queue document is stored where one was expected, and none was created:
+    the location is not known to be new (see the broker's ``--create``)."""
+
+    tag = "QueueNotFound"
+    status = 503
+
+
 class BrokerProtocolError(TrioqError):
     """A request was malformed (bad JSON, missing or invalid field)."""
 
@@ -137,17 +150,33 @@ class PayloadTooLarge(TrioqError):
 
 
 class NotLeader(TrioqError):
-    """This broker is not the leader; ``leader`` is the leader's URL if known."""
+    """This broker is not the leader; ``leader`` is the leader's URL if known.
+
+    ``role`` is the answering broker's own role when it said so (``"starting"``,
+    ``"standby"`` or ``"stopped"``): a ``"starting"`` broker with no known leader is
+    a short wait, not a leader change.
+    """
 
     tag = "NotLeader"
     status = 503
 
-    def __init__(self, message: str = "", *, leader: str | None = None) -> None:
+    def __init__(
+        self, message: str = "", *, leader: str | None = None, role: str | None = None
+    ) -> None:
         super().__init__(message)
         self.leader = leader
+        self.role = role
+
+    @property
+    def starting(self) -> bool:
+        """Whether the answering broker was still starting and knew no leader."""
+        return self.role == "starting" and self.leader is None
 
     def to_body(self) -> dict[str, object]:
-        return {"_tag": self.tag, "message": self.message, "leader": self.leader}
+        body: dict[str, object] = {"_tag": self.tag, "message": self.message, "leader": self.leader}
+        if self.role is not None:
+            body["role"] = self.role
+        return body
 
 
 class BrokerUnreachable(TrioqError):
@@ -162,6 +191,34 @@ class QueueFull(TrioqError):
 
     tag = "QueueFull"
     status = 503
+
+
+class JobNotDead(TrioqError):
+    """A requeue named a job that exists but is not in the dead-letter list."""
+
+    tag = "JobNotDead"
+    status = 409
+
+
+class NotFound(TrioqError):
+    """No such route (an unknown job id is :class:`JobNotFound`)."""
+
+    tag = "NotFound"
+    status = 404
+
+
+class MethodNotAllowed(TrioqError):
+    """The route exists but not with this HTTP method."""
+
+    tag = "MethodNotAllowed"
+    status = 405
+
+
+class InternalError(TrioqError):
+    """The broker failed on a request: a bug, never a consequence of the input."""
+
+    tag = "InternalError"
+    status = 500
 
 
 def _all_error_classes() -> list[type[TrioqError]]:

@@ -25,6 +25,11 @@ TYPE_PATTERN = re.compile(r"[^\x00-\x1f\ud800-\udfff]{1,128}")
 
 DEFAULT_TYPE = "default"
 
+_ONE_LINE = orjson.OPT_APPEND_NEWLINE
+"""Each record's encoding ends in a newline, so the document holds one record a
+line: a loader can then find and parse the records one at a time (JSON never has an
+unescaped newline inside a value), and a person can read the document with ``less``."""
+
 
 def valid_id(value: object) -> bool:
     """Whether ``value`` is a valid job id."""
@@ -96,7 +101,7 @@ class Job:
 
     def encode(self) -> bytes:
         if self.encoded is None:
-            self.encoded = orjson.dumps(self.to_json())
+            self.encoded = orjson.dumps(self.to_json(), option=_ONE_LINE)
         return self.encoded
 
     @classmethod
@@ -152,7 +157,7 @@ class DeadJob:
 
     def encode(self) -> bytes:
         if self.encoded is None:
-            self.encoded = orjson.dumps(self.to_json())
+            self.encoded = orjson.dumps(self.to_json(), option=_ONE_LINE)
         return self.encoded
 
     @classmethod
@@ -197,7 +202,7 @@ class FinishedJob:
 
     def encode(self) -> bytes:
         if self.encoded is None:
-            self.encoded = orjson.dumps(self.to_json())
+            self.encoded = orjson.dumps(self.to_json(), option=_ONE_LINE)
         return self.encoded
 
     @classmethod

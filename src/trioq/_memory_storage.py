@@ -68,3 +68,8 @@ class MemoryStorage:
     def peek(self, key: str) -> Versioned | None:
         """The stored object without a checkpoint (for tests and assertions)."""
         return self._objects.get(key)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` without a checkpoint (for tests: what an operator's mistake
+        or a lifecycle rule does to a bucket)."""
+        self._objects.pop(key, None)

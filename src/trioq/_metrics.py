@@ -64,9 +64,8 @@ def render_metrics(api: BrokerApi) -> bytes:
         "Mutations in the last commit.",
         [("", engine.last_batch_size)],
     )
-    state = engine.state if engine.is_leader else None
-    if state is not None:
-        stats = state.stats()
+    stats = engine.committed_stats if engine.is_leader else None
+    if stats:
         metric(
             "trioq_jobs",
             "gauge",
@@ -74,10 +73,10 @@ def render_metrics(api: BrokerApi) -> bytes:
             [
                 ('{status="unclaimed"}', stats["unclaimed"]),
                 ('{status="in_progress"}', stats["inProgress"]),
-                ('{status="dead"}', len(state.dead)),
+                ('{status="dead"}', stats["dead"]),
             ],
         )
-        for counter, value in state.counters.items():
+        for counter, value in engine.committed_counters.items():
             snake = "".join("_" + c.lower() if c.isupper() else c for c in counter)
             metric(
                 f"trioq_jobs_{snake}_total",
@@ -94,9 +93,11 @@ def render_metrics(api: BrokerApi) -> bytes:
         )
     throttle = api.throttle_stats()
     if throttle.get("throttling"):
-        for key in ("throttledReads", "throttledWrites", "totalReads", "totalWrites"):
-            snake = "".join("_" + c.lower() if c.isupper() else c for c in key)
-            metric(
-                f"trioq_storage_{snake}_total", "counter", f"Storage {key}.", [("", throttle[key])]
-            )
+        for key, name, help_text in (
+            ("totalReads", "reads", "Storage reads through the throttle."),
+            ("totalWrites", "writes", "Storage writes through the throttle."),
+            ("throttledReads", "throttled_reads", "Storage reads that waited for a token."),
+            ("throttledWrites", "throttled_writes", "Storage writes that waited for a token."),
+        ):
+            metric(f"trioq_storage_{name}_total", "counter", help_text, [("", throttle[key])])
     return ("\n".join(lines) + "\n").encode()

@@ -25,15 +25,17 @@ import heapq
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import trio
 
 from ._errors import (
     BrokerProtocolError,
     DocumentInvalid,
+    JobNotDead,
     JobNotFound,
     LeaseLost,
     PayloadTooLarge,
@@ -438,7 +440,7 @@ class QueueState:
         dead = self.dead.get(job_id)
         if dead is None:
             if self.knows(job_id):
-                raise BrokerProtocolError(f"job {job_id!r} is not in the dead-letter list")
+                raise JobNotDead(f"job {job_id!r} is not in the dead-letter list")
             raise JobNotFound(f"no job {job_id!r}")
         if len(self.jobs) + 1 > self.limits.max_queued:
             raise QueueFull(f"the queue holds {len(self.jobs)} jobs, its limit")
@@ -695,47 +697,47 @@ class QueueState:
         rng: random.Random | None = None,
         name: str = "queue.json",
     ) -> QueueState:
-        """Parse a stored document; :class:`DocumentInvalid` if it is not one we know."""
-        raw = _load_checked(data, name)
+        """Parse a stored document; :class:`DocumentInvalid` if it is not one we know.
+
+        Runs to the end in one go: on an event loop use :meth:`decode_async`."""
+        steps = _decode_steps(cls, data, limits, rng, name)
+        reply: object = None
         try:
-            state = cls(limits=limits or Limits(), rng=rng or random.Random())
-            state.seq = _nonneg(raw["seq"])
-            state.leader = _leader_from(raw.get("leader"))
-            state.next_order = _nonneg(raw["nextOrder"])
-            counters = raw["counters"]
-            for name_ in COUNTER_NAMES:
-                state.counters[name_] = _nonneg(counters.get(name_, 0))
-            leases: list[Job] = []
-            for item in raw["jobs"]:
-                job = Job.from_json(item)
-                if job.id in state.jobs:
-                    raise ValueError(f"job {job.id!r} appears twice")
-                state.jobs[job.id] = job
-                job.size = len(job.encode())
-                state._job_bytes += job.size
-                if job.status == "unclaimed":
-                    state.unclaimed_count += 1
-                    state._tickets += 1
-                    job.ticket = state._tickets
-                    state._delayed.append((job.ready_at, job.order, job.ticket, job.id))
+            while True:
+                request = steps.send(reply)
+                reply = None if request is None else _parse(request)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    @classmethod
+    async def decode_async(
+        cls,
+        data: bytes,
+        *,
+        limits: Limits | None = None,
+        rng: random.Random | None = None,
+        name: str = "queue.json",
+    ) -> QueueState:
+        """:meth:`decode` in steps of a few milliseconds, with a checkpoint between
+        them, so that a leader loading 100,000 jobs keeps answering its probes.
+
+        A document in the layout :meth:`encode` writes (one record a line) is parsed
+        record by record on the loop; any other valid document (an older writer's, or
+        edited by hand) is parsed whole in a thread first, since ``orjson.loads`` of
+        a large document holds the GIL for its whole duration.
+        """
+        steps = _decode_steps(cls, data, limits, rng, name)
+        reply: object = None
+        try:
+            while True:
+                request = steps.send(reply)
+                if request is None:
+                    await trio.lowlevel.checkpoint()
+                    reply = None
                 else:
-                    if job.heartbeat_at is None or job.worker_id is None:
-                        raise ValueError(f"in-progress job {job.id!r} has no worker/heartbeat")
-                    leases.append(job)
-            leases.sort(key=_lease_order)
-            state._leases = OrderedDict.fromkeys(j.id for j in leases)
-            for item in raw["dead"]:
-                dead = DeadJob.from_json(item)
-                state.dead[dead.id] = dead
-                state._side_bytes += len(dead.encode())
-            for item in raw["finished"]:
-                fin = FinishedJob.from_json(item)
-                state.finished[fin.id] = fin
-                state._side_bytes += len(fin.encode())
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DocumentInvalid(f"{name} is damaged: {exc!r}") from exc
-        state._rebuild_heaps()
-        return state
+                    reply = await trio.to_thread.run_sync(_parse, request)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     @staticmethod
     def decode_header(data: bytes, *, name: str = "queue.json") -> tuple[int, LeaderInfo | None]:
@@ -758,19 +760,7 @@ class QueueState:
 
 
 def _load_checked(data: bytes, name: str) -> dict[str, Any]:
-    try:
-        raw = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DocumentInvalid(f"{name} is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise DocumentInvalid(f"{name} is not a trioq queue document (no format {FORMAT!r})")
-    version = raw.get("formatVersion")
-    if version != FORMAT_VERSION:
-        raise DocumentInvalid(
-            f"{name} has format version {version!r}; this trioq reads version "
-            f"{FORMAT_VERSION} only and will not overwrite it"
-        )
-    return raw
+    return _checked_header(_parse(data), name)
 
 
 def _leader_from(leader: Any) -> LeaderInfo | None:
@@ -810,3 +800,195 @@ def _nonneg(value: object) -> int:
 
 def _new_id(rng: random.Random) -> str:
     return f"{rng.getrandbits(128):032x}"
+
+
+# ---------------------------------------------------------------- decoding
+
+_DECODE_STEP = 256
+"""Records decoded between two checkpoints (about a millisecond of work)."""
+
+_JOB_KEYS = tuple(Job("", "", None, "unclaimed", 0, 0, 0, 0, 0).to_json().keys())
+_SCAN_WINDOW = 1 << 20
+_JOBS_KEY = b',"jobs":['
+_TAIL_KEYS = (b',"dead":[', b',"finished":[')
+
+
+def _parse(data: bytes) -> object:
+    """``orjson.loads``, with the error returned rather than raised (for the driver)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return exc
+
+
+def _split_records(
+    data: bytes,
+) -> Generator[None, object, tuple[bytes, list[tuple[int, int]]] | None]:
+    """The header and the spans of the three record arrays, when ``data`` has the
+    layout :meth:`QueueState.encode` writes: compact JSON whose arrays hold one
+    record a line (each record ends in a newline, which JSON never has unescaped
+    inside a value, so a newline followed by ``,`` or ``]`` ends a record).
+    ``None`` for any other layout. Scans a megabyte between two checkpoints."""
+    cut = data.find(_JOBS_KEY)
+    if cut <= 0:
+        return None
+    spans: list[tuple[int, int]] = []
+    pos = cut + len(_JOBS_KEY)
+    for following in (*_TAIL_KEYS, None):
+        if data.startswith(b"]", pos):
+            spans.append((pos, pos))
+            pos += 1
+        else:
+            end = -1
+            for window in range(pos, len(data), _SCAN_WINDOW):
+                end = data.find(b"\n]", window, window + _SCAN_WINDOW + 1)
+                if end >= 0:
+                    break
+                yield None
+            if end < 0:
+                return None
+            spans.append((pos, end))
+            pos = end + 2
+        if following is not None:
+            if not data.startswith(following, pos):
+                return None
+            pos += len(following)
+    if data[pos:].strip() != b"}":
+        return None
+    return data[:cut] + b"}", spans
+
+
+def _records(data: bytes, span: tuple[int, int]) -> Iterator[bytes]:
+    """Each record's bytes (without its newline) in ``data[span[0]:span[1]]``."""
+    pos, end = span
+    while pos < end:
+        stop = data.find(b"\n,", pos, end)
+        if stop < 0:
+            stop = end
+        yield data[pos:stop]
+        pos = stop + 2
+
+
+def _decode_steps(
+    cls: type[QueueState],
+    data: bytes,
+    limits: Limits | None,
+    rng: random.Random | None,
+    name: str,
+) -> Generator[bytes | None, object, QueueState]:
+    """The decoder, as steps: it yields ``None`` where its driver may checkpoint,
+    or bytes it wants parsed whole (the driver sends back ``orjson.loads`` of them,
+    or the ``JSONDecodeError``)."""
+    layout = yield from _split_records(data)
+    raw_records: list[Iterable[object]]
+    if layout is None:
+        parsed = yield data
+        if isinstance(parsed, orjson.JSONDecodeError):
+            raise DocumentInvalid(f"{name} is not valid JSON: {parsed}")
+        raw = _checked_header(parsed, name)
+        try:
+            raw_records = [list(raw["jobs"]), list(raw["dead"]), list(raw["finished"])]
+        except (KeyError, TypeError) as exc:
+            raise DocumentInvalid(f"{name} is damaged: {exc!r}") from exc
+    else:
+        header, spans = layout
+        raw = _checked_header(_parse(header), name)
+        raw_records = [_records(data, span) for span in spans]
+    state = cls(limits=limits or Limits(), rng=rng or random.Random())
+    try:
+        state.seq = _nonneg(raw["seq"])
+        state.leader = _leader_from(raw.get("leader"))
+        state.next_order = _nonneg(raw["nextOrder"])
+        counters = raw["counters"]
+        for name_ in COUNTER_NAMES:
+            state.counters[name_] = _nonneg(counters.get(name_, 0))
+        ready: list[_HeapEntry] = []
+        leases: list[Job] = []
+        for count, item in enumerate(raw_records[0], 1):
+            job, state_bytes = _record(Job, item, _JOB_KEYS)
+            if job.id in state.jobs:
+                raise ValueError(f"job {job.id!r} appears twice")
+            state.jobs[job.id] = job
+            job.encoded = state_bytes
+            job.size = len(job.encode())
+            state._job_bytes += job.size
+            if job.status == "unclaimed":
+                state.unclaimed_count += 1
+                state._tickets += 1
+                job.ticket = state._tickets
+                ready.append((job.ready_at, job.order, job.ticket, job.id))
+            else:
+                if job.heartbeat_at is None or job.worker_id is None:
+                    raise ValueError(f"in-progress job {job.id!r} has no worker/heartbeat")
+                leases.append(job)
+            if count % _DECODE_STEP == 0:
+                yield None
+        for count, item in enumerate(raw_records[1], 1):
+            dead, encoded = _record(DeadJob, item, None)
+            dead.encoded = encoded
+            state.dead[dead.id] = dead
+            state._side_bytes += len(dead.encode())
+            if count % _DECODE_STEP == 0:
+                yield None
+        for count, item in enumerate(raw_records[2], 1):
+            fin, encoded = _record(FinishedJob, item, None)
+            fin.encoded = encoded
+            state.finished[fin.id] = fin
+            state._side_bytes += len(fin.encode())
+            if count % _DECODE_STEP == 0:
+                yield None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DocumentInvalid(f"{name} is damaged: {exc!r}") from exc
+    leases.sort(key=_lease_order)
+    yield None
+    state._leases = OrderedDict.fromkeys(j.id for j in leases)
+    # a sorted list is a heap; the document is nearly in (ready time, order) order,
+    # which timsort takes in about one pass
+    ready.sort()
+    yield None
+    by_type: dict[str, list[_HeapEntry]] = {}
+    for count, entry in enumerate(ready, 1):
+        by_type.setdefault(state.jobs[entry[3]].type, []).append(entry)
+        if count % (8 * _DECODE_STEP) == 0:
+            yield None
+    state._ready, state._ready_by_type, state._delayed = ready, by_type, list(ready)
+    state._heap_entries = 3 * len(ready)
+    return state
+
+
+_R = TypeVar("_R", Job, DeadJob, FinishedJob)
+
+
+def _record(
+    kind: type[_R], item: object, canonical_keys: tuple[str, ...] | None
+) -> tuple[_R, bytes | None]:
+    """A record from its stored form (bytes from the line layout, or an already
+    parsed value), and its encoding when the stored bytes are exactly what
+    ``encode()`` would write again (our own writer's), so the first commit after a
+    load re-encodes nothing."""
+    if isinstance(item, bytes):
+        raw = orjson.loads(item)
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a record, got {item[:80]!r}")
+        record = kind.from_json(raw)
+        keys = canonical_keys or tuple(record.to_json().keys())
+        if tuple(raw.keys()) == keys:
+            return record, item + b"\n"
+        return record, None
+    if not isinstance(item, dict):
+        raise ValueError(f"expected a record, got {item!r}")
+    return kind.from_json(item), None
+
+
+def _checked_header(raw: object, name: str) -> dict[str, Any]:
+    if isinstance(raw, orjson.JSONDecodeError):
+        raise DocumentInvalid(f"{name} is not valid JSON: {raw}")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise DocumentInvalid(f"{name} is not a trioq queue document (no format {FORMAT!r})")
+    version = raw.get("formatVersion")
+    if version != FORMAT_VERSION:
+        raise DocumentInvalid(
+            f"{name} has format version {version!r}; this trioq reads version "
+            f"{FORMAT_VERSION} only and will not overwrite it"
+        )
+    return raw

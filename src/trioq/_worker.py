@@ -2,19 +2,25 @@
 
 Shape of a running worker::
 
-    Worker.run
+    Worker.run                probes the broker, then calls task_status.started()
     ├── claim loop            claims as many jobs as there are free slots, long-polls
+    ├── stop watcher          turns cancellation of run() into a drain
     └── job host (shielded)   owns one nursery per job:
         └── job nursery       the handler + its heartbeat task
 
 - A ``trio.CapacityLimiter`` bounds concurrency. The claim loop borrows a token per
   free slot before it claims, and hands each token to the job that uses it.
-- The heartbeat task renews the lease (carrying the attempt). ``LeaseLost`` or
+- The heartbeat task renews the lease (carrying the attempt) at least three times per
+  granted ``leaseMs``, whatever the configured interval. ``LeaseLost`` or
   ``JobNotFound`` cancels the handler, and so does the local lease deadline: a
   worker that could not renew its lease in time stops rather than run unowned.
+- A claim request is shielded (cancelling it could strand the jobs it took for a
+  lease). Once a stop is asked for, it is awaited at most one group commit interval
+  plus one second, never past the grace, then given up.
 - The job host is shielded from the caller's cancellation, so a drain (signal,
   :meth:`Worker.drain`, or cancellation of ``run``) gives running jobs a grace
-  period; then they are cancelled and released so another worker takes them at once.
+  period counted from the stop; then they are cancelled and released so another
+  worker takes them at once.
 """
 
 from __future__ import annotations
@@ -32,10 +38,21 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._client import Claimed, Client
+from ._client import DEFAULT_URL, Claimed, Client
 from ._errors import JobNotFound, LeaseLost, TrioqError
+from ._jobs import valid_type
 
 log = logging.getLogger("trioq.worker")
+
+RETRY_WINDOW = 2.0
+"""Seconds one probe or claim keeps retrying inside the client (connection errors,
+503 answers) before the worker logs the failure and backs off."""
+
+BACKOFF_MAX = 10.0
+"""Cap on the worker's wait between two failed probes or claims."""
+
+WARN_EVERY = 30.0
+"""While the broker keeps failing, the worker repeats its warning at most this often."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,15 +97,24 @@ class JobTimeout(TrioqError):
 
 @dataclass(slots=True)
 class WorkerSettings:
-    """Worker options (flag > environment > ``Worker(...)`` > these defaults)."""
+    """Worker options: ``Worker(...)`` arguments over these defaults. Under
+    ``python -m trioq.worker`` (or after :meth:`Worker.apply_environment`) the
+    environment wins over the arguments, and command-line flags over both."""
 
-    broker_url: str = "http://127.0.0.1:8080"
+    broker_url: str = DEFAULT_URL
     concurrency: int = 1
     poll_interval: float = 1.0
     heartbeat_interval: float = 5.0
+    """Seconds between heartbeats; shortened to a third of a job's ``leaseMs`` when
+    the broker grants shorter leases."""
     shutdown_grace: float = 30.0
     token: str | None = None
     worker_id: str | None = None
+    group_commit_interval: float = 2.0
+    """At a stop, a claim in flight is awaited at most the broker's group commit
+    interval plus one second. The worker learns the interval from the broker when it
+    starts (``groupCommitIntervalMs`` in ``GET /v1/stats``); this is the value used
+    until then, or with a broker that does not say (the production recommendation)."""
     release_timeout: float = 5.0
     """Bound on the cleanup call (release/fail) of a cancelled job."""
 
@@ -101,6 +127,7 @@ ENV_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shutdown_grace": ("TRIOQ_SHUTDOWN_GRACE_S", float),
     "token": ("TRIOQ_TOKEN", str),
     "worker_id": ("TRIOQ_WORKER_ID", str),
+    "group_commit_interval": ("GROUP_COMMIT_INTERVAL_MS", lambda v: int(v) / 1000),
 }
 
 
@@ -182,6 +209,64 @@ class _Lease:
     handler_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
+def _label(job: Claimed) -> str:
+    """How every job-related log line names its job."""
+    return f"job {job.id} ({job.type}, attempt {job.attempt})"
+
+
+@dataclass(eq=False)
+class _Outage:
+    """Logs a broker that keeps failing: a warning at the first failure, then at
+    most one every :data:`WARN_EVERY` seconds (debug in between), and a line when
+    it answers again."""
+
+    urls: str
+    since: float | None = None
+    failures: int = 0
+    warned_at: float = -math.inf
+
+    def failed(self, what: str, exc: TrioqError, retry_in: float) -> None:
+        now = trio.current_time()
+        if self.since is None:
+            self.since = now
+        self.failures += 1
+        if now - self.warned_at < WARN_EVERY:
+            log.debug(
+                "broker %s: %s failed again (%s: %s)", self.urls, what, type(exc).__name__, exc
+            )
+            return
+        self.warned_at = now
+        if self.failures == 1:
+            log.warning(
+                "broker %s: %s failed (%s: %s); retrying in %.1f s",
+                self.urls,
+                what,
+                type(exc).__name__,
+                exc,
+                retry_in,
+            )
+        else:
+            log.warning(
+                "broker %s still failing after %.0f s (%d failed calls; last: %s: %s); "
+                "retrying in %.1f s",
+                self.urls,
+                now - self.since,
+                self.failures,
+                type(exc).__name__,
+                exc,
+                retry_in,
+            )
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.info(
+                "broker %s answers again after %.0f s", self.urls, trio.current_time() - self.since
+            )
+        self.since = None
+        self.failures = 0
+        self.warned_at = -math.inf
+
+
 Hook = Callable[..., Awaitable[None] | None]
 
 
@@ -198,8 +283,10 @@ class Worker:
         # in a trio program:      await nursery.start(worker.run)
         # from the command line:  python -m trioq.worker myapp.jobs:worker
 
-    Options given here are overridden by the environment (``BROKER_URL``,
-    ``TRIOQ_CONCURRENCY``, ...) and by command-line flags.
+    Under ``python -m trioq.worker`` the environment (``BROKER_URL``,
+    ``TRIOQ_CONCURRENCY``, ...) overrides the options given here, and command-line
+    flags override both. Embedded in a program, the worker uses these options only;
+    call :meth:`apply_environment` before :meth:`run` to honour the environment too.
     """
 
     def __init__(
@@ -212,6 +299,7 @@ class Worker:
         shutdown_grace: float | None = None,
         token: str | None = None,
         worker_id: str | None = None,
+        group_commit_interval: float | None = None,
         client: Client | None = None,
     ) -> None:
         self._explicit: dict[str, Any] = {
@@ -224,6 +312,7 @@ class Worker:
                 "shutdown_grace": shutdown_grace,
                 "token": token,
                 "worker_id": worker_id,
+                "group_commit_interval": group_commit_interval,
             }.items()
             if v is not None
         }
@@ -236,7 +325,14 @@ class Worker:
         self._draining = trio.Event()
         self._abort = trio.Event()
         self._jobs_scope: trio.CancelScope | None = None
-        self._wait_slot_scope: trio.CancelScope | None = None
+        # a wait that a stop ends at once (for a free slot, or for the broker)
+        self._interruptible: trio.CancelScope | None = None
+        # the claim in flight: shielded; a stop gives it a deadline
+        self._claim_scope: trio.CancelScope | None = None
+        self._stop_at: float | None = None
+        # the broker's group commit interval, once it said (GET /v1/stats)
+        self._broker_interval: float | None = None
+        self._noted_leases: set[int] = set()
         self._idle = trio.Event()
         self._limiter = trio.CapacityLimiter(1)
         self.active: dict[str, JobContext] = {}
@@ -246,7 +342,28 @@ class Worker:
     # ------------------------------------------------------------ registration
 
     def job(self, job_type: str, *, timeout: float | None = None) -> Callable[[F], F]:
-        """Register the decorated function (async, or sync: run in a thread) for a type."""
+        """Register the decorated function (async, or sync: run in a thread) for a type.
+
+        Use it with the type in parentheses: ``@worker.job("email:send")``. Raises
+        TypeError for a bare ``@worker.job`` or a non-string type, ValueError for a
+        type that is not 1-128 printable characters, a ``timeout`` that is not a
+        positive number of seconds, or a type registered twice.
+        """
+        if callable(job_type):
+            name = getattr(job_type, "__qualname__", repr(job_type))
+            raise TypeError(
+                f"@worker.job needs the job type: write @worker.job('some:type') above "
+                f"{name}, not a bare @worker.job"
+            )
+        if not isinstance(job_type, str):
+            raise TypeError(f"the job type must be a string, not {type(job_type).__name__}")
+        if not valid_type(job_type):
+            raise ValueError(f"job type {job_type!r} is not 1-128 printable characters")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise TypeError(f"timeout must be seconds (a number) or None, not {timeout!r}")
+            if not timeout > 0:  # also refuses NaN
+                raise ValueError(f"timeout must be > 0 seconds (or None for none), not {timeout!r}")
 
         def register(fn: F) -> F:
             if job_type in self.handlers:
@@ -272,8 +389,9 @@ class Worker:
         return fn
 
     def apply_environment(self, environ: dict[str, str] | None = None) -> None:
-        """Apply ``BROKER_URL``, ``TRIOQ_CONCURRENCY``, ... (the environment wins over
-        ``Worker(...)`` arguments; command-line flags win over both)."""
+        """Apply ``BROKER_URL``, ``TRIOQ_CONCURRENCY``, ... over the current settings
+        (``python -m trioq.worker`` calls it, then applies its flags; :meth:`run`
+        does not). Raises ValueError naming a variable that does not parse."""
         env = os.environ if environ is None else environ
         for attr, (var, convert) in ENV_NAMES.items():
             raw = env.get(var, "")
@@ -292,20 +410,52 @@ class Worker:
         return self.settings.worker_id
 
     def drain(self) -> None:
-        """Stop claiming; running jobs get the grace period, then are released."""
-        self._draining.set()
-        if self._wait_slot_scope is not None:
-            self._wait_slot_scope.cancel()
+        """Stop claiming; running jobs get the grace period, then are released.
+
+        A claim already sent is awaited at most one group commit interval plus one
+        second (never past the grace), then given up.
+        """
+        self._stop(abort=False)
 
     def abort(self) -> None:
-        """Cancel running jobs now (they are released) and stop."""
-        self.drain()
-        self._abort.set()
-        if self._jobs_scope is not None:
-            self._jobs_scope.cancel()
+        """Cancel running jobs now (they are released), give up a claim in flight,
+        and stop."""
+        self._stop(abort=True)
+
+    def _stop(self, *, abort: bool) -> None:
+        if self._stop_at is None:
+            self._stop_at = trio.current_time()
+        self._draining.set()
+        if abort:
+            self._abort.set()
+            if self._jobs_scope is not None:
+                self._jobs_scope.cancel()
+        if self._interruptible is not None:
+            self._interruptible.cancel()
+        if self._claim_scope is not None:
+            self._bound_claim(self._claim_scope)
+
+    def _bound_claim(self, scope: trio.CancelScope) -> None:
+        """Once stopping: give the claim in flight its last deadline."""
+        if self._abort.is_set():
+            scope.cancel()
+        elif self._stop_at is not None:
+            settings = self.settings
+            interval = self._broker_interval
+            if interval is None:
+                interval = settings.group_commit_interval
+            bound = min(interval + 1.0, settings.shutdown_grace)
+            scope.deadline = min(scope.deadline, self._stop_at + bound)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Claim and run jobs until :meth:`drain`, :meth:`abort` or cancellation."""
+        """Claim and run jobs until :meth:`drain`, :meth:`abort` or cancellation.
+
+        ``task_status.started()`` is called once the broker has answered (or a drain
+        came first). Until then the worker keeps asking, with a warning naming the
+        broker after the first failed attempts and at most every
+        :data:`WARN_EVERY` seconds after that; a wrong token (any 4xx answer)
+        raises. Cancelling ``run`` drains: running jobs get the grace period.
+        """
         if not self.handlers:
             raise ValueError("no handlers registered: use @worker.job('type')")
         settings = self.settings
@@ -313,16 +463,22 @@ class Worker:
             raise ValueError("concurrency must be >= 1")
         client = self._client or Client(settings.broker_url, token=settings.token)
         owns_client = self._client is None
+        outage = _Outage(", ".join(client.urls))
         try:
+            if not await self._wait_for_broker(client, outage):
+                task_status.started()
+                return
             async with trio.open_nursery() as top:
                 jobs: trio.Nursery = await top.start(self._host_jobs)
+                top.start_soon(self._stop_when_cancelled)
                 try:
                     task_status.started()
-                    await self._claim_loop(client, jobs)
+                    await self._claim_loop(client, jobs, outage)
                 finally:
-                    self._draining.set()
+                    self._stop(abort=False)
                     with trio.CancelScope(shield=True):
                         await self._drain_jobs()
+                    top.cancel_scope.cancel(reason="worker stopped")
         finally:
             if owns_client:
                 await client.aclose()
@@ -330,6 +486,41 @@ class Worker:
             self._draining = trio.Event()
             self._abort = trio.Event()
             self._jobs_scope = None
+            self._stop_at = None
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            # run() was cancelled (or has finished): the same as drain(), so the
+            # shielded claim in flight gets its bound too
+            self._stop(abort=False)
+
+    async def _wait_for_broker(self, client: Client, outage: _Outage) -> bool:
+        """Ask the broker for its stats until it answers (True) or a drain (False)."""
+        backoff = 0.0
+        while not self._draining.is_set():
+            try:
+                with trio.CancelScope() as self._interruptible:
+                    try:
+                        stats = await client.stats(
+                            retry_deadline=min(client.retry_deadline, RETRY_WINDOW)
+                        )
+                    except TrioqError as exc:
+                        if exc.status < 500:
+                            raise  # a wrong token, or not a trioq broker: waiting cannot help
+                        backoff = min(max(backoff * 2, 0.5), BACKOFF_MAX)
+                        outage.failed("probe", exc, backoff)
+                    else:
+                        outage.answered()
+                        interval = stats.get("groupCommitIntervalMs")
+                        if isinstance(interval, int) and interval >= 0:
+                            self._broker_interval = interval / 1000
+                        return True
+                    await trio.sleep(backoff)
+            finally:
+                self._interruptible = None
+        return False
 
     async def _host_jobs(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         # shielded: the caller's cancellation stops claiming, but jobs get their
@@ -343,13 +534,16 @@ class Worker:
                 await trio.sleep_forever()
 
     async def _drain_jobs(self) -> None:
+        assert self._stop_at is not None
+        grace_over = self._stop_at + self.settings.shutdown_grace
         if self.active:
             log.info(
-                "draining: %d job(s) running, %.0f s grace",
+                "draining: %d job(s) running, %.0f s grace left",
                 len(self.active),
-                self.settings.shutdown_grace,
+                max(0.0, grace_over - trio.current_time()),
             )
-        with trio.move_on_after(self.settings.shutdown_grace):
+        # the grace counts from the stop, whatever the claim in flight took
+        with trio.move_on_at(grace_over):
             while self.active and not self._abort.is_set():
                 await self._idle.wait()
         assert self._jobs_scope is not None
@@ -357,7 +551,7 @@ class Worker:
 
     # ------------------------------------------------------------- claim loop
 
-    async def _claim_loop(self, client: Client, jobs: trio.Nursery) -> None:
+    async def _claim_loop(self, client: Client, jobs: trio.Nursery, outage: _Outage) -> None:
         settings = self.settings
         limiter = trio.CapacityLimiter(settings.concurrency)
         self._limiter = limiter
@@ -367,10 +561,10 @@ class Worker:
             # borrow one token (waiting for a free slot), then every other free one
             slots = [_Slot()]
             holding = False
-            with trio.CancelScope() as self._wait_slot_scope:
+            with trio.CancelScope() as self._interruptible:
                 await limiter.acquire_on_behalf_of(slots[0])
                 holding = True
-            self._wait_slot_scope = None
+            self._interruptible = None
             if self._draining.is_set():
                 if holding:
                     limiter.release_on_behalf_of(slots[0])
@@ -380,19 +574,14 @@ class Worker:
                 limiter.acquire_on_behalf_of_nowait(slot)
                 slots.append(slot)
             claimed: list[Claimed] = []
-            # A claim in flight is not cancelled (its answer would be lost and the
-            # jobs it took stranded for a lease): cancellation waits for it, bounded
-            # by the long-poll wait plus the request timeout.
-            bound = settings.poll_interval + client.timeout + 1.0
-            with trio.move_on_after(bound, shield=True):
-                try:
-                    claimed = await client.claim(
-                        self.worker_id, types=types, max=len(slots), wait=settings.poll_interval
-                    )
-                    backoff = 0.0
-                except TrioqError as exc:
-                    backoff = min(max(backoff * 2, 0.5), 10.0)
-                    log.warning("claim failed (%s); retrying in %.1f s", exc, backoff)
+            try:
+                claimed = await self._claim(client, types, len(slots))
+                outage.answered()
+                backoff = 0.0
+            except TrioqError as exc:
+                backoff = min(max(backoff * 2, 0.5), BACKOFF_MAX)
+                if not self._draining.is_set():
+                    outage.failed("claim", exc, backoff)
             claimed_at = trio.current_time()
             try:
                 await trio.lowlevel.checkpoint_if_cancelled()
@@ -430,6 +619,30 @@ class Worker:
                 with trio.move_on_after(backoff):
                     await self._draining.wait()
 
+    async def _claim(self, client: Client, types: list[str], slots: int) -> list[Claimed]:
+        """One claim request, shielded: cancelled in flight, the jobs it took would be
+        stranded until their leases run out. A stop bounds it (:meth:`_bound_claim`);
+        given up then, it returns nothing."""
+        with trio.CancelScope(shield=True) as scope:
+            self._claim_scope = scope
+            self._bound_claim(scope)
+            try:
+                return await client.claim(
+                    self.worker_id,
+                    types=types,
+                    max=slots,
+                    wait=self.settings.poll_interval,
+                    retry_deadline=min(client.retry_deadline, RETRY_WINDOW),
+                )
+            finally:
+                self._claim_scope = None
+        log.warning(
+            "stopping: gave up a claim to %s that was still unanswered; jobs it may have "
+            "taken return to the queue when their leases run out",
+            client.url,
+        )
+        return []
+
     # -------------------------------------------------------------------- job
 
     async def _run_job(self, client: Client, job: Claimed, slot: _Slot, claimed_at: float) -> None:
@@ -451,6 +664,7 @@ class Worker:
         handler = self.handlers.get(job.type)
         if handler is None:
             # the broker gave us a type we did not ask for: give it back untouched
+            log.warning("%s: no handler for its type here; releasing it", _label(job))
             await self._release(client, job)
             return
         # the lease runs from the claim: heartbeats cover hooks and validation too
@@ -473,12 +687,12 @@ class Worker:
                 await self._release(client, job)
         if lease.lost is not None or outcome is None:
             self.counts["lost"] += 1
-            log.warning("job %s cancelled: %s", job.id, lease.lost)
+            log.warning("%s cancelled: %s", _label(job), lease.lost)
             return
         if outcome.error is None:
             try:
                 reported = await self._cleanup(
-                    client.complete(job.id, self.worker_id, attempt=job.attempt)
+                    job, "completion", client.complete(job.id, self.worker_id, attempt=job.attempt)
                 )
             except (LeaseLost, JobNotFound) as exc:
                 # the client retries a call whose answer was lost: the first one may
@@ -486,25 +700,25 @@ class Worker:
                 reported = await self._recorded(client, job, None)
                 if not reported:
                     self.counts["lost"] += 1
-                    log.warning("job %s finished but its lease was lost: %s", job.id, exc)
+                    log.warning("%s finished but its lease was lost: %s", _label(job), exc)
                     return
             if not reported:
                 # not recorded: the lease expires and the job runs again elsewhere
                 self.counts["lost"] += 1
                 return
             self.counts["completed"] += 1
-            await self._hooks(self._on_completed, ctx)
+            await self._hooks(self._on_completed, job, ctx)
         else:
             await self._report_failure(client, job, ctx, outcome.error, final=outcome.final)
 
     async def _execute(self, handler: Handler, job: Claimed, ctx: JobContext) -> _Outcome:
         """Hooks, validation and the handler call (under its timeout)."""
-        await self._hooks(self._on_claimed, ctx)
+        await self._hooks(self._on_claimed, job, ctx)
         try:
             payload = handler.validate(job.payload)
         except Exception as exc:
             text = f"invalid payload for {job.type!r}: {exc}"
-            log.warning("job %s: %s (dead-lettered)", job.id, text)
+            log.warning("%s: %s (dead-lettered)", _label(job), text)
             return _Outcome(text, final=True)
         timeout = math.inf if handler.timeout is None else handler.timeout
         scope = trio.move_on_after(timeout)
@@ -514,11 +728,11 @@ class Worker:
         except Exception as exc:
             if not scope.cancel_called:
                 text = f"{type(exc).__name__}: {exc}"
-                log.info("job %s (%s) raised %s", job.id, job.type, text, exc_info=exc)
+                log.info("%s raised %s", _label(job), text, exc_info=exc)
                 return _Outcome(text)
         if scope.cancel_called:
             # also when a sync handler (a thread cannot be interrupted) overran
-            log.info("job %s (%s) timed out after %g s", job.id, job.type, timeout)
+            log.info("%s timed out after %g s", _label(job), timeout)
             return _Outcome(f"timed out after {timeout:g} s")
         return _Outcome(None)
 
@@ -527,17 +741,19 @@ class Worker:
     ) -> None:
         try:
             reported = await self._cleanup(
-                client.fail(job.id, self.worker_id, error, attempt=job.attempt, final=final)
+                job,
+                "failure",
+                client.fail(job.id, self.worker_id, error, attempt=job.attempt, final=final),
             )
         except (LeaseLost, JobNotFound) as exc:
             reported = await self._recorded(client, job, error)
             if not reported:
-                log.warning("job %s failed but its lease was lost: %s", job.id, exc)
+                log.warning("%s failed but its lease was lost: %s", _label(job), exc)
                 return
         if not reported:
             return
         self.counts["failed"] += 1
-        await self._hooks(self._on_failed, ctx, error)
+        await self._hooks(self._on_failed, job, ctx, error)
 
     async def _recorded(self, client: Client, job: Claimed, error: str | None) -> bool:
         """Whether the broker already holds this attempt's outcome (completed, or
@@ -563,29 +779,41 @@ class Worker:
     async def _release(self, client: Client, job: Claimed) -> None:
         try:
             released = await self._cleanup(
-                client.release(job.id, self.worker_id, attempt=job.attempt)
+                job, "release", client.release(job.id, self.worker_id, attempt=job.attempt)
             )
         except (LeaseLost, JobNotFound) as exc:
-            log.info("job %s was not ours to release any more: %s", job.id, exc)
+            log.info("%s was not ours to release any more: %s", _label(job), exc)
             return
         if released:
             self.counts["released"] += 1
 
-    async def _cleanup(self, call: Awaitable[Any]) -> bool:
-        """Report a job's outcome: shielded and bounded, so a drain cannot lose it
-        and a dead broker cannot hang us (the lease expires on its own then).
-        True if the broker took it; LeaseLost and JobNotFound are raised."""
+    async def _cleanup(self, job: Claimed, what: str, call: Awaitable[Any]) -> bool:
+        """Report a job's outcome (``what``: completion, failure, release): shielded
+        and bounded, so a drain cannot lose it and a dead broker cannot hang us (the
+        lease expires on its own then). True if the broker took it; LeaseLost and
+        JobNotFound are raised."""
         with trio.move_on_after(self.settings.release_timeout, shield=True) as scope:
             try:
                 await call
             except (LeaseLost, JobNotFound):
                 raise
             except TrioqError as exc:
-                log.warning("could not report a job's outcome: %s", exc)
+                log.warning(
+                    "%s: could not report its %s (%s: %s); its lease will expire",
+                    _label(job),
+                    what,
+                    type(exc).__name__,
+                    exc,
+                )
                 return False
             return True
         if scope.cancelled_caught:
-            log.warning("reporting a job's outcome timed out; its lease will expire")
+            log.warning(
+                "%s: reporting its %s timed out after %g s; its lease will expire",
+                _label(job),
+                what,
+                self.settings.release_timeout,
+            )
         return False
 
     async def _call(self, handler: Handler, payload: Any, ctx: JobContext) -> None:
@@ -601,8 +829,23 @@ class Worker:
             # not abandoned on cancel (the job ends when the function returns)
             await trio.to_thread.run_sync(lambda: handler.fn(**kwargs))
 
+    def _heartbeat_interval(self, lease_ms: int) -> float:
+        """The configured interval, shortened to renew at least three times per lease."""
+        configured = self.settings.heartbeat_interval
+        interval = min(configured, lease_ms / 3000)
+        if interval < configured and lease_ms not in self._noted_leases:
+            self._noted_leases.add(lease_ms)
+            log.info(
+                "the broker grants %d ms leases: heartbeats every %g s instead of the "
+                "configured %g s (at least three per lease)",
+                lease_ms,
+                interval,
+                configured,
+            )
+        return interval
+
     async def _heartbeat(self, client: Client, job: Claimed, lease: _Lease) -> None:
-        interval = self.settings.heartbeat_interval
+        interval = self._heartbeat_interval(job.lease_ms)
         lease_s = job.lease_ms / 1000
         next_beat = trio.current_time() + interval
         while True:
@@ -626,17 +869,17 @@ class Worker:
                 lease.handler_scope.cancel()
                 return
             except TrioqError as exc:
-                log.warning("heartbeat for job %s failed: %s", job.id, exc)
+                log.warning("%s: heartbeat failed: %s: %s", _label(job), type(exc).__name__, exc)
                 next_beat = min(trio.current_time() + max(interval / 5, 0.1), lease.deadline)
 
-    async def _hooks(self, hooks: list[Hook], *args: Any) -> None:
+    async def _hooks(self, hooks: list[Hook], job: Claimed, *args: Any) -> None:
         for hook in hooks:
             try:
                 result = hook(*args)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("hook %r failed", hook)
+                log.exception("%s: hook %r failed", _label(job), hook)
 
 
 def describe(worker: Worker) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from ._client import Client, parse_urls
+from ._client import DEFAULT_URL, Client, parse_urls
 from ._errors import TrioqError
 from ._worker import Worker, describe
 
@@ -42,8 +42,10 @@ def load_worker(spec: str) -> Worker:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except (ImportError, TypeError) as exc:  # TypeError: a relative name (".jobs")
+        raise UsageError(
+            f"cannot import {module_name!r}: {exc}{_path_hint(module_name, attr)}"
+        ) from exc
     target: Any = module
     for part in attr.split("."):
         try:
@@ -57,13 +59,23 @@ def load_worker(spec: str) -> Worker:
     return target
 
 
+def _path_hint(module_name: str, attr: str) -> str:
+    """A hint when a file path was given where a module path belongs."""
+    if not module_name.endswith(".py") and "/" not in module_name and os.sep not in module_name:
+        return ""
+    dotted = module_name.removesuffix(".py").replace(os.sep, "/").removeprefix("./")
+    dotted = ".".join(part for part in dotted.split("/") if part)
+    return f" (a module path, not a file: did you mean {dotted}:{attr}?)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trioq.worker", description="Run a trioq worker's registered handlers."
     )
     parser.add_argument("target", help="module:attr naming a trioq.Worker")
     parser.add_argument(
-        "--broker-url", help="broker URL(s), comma-separated (env BROKER_URL; default %(default)s)"
+        "--broker-url",
+        help=f"broker URL(s), comma-separated (env BROKER_URL; default {DEFAULT_URL})",
     )
     parser.add_argument(
         "--concurrency", type=int, help="jobs at once (env TRIOQ_CONCURRENCY; default 1)"
@@ -76,12 +88,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--heartbeat-interval-ms",
         type=int,
-        help="job heartbeat interval (env TRIOQ_HEARTBEAT_INTERVAL_MS; default 5000)",
+        help="job heartbeat interval, shortened to a third of the lease the broker grants "
+        "(env TRIOQ_HEARTBEAT_INTERVAL_MS; default 5000)",
     )
     parser.add_argument(
         "--shutdown-grace-s",
         type=float,
         help="grace for running jobs at shutdown (env TRIOQ_SHUTDOWN_GRACE_S; default 30)",
+    )
+    parser.add_argument(
+        "--group-commit-interval-ms",
+        type=int,
+        help="the broker's group commit interval: a stopping worker awaits a claim in "
+        "flight at most this plus 1 s (env GROUP_COMMIT_INTERVAL_MS; default 2000)",
     )
     parser.add_argument("--token", help="bearer token (env TRIOQ_TOKEN)")
     parser.add_argument("--worker-id", help="env TRIOQ_WORKER_ID; default host-pid-random")
@@ -114,14 +133,24 @@ def configure(
         s.heartbeat_interval = args.heartbeat_interval_ms / 1000
     if args.shutdown_grace_s is not None:
         s.shutdown_grace = args.shutdown_grace_s
+    if args.group_commit_interval_ms is not None:
+        s.group_commit_interval = args.group_commit_interval_ms / 1000
     if args.token:
         s.token = args.token
     if args.worker_id:
         s.worker_id = args.worker_id
     if s.concurrency < 1:
         raise UsageError(f"concurrency must be >= 1, not {s.concurrency}")
-    if s.poll_interval < 0 or s.heartbeat_interval <= 0 or s.shutdown_grace < 0:
-        raise UsageError("poll interval and shutdown grace must be >= 0, heartbeat interval > 0")
+    if (
+        s.poll_interval < 0
+        or s.heartbeat_interval <= 0
+        or s.shutdown_grace < 0
+        or s.group_commit_interval < 0
+    ):
+        raise UsageError(
+            "poll interval, shutdown grace and group commit interval must be >= 0, "
+            "heartbeat interval > 0"
+        )
     try:
         # the URLs are checked here, so a typo is a usage error, not a retry loop
         parse_urls(s.broker_url)

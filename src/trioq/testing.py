@@ -8,10 +8,17 @@
             await broker.run_worker_until_idle(worker)
             assert (await broker.client.stats())["completedTotal"] == 1
 
+The test functions are ``async``: with pytest, install pytest-trio and turn on its trio
+mode (``trio_mode = true`` under ``[tool.pytest.ini_options]``), or mark each test
+``@pytest.mark.trio``.
+
 The broker is the real engine and HTTP app on a :class:`~trioq.MemoryStorage`,
 reached through ``httpx.ASGITransport`` (no socket), so tests run under
-``trio.testing.MockClock(autojump_threshold=0)`` too: stored times are derived from
-trio's clock.
+``trio.testing.MockClock(autojump_threshold=0)`` too (pytest-trio's
+``autojump_clock`` fixture): stored times are derived from trio's clock.
+
+An exception raised in the ``async with open_test_broker()`` block comes out as it
+is, not wrapped in an exception group.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ _EPOCH_MS = 1_700_000_000_000
 def trio_wall_clock() -> int:
     """Stored times for tests: milliseconds derived from ``trio.current_time()``."""
     return _EPOCH_MS + int(trio.current_time() * 1000)
+
+
+class UnhandledJobs(AssertionError):
+    """:meth:`TestBroker.run_worker_until_idle` found queued jobs of types the worker
+    has no handler for, so the queue could never become idle."""
 
 
 @dataclass
@@ -72,20 +84,52 @@ class TestBroker:
 
         Delayed jobs and retries count as pending, so a test of retry backoff runs
         until the job completes or is dead-lettered (use MockClock to skip the waits).
-        ``timeout`` bounds the whole run (``trio.TooSlowError``). A worker can be run
-        again after this returns.
+        A queued job of a type ``worker`` has no handler for raises
+        :class:`UnhandledJobs` naming the types (after draining the worker);
+        ``timeout`` bounds the whole run (``trio.TooSlowError``, saying what was still
+        pending). A worker can be run again after this returns.
         """
         self.attach(worker)
-        with trio.fail_after(timeout):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(worker.run)
-                quiet = 0
-                while quiet < idle_polls:
-                    await trio.sleep(worker.settings.poll_interval)
-                    state = self.engine.state
-                    busy = state is not None and (len(state.jobs) > 0 or bool(worker.active))
-                    quiet = 0 if busy else quiet + 1
-                worker.drain()
+        unhandled: dict[str, int] = {}
+        try:
+            with trio.fail_after(timeout):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(worker.run)
+                    quiet = 0
+                    while quiet < idle_polls:
+                        unhandled = self._unhandled(worker)
+                        if unhandled:
+                            break
+                        await trio.sleep(worker.settings.poll_interval)
+                        state = self.engine.state
+                        busy = state is not None and (len(state.jobs) > 0 or bool(worker.active))
+                        quiet = 0 if busy else quiet + 1
+                    worker.drain()
+        except trio.TooSlowError:
+            state = self.engine.state
+            jobs = list(state.jobs.values()) if state is not None else []
+            raise trio.TooSlowError(
+                f"run_worker_until_idle: not idle after {timeout:g} s; {len(jobs)} job(s) "
+                f"still queued or running, of types {sorted({job.type for job in jobs})}"
+            ) from None
+        if unhandled:
+            types = ", ".join(
+                f"{t!r} ({n} job{'s' if n != 1 else ''})" for t, n in unhandled.items()
+            )
+            raise UnhandledJobs(
+                f"the queue holds jobs of type(s) the worker has no handler for: {types}; "
+                f"it handles {sorted(worker.handlers)}"
+            )
+
+    def _unhandled(self, worker: Worker) -> dict[str, int]:
+        """Queued jobs by type, for the types ``worker`` cannot take."""
+        counts: dict[str, int] = {}
+        state = self.engine.state
+        if state is not None:
+            for job in state.jobs.values():
+                if job.type not in worker.handlers:
+                    counts[job.type] = counts.get(job.type, 0) + 1
+        return dict(sorted(counts.items()))
 
 
 @asynccontextmanager
@@ -96,7 +140,11 @@ async def open_test_broker(
     limits: Limits | None = None,
     token: str | None = None,
 ) -> AsyncIterator[TestBroker]:
-    """Start an in-process broker; it stops (and releases its lease) on exit."""
+    """Start an in-process broker; it stops (and releases its lease) on exit.
+
+    An exception from the block is re-raised as it is, after the broker stopped,
+    rather than wrapped in the exception group of the broker's nursery.
+    """
     storage = MemoryStorage()
     engine = Engine(
         storage,
@@ -107,10 +155,19 @@ async def open_test_broker(
     )
     app = create_app(BrokerApi(engine), token=token)
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    raised: BaseException | None = None
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
         async with Client(TEST_URL, transport=transport, token=token) as client:
             try:
                 yield TestBroker(engine, storage, transport, client)
+            except BaseException as exc:
+                # raised outside the nursery below, so the test sees it unwrapped
+                raised = exc
             finally:
                 engine.stop()
+    if raised is not None:
+        try:
+            raise raised
+        finally:
+            raised = None  # no reference cycle through the traceback
