@@ -34,7 +34,7 @@ import orjson
 import trio
 
 from trioq import FileStorage, MemoryStorage, Storage
-from trioq._state import Limits, NewJob, QueueState
+from trioq.core._state import Limits, NewJob, QueueState
 
 PAYLOAD = {"data": "x" * 89}
 PAYLOAD_BYTES = len(orjson.dumps(PAYLOAD))

@@ -29,7 +29,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_core import build
 
-from trioq._state import QueueState
+from trioq.core._state import QueueState
 
 
 async def measure(data: bytes, *, freeze: bool) -> tuple[float, float]:

@@ -30,9 +30,9 @@ import httpx
 import trio
 
 from _servers import S3Server
-from trioq._broker import Broker
-from trioq._broker_settings import BrokerSettings
-from trioq._storage import Storage
+from trioq.broker._service import Broker
+from trioq.broker._settings import BrokerSettings
+from trioq.storage._protocol import Storage
 
 READY_TIMEOUT = 20.0
 """Seconds a broker subprocess gets to print its ready line."""

@@ -2,7 +2,7 @@
 
 Run as ``python _engine_child.py DIRECTORY BROKER_ID HEARTBEAT_MS TIMEOUT_MS``.
 
-The child runs an :class:`~trioq._engine.Engine` on ``trioq.FileStorage(DIRECTORY)``
+The child runs an :class:`~trioq.core._engine.Engine` on ``trioq.FileStorage(DIRECTORY)``
 with broker id BROKER_ID, a 10 ms group commit interval, the given broker heartbeat
 interval and timeout, and a 50 ms standby poll. It prints, one per line, flushed:
 
@@ -35,9 +35,9 @@ import trio
 
 import trioq
 from trioq import Storage, Versioned
-from trioq._config import EngineConfig
-from trioq._engine import Engine, Role
-from trioq._state import NewJob
+from trioq.core._config import EngineConfig
+from trioq.core._engine import Engine, Role
+from trioq.core._state import NewJob
 
 PRODUCERS = 2
 PRODUCER_PAUSE = 0.005

@@ -16,9 +16,9 @@ import trio
 
 from _broker_proc import BROKER_ENV_VARS, broker_process, run_broker_to_exit, s3_args, s3_env
 from _servers import S3Server, free_port, free_ports
-from trioq._broker import main
-from trioq._broker_settings import parse_settings
-from trioq._file_storage import FileStorage
+from trioq.broker._service import main
+from trioq.broker._settings import parse_settings
+from trioq.storage._file import FileStorage
 
 
 def file_args(directory: Path, *extra: str) -> list[str]:

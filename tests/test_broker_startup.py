@@ -14,10 +14,10 @@ import trio
 from _broker_proc import broker_argv, subprocess_env
 from _servers import free_port
 from trioq import MemoryStorage, Versioned
-from trioq._broker import Broker
-from trioq._broker_settings import BrokerSettings
-from trioq._file_storage import FileStorage
-from trioq._state import LeaderInfo, Limits, NewJob, QueueState
+from trioq.broker._service import Broker
+from trioq.broker._settings import BrokerSettings
+from trioq.core._state import LeaderInfo, Limits, NewJob, QueueState
+from trioq.storage._file import FileStorage
 
 
 class GatedStorage(MemoryStorage):

@@ -18,7 +18,7 @@ import trio
 from pydantic import BaseModel
 
 import trioq
-import trioq._client
+import trioq.client
 from trioq import (
     BrokerProtocolError,
     JobNotFound,
@@ -32,12 +32,12 @@ from trioq import (
     Unauthorized,
     WriteOutcomeUnknown,
 )
-from trioq._api import BrokerApi
-from trioq._config import EngineConfig
-from trioq._engine import Engine, Role
 from trioq._errors import ERRORS_BY_TAG, BrokerUnreachable
-from trioq._http import create_app
-from trioq._state import Limits
+from trioq.broker._api import BrokerApi
+from trioq.broker._http import create_app
+from trioq.core._config import EngineConfig
+from trioq.core._engine import Engine, Role
+from trioq.core._state import Limits
 from trioq.testing import TEST_URL, open_test_broker, trio_wall_clock
 
 EXACT = 1e-9
@@ -699,4 +699,4 @@ async def test_json_values_round_trip_exactly(autojump_clock: trio.abc.Clock) ->
     assert claimed.id == job
     assert claimed.payload == edge
     assert orjson.dumps(claimed.payload) == orjson.dumps(edge)
-    assert trioq._client.to_json_value(edge) == edge
+    assert trioq.client.to_json_value(edge) == edge

@@ -1,6 +1,6 @@
 """The engine's group commit loop, one engine at a time, in virtual time.
 
-Every test drives an :class:`~trioq._engine.Engine` directly under
+Every test drives an :class:`~trioq.core._engine.Engine` directly under
 ``MockClock(autojump_threshold=0)`` (pytest-trio's ``autojump_clock``) over a
 :class:`~trioq.MemoryStorage`, usually through a :class:`Recorder` that logs every
 write that landed and, where faults are wanted, a :class:`~trioq.FaultyStorage`
@@ -36,10 +36,10 @@ from trioq import (
     StorageUnavailable,
     Versioned,
 )
-from trioq._config import EngineConfig
-from trioq._engine import Engine, Role
-from trioq._faulty_storage import FaultKind
-from trioq._state import LeaderInfo, Limits, NewJob, QueueState
+from trioq.core._config import EngineConfig
+from trioq.core._engine import Engine, Role
+from trioq.core._state import LeaderInfo, Limits, NewJob, QueueState
+from trioq.storage._faulty import FaultKind
 
 KEY = "queue.json"
 WALL0 = 1_700_000_000_000

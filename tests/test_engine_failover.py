@@ -52,9 +52,9 @@ from trioq import (
     StorageUnavailable,
     Versioned,
 )
-from trioq._config import EngineConfig
-from trioq._engine import Engine, Role
-from trioq._state import QueueState
+from trioq.core._config import EngineConfig
+from trioq.core._engine import Engine, Role
+from trioq.core._state import QueueState
 
 B_STARTS = 0.25
 TEST_STARTS = 0.5

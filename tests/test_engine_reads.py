@@ -17,9 +17,9 @@ from trioq import (
     MemoryStorage,
     StorageUnavailable,
 )
-from trioq._engine import Role
 from trioq._errors import QueueNotFound
-from trioq._state import Limits, NewJob, QueueState
+from trioq.core._engine import Role
+from trioq.core._state import Limits, NewJob, QueueState
 
 KEY = "queue.json"
 

@@ -18,7 +18,7 @@ from trioq import (
     Versioned,
     WriteOutcomeUnknown,
 )
-from trioq._faulty_storage import InjectedFault
+from trioq.storage._faulty import InjectedFault
 
 KEY = "queue.json"
 

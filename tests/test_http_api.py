@@ -18,11 +18,11 @@ import trio
 
 from _broker_proc import InProcessBroker, start_in_process
 from _servers import S3Server
-from trioq._broker_settings import BrokerSettings
-from trioq._file_storage import FileStorage
-from trioq._s3_storage import S3Storage
-from trioq._storage import Storage
-from trioq._throttled_storage import ThrottledStorage
+from trioq.broker._settings import BrokerSettings
+from trioq.storage._file import FileStorage
+from trioq.storage._protocol import Storage
+from trioq.storage._s3 import S3Storage
+from trioq.storage._throttled import ThrottledStorage
 
 StorageFactory = Callable[[], tuple[BrokerSettings, Storage]]
 

@@ -12,7 +12,7 @@ import trio
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 
 from _broker_proc import InProcessBroker, start_in_process
-from trioq._broker_settings import BrokerSettings
+from trioq.broker._settings import BrokerSettings
 
 TOKEN = "s3cr3t-Token_value"
 

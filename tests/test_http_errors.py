@@ -17,11 +17,11 @@ import trio
 
 from _broker_proc import InProcessBroker, start_in_process
 from trioq import Client
-from trioq._broker_settings import BrokerSettings
 from trioq._errors import ERRORS_BY_TAG, JobNotDead, StorageUnreachable
-from trioq._faulty_storage import FaultyStorage
-from trioq._file_storage import FileStorage
-from trioq._memory_storage import MemoryStorage
+from trioq.broker._settings import BrokerSettings
+from trioq.storage._faulty import FaultyStorage
+from trioq.storage._file import FileStorage
+from trioq.storage._memory import MemoryStorage
 
 KNOWN_TAGS = {
     400: {"BrokerProtocolError"},

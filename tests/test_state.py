@@ -1,4 +1,4 @@
-"""Example-based tests of the in-memory queue model (``trioq._state``).
+"""Example-based tests of the in-memory queue model (``trioq.core._state``).
 
 Every mutation, every rejection, and the queue.json codec. Times are integer
 milliseconds passed in as ``now``; nothing here sleeps.
@@ -22,8 +22,8 @@ from trioq import (
     PayloadTooLarge,
     QueueFull,
 )
-from trioq._jobs import DeadJob, FinishedJob, Job
-from trioq._state import (
+from trioq.core._jobs import DeadJob, FinishedJob, Job
+from trioq.core._state import (
     ClaimedJob,
     EnqueueResult,
     LeaderInfo,

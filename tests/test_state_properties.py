@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from trioq import BrokerProtocolError, JobNotFound, LeaseLost, QueueFull, TrioqError
-from trioq._state import Limits, NewJob, QueueState
+from trioq.core._state import Limits, NewJob, QueueState
 
 T0 = 1_700_000_000_000
 IDS = [f"j{i}" for i in range(10)]

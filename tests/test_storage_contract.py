@@ -22,7 +22,7 @@ import trio
 
 from _servers import S3Server
 from trioq import CASConflict, MemoryStorage, S3Storage, Storage, Versioned
-from trioq._file_storage import FileStorage
+from trioq.storage._file import FileStorage
 
 KEY = "queue.json"
 CONTENDERS = 8

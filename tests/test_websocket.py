@@ -17,9 +17,9 @@ import pytest
 import trio
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 
-import trioq._http
+import trioq.broker._http
 from _broker_proc import InProcessBroker, start_in_process
-from trioq._broker_settings import BrokerSettings
+from trioq.broker._settings import BrokerSettings
 
 _ids = itertools.count(1)
 
@@ -425,7 +425,7 @@ async def test_bytes_racing_handshake_answers_break_nothing(
 async def test_a_handshake_whose_body_never_comes_is_refused(
     broker: InProcessBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trioq._http, "DRAIN_SECONDS", 0.5, raising=False)
+    monkeypatch.setattr(trioq.broker._http, "DRAIN_SECONDS", 0.5, raising=False)
     head, body = await raw_exchange(broker.url, UPGRADE + b"Content-Length: 5\r\n\r\n")
     assert head.startswith(b"http/1.1 400"), head
     assert b"\r\nconnection: close" in head

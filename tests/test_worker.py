@@ -25,9 +25,9 @@ from pydantic import BaseModel
 import trioq
 from trioq import JobNotFound
 from trioq._errors import BrokerUnreachable
-from trioq._state import Limits
-from trioq._worker import BACKOFF_MAX, RETRY_WINDOW, WARN_EVERY
+from trioq.core._state import Limits
 from trioq.testing import TEST_URL, TestBroker, open_test_broker
+from trioq.worker._runtime import BACKOFF_MAX, RETRY_WINDOW, WARN_EVERY
 
 Fault = Callable[[str], Awaitable[None]]
 

@@ -16,9 +16,9 @@ import trio
 
 from _jobs_for_tests import configured_worker
 from _worker_proc import base_env, broker_process, worker_process
-from trioq import _worker_cli
-from trioq._worker import WorkerSettings
-from trioq._worker_cli import PROBE_DEADLINE, UsageError, configure, load_worker
+from trioq.worker import _cli as _worker_cli
+from trioq.worker._cli import PROBE_DEADLINE, UsageError, configure, load_worker
+from trioq.worker._runtime import WorkerSettings
 
 TARGET = "_jobs_for_tests:configured_worker"
 

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._client import Claimed as Claimed
-from ._client import Client as Client
-from ._client import JobSpec as JobSpec
-from ._config import EngineConfig as EngineConfig
-from ._engine import Engine as Engine
 from ._errors import BrokerProtocolError as BrokerProtocolError
 from ._errors import BrokerUnreachable as BrokerUnreachable
 from ._errors import BucketNotFound as BucketNotFound
@@ -35,20 +30,25 @@ from ._errors import StorageUnreachable as StorageUnreachable
 from ._errors import TrioqError as TrioqError
 from ._errors import Unauthorized as Unauthorized
 from ._errors import WriteOutcomeUnknown as WriteOutcomeUnknown
-from ._faulty_storage import FaultyStorage as FaultyStorage
-from ._file_storage import FileStorage as FileStorage
-from ._memory_storage import MemoryStorage as MemoryStorage
-from ._state import Limits as Limits
-from ._storage import Storage as Storage
-from ._storage import Versioned as Versioned
-from ._throttled_storage import ThrottledStorage as ThrottledStorage
-from ._worker import JobContext as JobContext
-from ._worker import JobTimeout as JobTimeout
-from ._worker import PayloadInvalid as PayloadInvalid
-from ._worker import Worker as Worker
+from .client import Claimed as Claimed
+from .client import Client as Client
+from .client import JobSpec as JobSpec
+from .core._config import EngineConfig as EngineConfig
+from .core._engine import Engine as Engine
+from .core._state import Limits as Limits
+from .storage._faulty import FaultyStorage as FaultyStorage
+from .storage._file import FileStorage as FileStorage
+from .storage._memory import MemoryStorage as MemoryStorage
+from .storage._protocol import Storage as Storage
+from .storage._protocol import Versioned as Versioned
+from .storage._throttled import ThrottledStorage as ThrottledStorage
+from .worker._runtime import JobContext as JobContext
+from .worker._runtime import JobTimeout as JobTimeout
+from .worker._runtime import PayloadInvalid as PayloadInvalid
+from .worker._runtime import Worker as Worker
 
 if TYPE_CHECKING:
-    from ._s3_storage import S3Storage as S3Storage
+    from .storage._s3 import S3Storage as S3Storage
 
 __version__ = "0.1.0"
 
@@ -56,7 +56,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     # S3Storage imports boto3 (~150 ms): only when it is used, not for every worker
     if name == "S3Storage":
-        from ._s3_storage import S3Storage
+        from .storage._s3 import S3Storage
 
         return S3Storage
     raise AttributeError(f"module 'trioq' has no attribute {name!r}")

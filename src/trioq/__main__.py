@@ -12,11 +12,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "broker":
-        from ._broker import main as broker_main
+        from .broker._service import main as broker_main
 
         return broker_main(rest, prog="trioq broker")
     if command == "worker":
-        from ._worker_cli import main as worker_main
+        from .worker._cli import main as worker_main
 
         return worker_main(rest)
     print(f"trioq: unknown command {command!r} (broker or worker)", file=sys.stderr)

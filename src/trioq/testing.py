@@ -30,14 +30,14 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from ._api import BrokerApi
-from ._client import Client
-from ._config import EngineConfig
-from ._engine import Engine
-from ._http import create_app
-from ._memory_storage import MemoryStorage
-from ._state import Limits
-from ._worker import Worker
+from .broker._api import BrokerApi
+from .broker._http import create_app
+from .client import Client
+from .core._config import EngineConfig
+from .core._engine import Engine
+from .core._state import Limits
+from .storage._memory import MemoryStorage
+from .worker._runtime import Worker
 
 TEST_URL = "http://trioq.test"
 _EPOCH_MS = 1_700_000_000_000

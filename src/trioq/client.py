@@ -37,8 +37,8 @@ import orjson
 import trio
 
 from ._errors import ERRORS_BY_TAG, BrokerUnreachable, NotLeader, TrioqError, WriteOutcomeUnknown
-from ._state import QueueState
-from ._storage import Storage
+from .core._state import QueueState
+from .storage._protocol import Storage
 
 log = logging.getLogger("trioq.client")
 

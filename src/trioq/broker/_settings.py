@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ._config import EngineConfig
-from ._state import Limits
+from ..core._config import EngineConfig
+from ..core._state import Limits
 
 StorageBackend = Literal["file", "s3", "memory"]
 

@@ -82,8 +82,8 @@ from typing import Final, NamedTuple, TypeVar
 
 import trio
 
-from ._errors import BucketNotFound, CASConflict, StorageUnavailable, WriteOutcomeUnknown
-from ._storage import Versioned
+from .._errors import BucketNotFound, CASConflict, StorageUnavailable, WriteOutcomeUnknown
+from ._protocol import Versioned
 
 if sys.platform != "win32":
     import fcntl
@@ -154,7 +154,7 @@ class FileStorage:
 
     Durable (fsync + atomic rename) and compare-and-set correct across processes
     of one machine (flock on a per-key lock file). The file layout and format
-    are described in the :mod:`trioq._file_storage` module docstring.
+    are described in the :mod:`trioq.storage._file` module docstring.
 
     Args:
         directory: The data directory. Every key is one file in it.

@@ -19,9 +19,9 @@ from typing import Any
 
 import trio
 
-from ._client import DEFAULT_URL, Client, parse_urls
-from ._errors import TrioqError
-from ._worker import Worker, describe
+from .._errors import TrioqError
+from ..client import DEFAULT_URL, Client, parse_urls
+from ._runtime import Worker, describe
 
 log = logging.getLogger("trioq.worker")
 

@@ -1,4 +1,4 @@
-"""The broker's HTTP face: a quart-trio app over :class:`~trioq._api.BrokerApi`.
+"""The broker's HTTP face: a quart-trio app over :class:`~trioq.broker._api.BrokerApi`.
 
 The app owns no background task: the engine's commit loop belongs to the broker's
 nursery (or a test's), so the app can also be driven in-process, without a
@@ -34,8 +34,7 @@ from quart_trio import QuartTrio
 from werkzeug import exceptions as http_exceptions
 from werkzeug.routing import BaseConverter
 
-from ._api import BrokerApi, parse_limit
-from ._errors import (
+from .._errors import (
     BrokerProtocolError,
     InternalError,
     MethodNotAllowed,
@@ -44,6 +43,7 @@ from ._errors import (
     TrioqError,
     Unauthorized,
 )
+from ._api import BrokerApi, parse_limit
 from ._metrics import render_metrics
 
 log = logging.getLogger("trioq.http")

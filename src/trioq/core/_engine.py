@@ -31,8 +31,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._config import EngineConfig
-from ._errors import (
+from .._errors import (
     CASConflict,
     DocumentInvalid,
     NotLeader,
@@ -42,8 +41,9 @@ from ._errors import (
     TrioqError,
     WriteOutcomeUnknown,
 )
+from ..storage._protocol import Storage
+from ._config import EngineConfig
 from ._state import ClaimedJob, EnqueueResult, LeaderInfo, Limits, NewJob, QueueState
-from ._storage import Storage
 
 log = logging.getLogger("trioq.engine")
 
@@ -126,7 +126,7 @@ class Engine:
             that restarts with the same id takes its old lease over at once.
         url: the URL clients should dial for this broker (written into the document).
         config: timings (:class:`EngineConfig`).
-        limits: caps and lease lengths (:class:`~trioq._state.Limits`).
+        limits: caps and lease lengths (:class:`~trioq.core._state.Limits`).
         wall_clock: milliseconds since the epoch for stored times (tests inject one
             derived from ``trio.current_time()``).
         rng: randomness for ids and retry jitter.

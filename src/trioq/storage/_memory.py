@@ -6,8 +6,8 @@ import itertools
 
 import trio
 
-from ._errors import CASConflict
-from ._storage import Versioned
+from .._errors import CASConflict
+from ._protocol import Versioned
 
 
 class MemoryStorage:

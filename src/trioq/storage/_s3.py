@@ -101,7 +101,7 @@ import botocore.config
 import botocore.exceptions
 import trio
 
-from ._errors import (
+from .._errors import (
     BucketNotFound,
     CASConflict,
     StorageAuthError,
@@ -110,7 +110,7 @@ from ._errors import (
     TrioqError,
     WriteOutcomeUnknown,
 )
-from ._storage import Versioned
+from ._protocol import Versioned
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -198,7 +198,7 @@ class S3Storage:
     Compare-and-set uses S3 conditional writes (``If-Match`` / ``If-None-Match: *``
     on ``PutObject``), so the store must support them. The request mapping, the key
     joining rule, retries, timeouts and error translation are described in the
-    :mod:`trioq._s3_storage` module docstring.
+    :mod:`trioq.storage._s3` module docstring.
 
     Args:
         bucket: The bucket. It must exist: trioq never creates buckets.

@@ -26,7 +26,7 @@ import math
 
 import trio
 
-from ._storage import Storage, Versioned
+from ._protocol import Storage, Versioned
 
 # A refill that lands within this many tokens of a whole token counts as a whole token,
 # so float rounding never turns an exact wait (2.0 s) into 2.0000000000000004 s.

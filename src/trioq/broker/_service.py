@@ -16,16 +16,16 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from .._errors import DocumentInvalid, QueueNotFound, StorageUnavailable
+from ..core._engine import Engine, Role
+from ..storage._faulty import FaultyStorage
+from ..storage._file import FileStorage
+from ..storage._memory import MemoryStorage
+from ..storage._protocol import Storage
+from ..storage._throttled import ThrottledStorage
 from ._api import BrokerApi
-from ._broker_settings import BrokerSettings, SettingsError, parse_settings
-from ._engine import Engine, Role
-from ._errors import DocumentInvalid, QueueNotFound, StorageUnavailable
-from ._faulty_storage import FaultyStorage
-from ._file_storage import FileStorage
 from ._http import create_app
-from ._memory_storage import MemoryStorage
-from ._storage import Storage
-from ._throttled_storage import ThrottledStorage
+from ._settings import BrokerSettings, SettingsError, parse_settings
 
 log = logging.getLogger("trioq.broker")
 
@@ -38,11 +38,11 @@ def build_storage(settings: BrokerSettings) -> Storage:
     """The backend the settings name, throttled if limits are set."""
     storage: Storage
     if settings.storage == "file":
-        from ._file_storage import FileStorage
+        from ..storage._file import FileStorage
 
         storage = FileStorage(settings.data_dir)
     elif settings.storage == "s3":
-        from ._s3_storage import S3Storage
+        from ..storage._s3 import S3Storage
 
         assert settings.bucket is not None
         storage = S3Storage(

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import orjson
 import trio
 
-from ._errors import (
+from .._errors import (
     BrokerProtocolError,
     DocumentInvalid,
     JobNotDead,

@@ -38,9 +38,9 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._client import DEFAULT_URL, Claimed, Client
-from ._errors import JobNotFound, LeaseLost, TrioqError
-from ._jobs import valid_type
+from .._errors import JobNotFound, LeaseLost, TrioqError
+from ..client import DEFAULT_URL, Claimed, Client
+from ..core._jobs import valid_type
 
 log = logging.getLogger("trioq.worker")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._engine import Engine
-from ._errors import BrokerProtocolError, JobNotFound
-from ._jobs import DEFAULT_TYPE, DeadJob, FinishedJob, Job, valid_id
-from ._state import ClaimedJob, NewJob, QueueState
+from .._errors import BrokerProtocolError, JobNotFound
+from ..core._engine import Engine
+from ..core._jobs import DEFAULT_TYPE, DeadJob, FinishedJob, Job, valid_id
+from ..core._state import ClaimedJob, NewJob, QueueState
 
 MAX_CLAIM = 1000
 MAX_WAIT_MS = 30_000

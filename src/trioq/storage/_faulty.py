@@ -51,8 +51,8 @@ from typing import Literal, NamedTuple, get_args
 
 import trio
 
-from ._errors import CASConflict, StorageUnavailable, StorageUnreachable, WriteOutcomeUnknown
-from ._storage import Storage, Versioned
+from .._errors import CASConflict, StorageUnavailable, StorageUnreachable, WriteOutcomeUnknown
+from ._protocol import Storage, Versioned
 
 FaultKind = Literal["conflict", "error", "ambiguous", "ambiguous_lost", "latency"]
 """The kinds of fault :class:`FaultyStorage` can inject (see the module docstring)."""
