@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._config import EngineConfig as EngineConfig
 from ._engine import Engine as Engine
+from ._engine import EngineSnapshot as EngineSnapshot
 from ._engine import Role as Role
 from ._state import Limits as Limits
 from ._state import NewJob as NewJob

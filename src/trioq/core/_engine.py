@@ -116,6 +116,28 @@ def _unchanged(state: QueueState, now: int) -> None:
     """A mutation that changes nothing: it makes the commit loop reload the state."""
 
 
+@dataclass(frozen=True, slots=True)
+class EngineSnapshot:
+    """What an engine reports about itself at one moment (for metrics and health):
+    a copy, so a reader never reaches into the engine."""
+
+    broker_id: str
+    role: Role
+    epoch: int
+    counters: dict[str, int]
+    """Engine events since start: commits, mutations, conflicts, writeErrors,
+    failedBatches, takeovers, stepDowns."""
+    last_commit_seconds: float
+    last_batch_size: int
+    queue: dict[str, int] | None
+    """Counts of the last committed state (total, unclaimed, inProgress,
+    completedTotal, dead) while leading, else None."""
+    queue_counters: dict[str, int] | None
+    """The document's counters as last committed, while leading."""
+    document_bytes: int
+    """Size of the last committed document (0 when not leading)."""
+
+
 class Engine:
     """Leads (or stands by for) one queue document on a :class:`~trioq.Storage`.
 
@@ -231,6 +253,21 @@ class Engine:
         if self.leader is None or self.leader.released:
             return None
         return self.leader.url or None
+
+    def snapshot(self) -> EngineSnapshot:
+        """A copy of the engine's counters and committed counts."""
+        leading = self.is_leader
+        return EngineSnapshot(
+            broker_id=self.broker_id,
+            role=self.role,
+            epoch=self.epoch,
+            counters=dict(self.metrics),
+            last_commit_seconds=self.last_commit_seconds,
+            last_batch_size=self.last_batch_size,
+            queue=dict(self.committed_stats) if leading and self.committed_stats else None,
+            queue_counters=dict(self.committed_counters) if leading else None,
+            document_bytes=len(self.document) if leading and self.document else 0,
+        )
 
     @property
     def observed_version(self) -> str | None:
