@@ -147,9 +147,10 @@ async def test_crash_failover_at_default_settings(
             async with trio.open_nursery() as nursery:
                 for n in range(4):
                     nursery.start_soon(submitter.run, http, f"c{n}")
-                await trio.sleep(1.0)
+                # traffic flows (and the standby has probed the leader a few times)
+                with trio.fail_after(RETRY_DEADLINE):
+                    await submitter.wait_for_acks(50)
                 acked_before = len(submitter.acked)
-                assert acked_before > 0
                 killed_at = trio.current_time()
                 a.kill()
                 failover = await wait_until(

@@ -36,8 +36,10 @@ from trioq import (
     StorageUnavailable,
     Versioned,
 )
+from trioq._backoff import backoff_delay
 from trioq.core._config import EngineConfig
 from trioq.core._engine import Engine, Role
+from trioq.core._pending import ClaimRequest, Mutation, PendingBook, Reader, Stage
 from trioq.core._state import LeaderInfo, Limits, NewJob, QueueState
 from trioq.storage._faulty import FaultKind
 
@@ -57,10 +59,14 @@ def make_engine(
     *,
     limits: Limits | None = None,
     seed: int = 0,
+    url: str | None = None,
+    exclusive_url: bool = False,
+    create: bool = True,
     **timings: float,
 ) -> Engine:
     """An engine with round test timings (overridable by ``EngineConfig`` field name):
-    50 ms group commit interval, 3 s lease heartbeat, 10 s lease timeout, 1 s standby poll."""
+    50 ms group commit interval, 3 s lease heartbeat, 10 s lease timeout, 1 s standby poll.
+    Its URL is ``http://BROKER_ID`` unless ``url`` says otherwise."""
     config = EngineConfig(
         group_commit_interval=0.05,
         broker_heartbeat_interval=3.0,
@@ -74,12 +80,29 @@ def make_engine(
         storage,
         key=KEY,
         broker_id=broker_id,
-        url=f"http://{broker_id}",
+        url=f"http://{broker_id}" if url is None else url,
+        exclusive_url=exclusive_url,
+        create=create,
         config=config,
         limits=limits,
         wall_clock=wall_clock,
         rng=random.Random(seed),
     )
+
+
+def write_retry_waits(engine: Engine, count: int) -> list[float]:
+    """The next ``count`` waits between write attempts of ``engine``'s commits: its
+    jittered backoff replayed from a copy of its seeded jitter stream (white box), so
+    retry times stay exact in virtual time. Each lies in the jittered range, half to
+    all of the nominal doubling delay."""
+    twin = random.Random()
+    twin.setstate(engine._committer.retry_rng.getstate())
+    base, cap = engine.config.write_retry_delay, engine.config.broker_heartbeat_interval
+    waits = [backoff_delay(n, base=base, cap=cap, rng=twin) for n in range(1, count + 1)]
+    for n, wait in enumerate(waits, 1):
+        nominal = min(cap, base * 2 ** (n - 1))
+        assert nominal / 2 <= wait < nominal
+    return waits
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,7 @@ class Recorder:
         self.inner = inner
         self.calls: list[float] = []
         self.landed: list[Landed] = []
+        self._wrote = trio.Event()
 
     def describe(self) -> str:
         return self.inner.describe()
@@ -132,7 +156,13 @@ class Recorder:
         self._landed(version, data)
         return version
 
+    async def next_write(self) -> None:
+        """Wait until the next write lands."""
+        await self._wrote.wait()
+
     def _landed(self, version: str, data: bytes) -> None:
+        self._wrote.set()
+        self._wrote = trio.Event()
         header = orjson.loads(data)
         leader = header["leader"]
         self.landed.append(
@@ -217,7 +247,7 @@ def spy_commits(
     """Record when each commit of ``engine`` starts and ends (white box: wraps the
     engine's private ``_commit``, which the commit loop calls right after draining)."""
     commits: list[Commit] = []
-    original = engine._commit
+    original = engine._committer.commit
 
     async def spy(batch: list[Any], *, release: bool = False) -> bool:
         commit = Commit(trio.current_time(), len(arrivals.times))
@@ -230,7 +260,7 @@ def spy_commits(
             commit.wrote = wrote
             commits.append(commit)
 
-    monkeypatch.setattr(engine, "_commit", spy)
+    monkeypatch.setattr(engine._committer, "commit", spy)
     return commits
 
 
@@ -565,8 +595,9 @@ async def test_an_ambiguous_write_that_was_lost_is_written_again(
         await nursery.start(engine.run)
         storage.inject("ambiguous_lost", ops=["write"])
         await trio.sleep(1)
+        (wait,) = write_retry_waits(engine, 1)
         (result,) = await engine.enqueue([NewJob(payload="x")])
-        assert trio.current_time() == pytest.approx(1.1)  # one retry delay
+        assert trio.current_time() == pytest.approx(1.0 + wait)  # one retry delay
         assert storage.calls["write"] == 1
         assert list(stored(inner).jobs) == [result.id]
         engine.stop()
@@ -608,10 +639,11 @@ async def test_the_engine_keeps_serving_after_storage_errors(
         await engine.enqueue(job("before"))
         await trio.sleep_until(1.0)
         storage.inject("error", count=None)  # the store is down
+        first, second = write_retry_waits(engine, 2)
         with pytest.raises(StorageUnavailable, match="could not be written"):
             await engine.enqueue(job("during"))
-        # three attempts: at 1.0, 1.1 and 1.3
-        assert trio.current_time() == pytest.approx(1.3)
+        # three attempts: at 1.0, after a wait of 50-100 ms, after one of 100-200 ms
+        assert trio.current_time() == pytest.approx(1.0 + first + second)
         assert engine.metrics["writeErrors"] == 3
         with pytest.raises(StorageUnavailable, match="cannot reload"):
             await engine.enqueue(job("still down"))
@@ -1096,3 +1128,123 @@ async def test_cancelled_mid_write_every_caller_is_answered(
     assert not final.knows("in flight")
     assert final.leader is not None
     assert final.leader.released
+
+
+# -- the pending book, without an engine -----------------------------------------------
+
+
+def claim_request(deadline: float = math.inf) -> ClaimRequest:
+    return ClaimRequest("w", None, 1, deadline)
+
+
+async def answer_of(mutation: Mutation) -> object:
+    try:
+        return await mutation.wait()
+    except Exception as exc:
+        return exc
+
+
+async def test_a_mutation_goes_queued_gathered_applied_answered() -> None:
+    book = PendingBook(max_pending=10)
+    state = QueueState()
+    mutation = Mutation(lambda s, now: s.enqueue(job("j"), now))
+    book.submit(mutation)
+    assert (mutation.stage, book.queued) == (Stage.QUEUED, 1)
+    assert book.gather() == [mutation]
+    assert (mutation.stage, book.queued) == (Stage.GATHERED, 0)
+    mutation.apply(state, 1)
+    book.applied(mutation)
+    assert mutation.stage is Stage.APPLIED
+    book.answer_batch()
+    assert mutation.stage is Stage.ANSWERED
+    [result] = await mutation.wait()
+    assert result.id == "j"
+
+
+async def test_a_waiting_claim_fulfilled_by_a_failed_write_waits_again() -> None:
+    book = PendingBook(max_pending=10)
+    state = QueueState()
+    waiter = Mutation(None, claim_request())
+    book.submit(waiter)
+    book.gather()
+    book.park(waiter)
+    assert (waiter.stage, list(book.waiting)) == (Stage.WAITING, [waiter])
+    state.enqueue(job("j"), 1)
+
+    def fulfil(m: Mutation) -> bool:
+        m.apply(state, 1)
+        return bool(m.result)
+
+    assert book.fulfil(fulfil) == 1
+    assert (waiter.stage, list(book.waiting)) == (Stage.APPLIED, [])
+    book.fail_batch(lambda m: StorageUnavailable("not written"))
+    assert (waiter.stage, waiter.result, list(book.waiting)) == (Stage.WAITING, None, [waiter])
+    # fulfilled again, and this time the write was abandoned: the caller must hear
+    # that the outcome is unknown, not wait on
+    state.enqueue(job("k"), 1)
+    assert book.fulfil(fulfil) == 1
+    book.fail_batch(lambda m: StorageUnavailable("unknown"), rewait=False)
+    assert isinstance(await answer_of(waiter), StorageUnavailable)
+
+
+async def test_waiting_claims_end_empty_at_their_deadline_or_at_a_stop() -> None:
+    book = PendingBook(max_pending=10)
+    early, late = Mutation(None, claim_request(5.0)), Mutation(None, claim_request(9.0))
+    for mutation in (early, late):
+        book.submit(mutation)
+    for mutation in book.gather():
+        book.park(mutation)
+    assert book.next_deadline() == 5.0
+    book.expire_waits(5.0)
+    assert (early.stage, late.stage) == (Stage.ANSWERED, Stage.WAITING)
+    book.end_waits()
+    assert await early.wait() == []
+    assert await late.wait() == []
+
+
+async def test_fail_all_answers_every_stage_and_every_reader() -> None:
+    book = PendingBook(max_pending=10)
+    state = QueueState()
+    applied, gathered, waiting, queued = (
+        Mutation(lambda s, now: None),
+        Mutation(lambda s, now: None),
+        Mutation(None, claim_request()),
+        Mutation(lambda s, now: None),
+    )
+    for mutation in (applied, gathered, waiting):
+        book.submit(mutation)
+    book.gather()
+    applied.apply(state, 1)
+    book.applied(applied)
+    book.park(waiting)
+    book.submit(queued)
+    stages = [m.stage for m in (applied, gathered, waiting, queued)]
+    assert stages == [Stage.APPLIED, Stage.GATHERED, Stage.WAITING, Stage.QUEUED]
+    outcomes: list[object] = []
+
+    async def read() -> None:
+        try:
+            outcomes.append(await book.read(Reader(lambda s: "never")))
+        except NotLeader as exc:
+            outcomes.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        assert book.readers == 1
+        book.fail_all(lambda: NotLeader("gone", leader=None))
+    for mutation in (applied, gathered, waiting, queued):
+        assert isinstance(await answer_of(mutation), NotLeader)
+    assert [type(o) for o in outcomes] == [NotLeader]
+    assert (book.queued, book.readers, list(book.waiting)) == (0, 0, [])
+
+
+async def test_the_book_refuses_past_max_pending_and_counts_queued_only() -> None:
+    book = PendingBook(max_pending=2, owner="broker x")
+    book.submit(Mutation(lambda s, now: None))
+    book.submit(Mutation(lambda s, now: None))
+    with pytest.raises(QueueFull, match="broker x has 2 mutations pending"):
+        book.submit(Mutation(lambda s, now: None))
+    book.gather()  # in a commit: no longer pending
+    book.submit(Mutation(lambda s, now: None))
+    assert book.queued == 1

@@ -147,8 +147,7 @@ async def test_an_engine_not_allowed_to_create_refuses_a_missing_queue(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     storage = MemoryStorage()
-    engine = make_engine(storage)
-    engine.create = False
+    engine = make_engine(storage, create=False)
     with pytest.raises(QueueNotFound, match=r"no queue at queue\.json in memory storage"):
         await engine.run()
     assert storage.peek(KEY) is None
@@ -200,8 +199,8 @@ def _state(depth: int) -> QueueState:
     state = QueueState(limits=Limits(max_queued=depth + 10), rng=random.Random(3))
     state.enqueue([NewJob({"n": i, "s": "a,\nb]"}, type=f"t{i % 3}") for i in range(depth)], 1)
     state.claim("w", 2, max_jobs=depth // 10)
-    state.complete(next(iter(state._leases)), "w", 3)
-    state.fail(next(iter(state._leases)), "w", 4, error="boom", final=True)
+    state.complete(next(iter(state.index.leases)), "w", 3)
+    state.fail(next(iter(state.index.leases)), "w", 4, error="boom", final=True)
     return state
 
 

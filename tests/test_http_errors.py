@@ -587,7 +587,7 @@ async def test_standby_answers_not_leader_everywhere(nursery: trio.Nursery, tmp_
         metrics = await http.get("/metrics")
         assert metrics.status_code == 200
         assert "trioq_broker_leader{" in metrics.text
-        assert "} 0\n" in metrics.text.split("trioq_broker_leader{", 1)[1]
+        assert "} 0.0\n" in metrics.text.split("trioq_broker_leader{", 1)[1]
     # nothing reached the queue
     async with httpx.AsyncClient(base_url=leader.url, verify=False) as http:
         assert (await http.get("/v1/stats")).json()["total"] == 0

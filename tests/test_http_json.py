@@ -1,4 +1,4 @@
-"""The broker's JSON decoding (``trioq.broker._http._loads``) against the stdlib parser:
+"""The broker's JSON decoding (``trioq.broker._json.loads``) against the stdlib parser:
 it refuses exactly the documents holding an integer that orjson would turn into a
 float, and otherwise returns what orjson returns. (The HTTP and WebSocket answers
 to such documents are tested in test_http_errors.py and test_websocket.py.)"""
@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trioq._errors import BrokerProtocolError
-from trioq.broker._http import INT_MAX, INT_MIN, _loads
+from trioq.broker._json import INT_MAX, INT_MIN
+from trioq.broker._json import loads as _loads
 
 # numbers near and far beyond the 64-bit edges, floats printed with long digit
 # runs, and strings made of digits

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import trio
 
-import trioq.broker._http
+import trioq.broker._connections
 from _broker_proc import InProcessBroker, start_in_process
 from trioq.broker._settings import BrokerSettings
 
@@ -119,7 +119,7 @@ async def test_a_stalled_body_is_answered_and_the_connection_closed(
     """A client that stops sending its body mid-way gets its answer once the broker
     stops waiting for the rest, with ``Connection: close``, and the broker closes
     its end: the connection is not left open for a request that never comes."""
-    monkeypatch.setattr(trioq.broker._http, "DRAIN_SECONDS", 0.5, raising=False)
+    monkeypatch.setattr(trioq.broker._connections, "DRAIN_SECONDS", 0.5)
     host, port = broker.url.removeprefix("http://").rsplit(":", 1)
     # routes that answer without reading the body: no route, wrong method, a read
     for method, path, status in (

@@ -401,7 +401,7 @@ def test_many_requeues_keep_order_and_bound_the_indexes() -> None:
         assert c.id == "a"
         state.release("a", "w1", T + i)
     assert [c.id for c in state.claim("w", T + 5000, max_jobs=5)] == ["a", "b", "c"]
-    entries = len(state._ready) + sum(map(len, state._ready_by_type.values()))
+    entries = len(state.index.ready) + sum(map(len, state.index.by_type.values()))
     assert entries < 5000
     assert_invariants(state)
 

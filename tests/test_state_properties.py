@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from trioq import BrokerProtocolError, JobNotFound, LeaseLost, QueueFull, TrioqError
+from trioq import BrokerProtocolError, JobNotDead, JobNotFound, LeaseLost, QueueFull, TrioqError
 from trioq.core._state import Limits, NewJob, QueueState
 
 T0 = 1_700_000_000_000
@@ -540,7 +540,7 @@ class QueueMachine(RuleBasedStateMachine):
         job_id = self.pick(data, list(m.dead))
         outcome = self.both(lambda s: s.requeue_dead(job_id, now))
         if job_id not in m.dead:
-            self.expect(outcome, BrokerProtocolError if m.knows(job_id) else JobNotFound)
+            self.expect(outcome, JobNotDead if m.knows(job_id) else JobNotFound)
             return
         if len(m.jobs) + 1 > m.limits.max_queued:
             self.expect(outcome, QueueFull)
@@ -692,7 +692,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert sum(job_id in p for p in places) <= 1
         assert s.unclaimed_count == len(queued)
         assert s.in_progress_count == len(in_progress)
-        assert set(s._leases) == in_progress
+        assert set(s.index.leases) == in_progress
         assert len(s.dead) <= s.limits.dead_letter_cap
         assert len(s.finished) <= s.limits.dedup_cap
         assert len(s.jobs) <= s.limits.max_queued
@@ -735,7 +735,7 @@ class QueueMachine(RuleBasedStateMachine):
     def indexes_answer_like_a_scan(self) -> None:
         s = self.state
         # an index entry a claim would take is one for the job as it stands now
-        heaps = [(None, s._ready), (None, s._delayed), *s._ready_by_type.items()]
+        heaps = [(None, s.index.ready), (None, s.index.delayed), *s.index.by_type.items()]
         for heap_type, heap in heaps:
             for ready_at, order, ticket, job_id in heap:
                 job = s.jobs.get(job_id)

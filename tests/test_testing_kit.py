@@ -107,3 +107,14 @@ async def test_a_run_that_never_gets_idle_says_what_is_pending(
         "run_worker_until_idle: not idle after 5 s; 1 job(s) still queued or running, "
         "of types ['stuck']"
     )
+
+
+async def test_the_job_lease_is_given_in_seconds(autojump_clock: trio.abc.Clock) -> None:
+    async with open_test_broker(job_lease=2.5) as broker:
+        await broker.client.submit("t", 1)
+        [claimed] = await broker.client.claim("w")
+        assert claimed.lease_ms == 2500
+    async with open_test_broker(job_lease_ms=1500) as broker:  # the older spelling
+        await broker.client.submit("t", 1)
+        [claimed] = await broker.client.claim("w")
+        assert claimed.lease_ms == 1500

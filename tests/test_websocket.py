@@ -1,6 +1,12 @@
 """The WebSocket JSON-RPC endpoint (``/v1/ws``) of a real broker (in-process,
 hypercorn on a free port): every method, the error replies, pipelining, standby,
-size limits and what a graceful stop does to an open socket."""
+size limits and what a graceful stop does to an open socket.
+
+No test sleeps to let a state arrive: the broker runs in the test's own trio run,
+so "every task is blocked" (:func:`trio.testing.wait_all_tasks_blocked`) says that a
+long-poll claim waits at the engine. Real time appears only as generous timeouts
+(:data:`REPLY_TIMEOUT`); the one ``trio.sleep`` left spreads bytes over a
+handshake's progress on purpose."""
 
 from __future__ import annotations
 
@@ -15,13 +21,17 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.testing
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 
-import trioq.broker._http
+import trioq.broker._connections
 from _broker_proc import InProcessBroker, start_in_process
 from trioq.broker._settings import BrokerSettings
 
 _ids = itertools.count(1)
+
+REPLY_TIMEOUT = 20.0
+"""Seconds a reply may take before the test fails: only a hang reaches it."""
 
 
 def settings(directory: Path, **overrides: Any) -> BrokerSettings:
@@ -51,7 +61,7 @@ async def call(ws: AsyncWebSocketSession, method: str, params: Any = None) -> di
     if params is not None:
         message["params"] = params
     await ws.send_json(message)
-    with trio.fail_after(10):
+    with trio.fail_after(REPLY_TIMEOUT):
         reply: dict[str, Any] = await ws.receive_json()
     assert reply["id"] == request_id
     return reply
@@ -79,7 +89,7 @@ async def raw_reply(ws: AsyncWebSocketSession, data: str | bytes) -> dict[str, A
         await ws.send_bytes(data)
     else:
         await ws.send_text(data)
-    with trio.fail_after(10):
+    with trio.fail_after(REPLY_TIMEOUT):
         reply: dict[str, Any] = await ws.receive_json()
     return reply
 
@@ -156,15 +166,15 @@ async def test_pipelined_calls_answer_out_of_order(
     """A long-poll claim does not hold up the calls sent after it on the same
     socket, and it is answered when a job arrives (from another connection)."""
     await ws.send_json(
-        {"id": "poll", "method": "claimJob", "params": {"workerId": "w", "waitMs": 10_000}}
+        {"id": "poll", "method": "claimJob", "params": {"workerId": "w", "waitMs": 30_000}}
     )
     await ws.send_json({"id": "stats", "method": "getStats", "params": {}})
-    with trio.fail_after(5):
+    with trio.fail_after(REPLY_TIMEOUT):
         first = await ws.receive_json()
     assert first["id"] == "stats"
     async with httpx.AsyncClient(base_url=broker.url, verify=False) as http:
         job_id = (await http.post("/v1/jobs", json={"payload": "late"})).json()["jobId"]
-    with trio.fail_after(5):
+    with trio.fail_after(REPLY_TIMEOUT):
         second = await ws.receive_json()
     assert second["id"] == "poll"
     assert second["result"]["jobId"] == job_id
@@ -407,7 +417,7 @@ async def test_bytes_racing_handshake_answers_break_nothing(
             await trio.sleep(delay)  # spreads the bytes over the answer's progress
             with contextlib.suppress(trio.BrokenResourceError):
                 await stream.send_all(extra)
-                with trio.fail_after(10):
+                with trio.fail_after(REPLY_TIMEOUT):
                     await stream.receive_some(65536)
 
     async with trio.open_nursery() as clients:
@@ -425,7 +435,7 @@ async def test_bytes_racing_handshake_answers_break_nothing(
 async def test_a_handshake_whose_body_never_comes_is_refused(
     broker: InProcessBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trioq.broker._http, "DRAIN_SECONDS", 0.5, raising=False)
+    monkeypatch.setattr(trioq.broker._connections, "DRAIN_SECONDS", 0.5)
     head, body = await raw_exchange(broker.url, UPGRADE + b"Content-Length: 5\r\n\r\n")
     assert head.startswith(b"http/1.1 400"), head
     assert b"\r\nconnection: close" in head
@@ -441,7 +451,7 @@ async def test_message_over_the_request_limit(broker: InProcessBroker) -> None:
         big = orjson.dumps({"id": 1, "method": "submitJob", "params": {"payload": "x" * 20_000}})
         await session.send_bytes(big)
         # the server refuses it at the protocol level: close 1009, message too big
-        with trio.fail_after(10), pytest.raises(WebSocketDisconnect) as closed:
+        with trio.fail_after(REPLY_TIMEOUT), pytest.raises(WebSocketDisconnect) as closed:
             await session.receive_json()
         assert closed.value.code == 1009
     async with httpx.AsyncClient(base_url=broker.url, verify=False) as http:
@@ -484,15 +494,15 @@ async def test_graceful_stop_closes_open_sockets(nursery: trio.Nursery, tmp_path
         aconnect_ws(f"{broker.url}/v1/ws", client) as session,
     ):
         await session.send_json(
-            {"id": 1, "method": "claimJob", "params": {"workerId": "w", "waitMs": 20_000}}
+            {"id": 1, "method": "claimJob", "params": {"workerId": "w", "waitMs": 60_000}}
         )
-        await trio.sleep(0.2)
-        start = trio.current_time()
+        # every task blocked: the claim waits at the engine
+        await trio.testing.wait_all_tasks_blocked(cushion=0.02)
         broker.broker.stop()
-        with trio.fail_after(5):
+        # far less than the claim's 60 s wait and the 30 s grace: only a hang reaches it
+        with trio.fail_after(REPLY_TIMEOUT):
             reply = await session.receive_json()
             assert reply["id"] == 1  # answered (empty, or NotLeader: the broker stopped)
             with pytest.raises(WebSocketDisconnect) as closed:
                 await session.receive_json()
         assert closed.value.code == 1001
-        assert trio.current_time() - start < 5

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import re
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,15 +25,29 @@ from pydantic import BaseModel
 
 import trioq
 from trioq import JobNotFound
+from trioq._backoff import backoff_delay
 from trioq._errors import BrokerUnreachable
+from trioq._settings import Public, SettingsError
 from trioq.core._state import Limits
 from trioq.testing import TEST_URL, TestBroker, open_test_broker
-from trioq.worker._runtime import BACKOFF_MAX, RETRY_WINDOW, WARN_EVERY
+from trioq.worker._outage import WARN_EVERY
+from trioq.worker._settings import WorkerSettings
+from trioq.worker._worker import BACKOFF_BASE, BACKOFF_MAX, RETRY_WINDOW
 
 Fault = Callable[[str], Awaitable[None]]
 
 EXACT = 1e-9
 MS = 0.0021  # broker-side times are stored in whole milliseconds
+
+
+@pytest.fixture(autouse=True)
+def no_worker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers read the environment (it wins over their arguments): none of this
+    process's worker variables may leak into a test."""
+    for field in WorkerSettings.model_fields.values():
+        for item in field.metadata:
+            if isinstance(item, Public):
+                monkeypatch.delenv(item.env, raising=False)
 
 
 @pytest.fixture
@@ -822,13 +837,20 @@ async def test_claim_errors_back_off(thread_clock: trio.testing.MockClock) -> No
     ):
         client.claim_fault = unreachable
         worker = trioq.Worker(client=client)
+        worker._rng = random.Random(7)  # the jitter, made repeatable
         worker.job("x")(lambda payload: None)
         await nursery.start(worker.run)
         started = trio.current_time()
         await trio.sleep(40)
         worker.drain()
     times = [t - started for (t, _) in client.of("claim")]
-    assert times == pytest.approx([0, 0.5, 1.5, 3.5, 7.5, 15.5, 25.5, 35.5], abs=EXACT)
+    # 0.5 s doubling up to 10 s, each wait jittered down by up to half
+    rng = random.Random(7)
+    waits = [backoff_delay(n, base=BACKOFF_BASE, cap=BACKOFF_MAX, rng=rng) for n in range(1, 20)]
+    nominal = [0.5, 1, 2, 4, 8] + [10] * 14
+    assert all(n / 2 <= w < n for w, n in zip(waits, nominal, strict=True))
+    expected = list(itertools.accumulate(waits, initial=0.0))
+    assert times == pytest.approx([t for t in expected if t < 40], abs=EXACT)
 
 
 # -------------------------------------------------------------- shutdown
@@ -1016,10 +1038,9 @@ def test_registration_errors() -> None:
 async def test_run_refuses_without_handlers_or_with_zero_concurrency() -> None:
     with pytest.raises(ValueError, match="no handlers"):
         await trioq.Worker().run()
-    worker = trioq.Worker(concurrency=0)
-    worker.job("a")(lambda payload: None)
-    with pytest.raises(ValueError, match="concurrency"):
-        await worker.run()
+    # settings are checked when given, not when the worker runs
+    with pytest.raises(ValueError, match="concurrency must be >= 1, not 0"):
+        trioq.Worker(concurrency=0)
 
 
 def test_environment_wins_over_constructor_arguments() -> None:
@@ -1231,7 +1252,8 @@ async def test_run_starts_once_the_broker_answers_and_warns_at_a_bounded_rate(
             worker.drain()
 
     assert 100 <= started <= 100 + BACKOFF_MAX + RETRY_WINDOW
-    warnings = worker_log.at(logging.WARNING)
+    # the outage's warnings (the drain may log that it gave up a claim, too)
+    warnings = [(t, m) for (t, m) in worker_log.at(logging.WARNING) if m.startswith("broker ")]
     # the first after the first failed attempts (the probe's retries in the client) ...
     first_at, first = warnings[0]
     assert first_at == pytest.approx(RETRY_WINDOW, abs=EXACT)
@@ -1411,17 +1433,40 @@ def test_a_bare_decorator_leaves_the_function_alone() -> None:
 # ----------------------------------------------------------------- settings
 
 
-async def test_an_embedded_worker_uses_its_arguments_unless_told_to_read_the_environment(
+async def test_an_embedded_worker_reads_the_environment_over_its_arguments(
     autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The rule of the command line holds embedded too (without the flags)."""
     monkeypatch.setenv("TRIOQ_CONCURRENCY", "7")
     monkeypatch.setenv("GROUP_COMMIT_INTERVAL_MS", "250")
-    worker = trioq.Worker(concurrency=2)
-    worker.job("x")(lambda payload: None)
-    async with open_test_broker() as broker:
-        await broker.run_worker_until_idle(worker)
-    assert worker.settings.concurrency == 2
-    assert worker.settings.group_commit_interval == 2.0
-    worker.apply_environment()
-    assert worker.settings.concurrency == 7
+    worker = trioq.Worker(concurrency=2, poll_interval=0.5)
+    peak = running = 0
+
+    @worker.job("x")
+    async def x(payload: int) -> None:
+        nonlocal peak, running
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(1)
+        running -= 1
+
+    assert (worker.settings.concurrency, worker.settings.poll_interval) == (7, 0.5)
     assert worker.settings.group_commit_interval == 0.25
+    async with open_test_broker() as broker:
+        await broker.client.submit_many([trioq.JobSpec("x", n) for n in range(10)])
+        await broker.run_worker_until_idle(worker)
+    assert peak == 7
+    # the environment changed since: read it again
+    monkeypatch.delenv("TRIOQ_CONCURRENCY")
+    monkeypatch.setenv("TRIOQ_POLL_INTERVAL_MS", "100")
+    worker.apply_environment()
+    assert (worker.settings.concurrency, worker.settings.poll_interval) == (2, 0.1)
+
+
+def test_a_bad_variable_fails_the_worker_s_construction_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRIOQ_HEARTBEAT_INTERVAL_MS", "0")
+    with pytest.raises(SettingsError) as raised:
+        trioq.Worker(heartbeat_interval=5)
+    assert str(raised.value) == "TRIOQ_HEARTBEAT_INTERVAL_MS must be positive, not 0"

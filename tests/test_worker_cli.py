@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
+import logging
+import os
 import signal
 import socket
 import subprocess
@@ -13,20 +14,34 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from _jobs_for_tests import configured_worker
 from _worker_proc import base_env, broker_process, worker_process
+from trioq._settings import Public
+from trioq._signals import ABORTED, run_until_signalled
 from trioq.worker import _cli as _worker_cli
 from trioq.worker._cli import PROBE_DEADLINE, UsageError, configure, load_worker
-from trioq.worker._runtime import WorkerSettings
+from trioq.worker._settings import WorkerSettings
 
 TARGET = "_jobs_for_tests:configured_worker"
 
 
+WORKER_ENV_VARS = [
+    item.env
+    for field in WorkerSettings.model_fields.values()
+    for item in field.metadata
+    if isinstance(item, Public)
+]
+
+
 @pytest.fixture(autouse=True)
-def restore_settings() -> Iterator[None]:
-    """configure() changes the module-level worker's settings: put them back."""
-    saved = dataclasses.replace(configured_worker.settings)
+def restore_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """configure() changes the module-level worker's settings: put them back. And
+    no worker variable of this process's environment leaks into a test."""
+    for name in WORKER_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    saved = configured_worker.settings.model_copy()
     yield
     configured_worker.settings = saved
 
@@ -114,7 +129,7 @@ def test_flags_win_over_the_environment() -> None:
         (["_jobs_for_tests:empty_worker"], {}, "no handlers registered"),
         ([TARGET, "--concurrency", "0"], {}, "concurrency must be >= 1"),
         ([TARGET, "--broker-url", "localhost:8080"], {}, "must start with http"),
-        ([TARGET], {"TRIOQ_CONCURRENCY": "lots"}, "TRIOQ_CONCURRENCY='lots' is not valid"),
+        ([TARGET], {"TRIOQ_CONCURRENCY": "lots"}, "TRIOQ_CONCURRENCY: 'lots' is not a valid int"),
         ([TARGET], {"BROKER_URL": "ftp://x"}, "must start with http"),
         ([TARGET, "--log-level", "chatty"], {}, "unknown log level"),
         (
@@ -123,7 +138,13 @@ def test_flags_win_over_the_environment() -> None:
             "a module path, not a file: did you mean _jobs_for_tests:worker",
         ),
         (["./pkg/jobs.py:worker"], {}, "did you mean pkg.jobs:worker"),
-        ([TARGET, "--group-commit-interval-ms", "-1"], {}, "group commit interval must be >= 0"),
+        (
+            [TARGET, "--group-commit-interval-ms", "-1"],
+            {},
+            "--group-commit-interval-ms must be >= 0",
+        ),
+        ([TARGET, "--concurrency", "five"], {}, "--concurrency: 'five' is not a valid int"),
+        ([TARGET, "--poll-interval-ms", "0.5"], {}, "--poll-interval-ms: '0.5' is not a valid int"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
@@ -149,11 +170,20 @@ def test_load_worker_returns_the_named_worker() -> None:
     assert load_worker(TARGET) is configured_worker
 
 
-def test_malformed_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_flags_are_argparse_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        _worker_cli.main([TARGET, "--concurrency", "five"])
+        _worker_cli.main([TARGET, "--concurency", "5"])
     assert exit_info.value.code == 2
-    assert "invalid int value" in capsys.readouterr().err
+    assert "unrecognized arguments: --concurency" in capsys.readouterr().err
+
+
+def test_help_names_the_command_it_was_called_as(capsys: pytest.CaptureFixture[str]) -> None:
+    from trioq.__main__ import main as trioq_main
+
+    with pytest.raises(SystemExit) as exited:
+        trioq_main(["worker", "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: trioq worker ")
 
 
 # ------------------------------------------------------------- subprocesses
@@ -250,3 +280,56 @@ async def test_startup_prints_types_and_broker_then_drains_on_sigint(tmp_path: P
                 assert await anonymous.exited() == 1
         [line] = anonymous.log_tail().splitlines()
         assert line.startswith(f"trioq worker: broker {b.url} is not usable: Unauthorized: ")
+
+
+# ------------------------------------------------------------------ signals
+
+SIGNALS_LOG = logging.getLogger("test.signals")
+
+
+async def test_the_first_signal_drains_and_the_second_aborts() -> None:
+    calls: list[str] = []
+    aborted = trio.Event()
+
+    async def service() -> int:
+        signal.raise_signal(signal.SIGTERM)
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls == ["drain"]
+        os.kill(os.getpid(), signal.SIGINT)
+        await aborted.wait()  # a service that was told to abort returns by itself
+        return 0
+
+    def abort() -> None:
+        calls.append("abort")
+        aborted.set()
+
+    code = await run_until_signalled(
+        service, drain=lambda: calls.append("drain"), abort=abort, log=SIGNALS_LOG
+    )
+    assert (code, calls) == (0, ["drain", "abort"])
+
+
+async def test_without_an_abort_the_second_signal_cancels_with_130() -> None:
+    drained: list[bool] = []
+
+    async def service() -> int:
+        signal.raise_signal(signal.SIGINT)
+        await trio.testing.wait_all_tasks_blocked()
+        signal.raise_signal(signal.SIGINT)
+        await trio.sleep_forever()
+        raise AssertionError("not cancelled")
+
+    code = await run_until_signalled(service, drain=lambda: drained.append(True), log=SIGNALS_LOG)
+    assert (code, drained) == (ABORTED, [True])
+
+
+async def test_the_service_s_code_and_errors_come_out_as_they_are() -> None:
+    async def done() -> int:
+        return 1
+
+    async def fails() -> int:
+        raise UsageError("broken")
+
+    assert await run_until_signalled(done, drain=lambda: None, log=SIGNALS_LOG) == 1
+    with pytest.raises(UsageError, match="broken"):  # not in an exception group
+        await run_until_signalled(fails, drain=lambda: None, log=SIGNALS_LOG)

@@ -42,15 +42,57 @@ from .storage._memory import MemoryStorage as MemoryStorage
 from .storage._protocol import Storage as Storage
 from .storage._protocol import Versioned as Versioned
 from .storage._throttled import ThrottledStorage as ThrottledStorage
-from .worker._runtime import JobContext as JobContext
-from .worker._runtime import JobTimeout as JobTimeout
-from .worker._runtime import PayloadInvalid as PayloadInvalid
-from .worker._runtime import Worker as Worker
+from .worker._handlers import JobContext as JobContext
+from .worker._handlers import JobTimeout as JobTimeout
+from .worker._handlers import PayloadInvalid as PayloadInvalid
+from .worker._worker import Worker as Worker
 
 if TYPE_CHECKING:
     from .storage._s3 import S3Storage as S3Storage
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BrokerProtocolError",
+    "BrokerUnreachable",
+    "BucketNotFound",
+    "CASConflict",
+    "Claimed",
+    "Client",
+    "DocumentInvalid",
+    "Engine",
+    "EngineConfig",
+    "FaultyStorage",
+    "FileStorage",
+    "InternalError",
+    "JobContext",
+    "JobNotDead",
+    "JobNotFound",
+    "JobSpec",
+    "JobTimeout",
+    "LeaseLost",
+    "Limits",
+    "MemoryStorage",
+    "MethodNotAllowed",
+    "NotFound",
+    "NotLeader",
+    "PayloadInvalid",
+    "PayloadTooLarge",
+    "QueueFull",
+    "QueueNotFound",
+    "S3Storage",
+    "Storage",
+    "StorageAuthError",
+    "StorageUnavailable",
+    "StorageUnreachable",
+    "ThrottledStorage",
+    "TrioqError",
+    "Unauthorized",
+    "Versioned",
+    "Worker",
+    "WriteOutcomeUnknown",
+]
+"""The public names (``S3Storage`` is imported on first use: it needs boto3)."""
 
 
 def __getattr__(name: str) -> Any:

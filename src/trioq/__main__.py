@@ -6,9 +6,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``trioq broker ...`` or ``trioq worker ...``; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print("usage: trioq {broker,worker} [options]  (trioq broker --help for more)")
+        print("usage: trioq {broker,worker} [options]  (trioq broker --help, trioq worker --help)")
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "broker":
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "worker":
         from .worker._cli import main as worker_main
 
-        return worker_main(rest)
+        return worker_main(rest, prog="trioq worker")
     print(f"trioq: unknown command {command!r} (broker or worker)", file=sys.stderr)
     return 2
 

@@ -3,7 +3,10 @@
 Every error trioq raises derives from :class:`TrioqError` and carries a stable
 ``tag``: the ``_tag`` of the broker's HTTP error bodies, and the key a client uses
 to turn an error body back into the matching exception. ``status`` is the HTTP
-status the broker answers with.
+status the broker answers with. Every class that sets its own ``tag`` is entered in
+:data:`ERRORS_BY_TAG` when it is defined, wherever that is (``PayloadInvalid`` and
+``JobTimeout`` live in :mod:`trioq.worker`, are raised on the worker side only and are
+never in a broker's answer).
 
 ::
 
@@ -27,12 +30,22 @@ status the broker answers with.
     ├── JobNotDead                  requeue of a job that is not dead
     ├── NotFound                    no such route
     ├── MethodNotAllowed            the route does not take this method
-    └── InternalError               a bug in the broker (HTTP 500)
+    ├── InternalError               a bug in the broker (HTTP 500)
+    ├── PayloadInvalid              payload does not fit the handler (worker side)
+    └── JobTimeout                  a handler ran past its timeout (worker side)
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
+
+ERRORS_BY_TAG: dict[str, type[TrioqError]] = {}
+"""Every error class by its tag, for turning error bodies back into exceptions.
+
+Filled as the classes are defined: a subclass that sets its own ``tag`` is entered
+under it (the first class to claim a tag keeps it); one that inherits its parent's tag
+is not.
+"""
 
 
 class TrioqError(Exception):
@@ -40,6 +53,11 @@ class TrioqError(Exception):
 
     tag: ClassVar[str] = "TrioqError"
     status: ClassVar[int] = 500
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "tag" in cls.__dict__:
+            ERRORS_BY_TAG.setdefault(cls.tag, cls)
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
@@ -221,15 +239,4 @@ class InternalError(TrioqError):
     status = 500
 
 
-def _all_error_classes() -> list[type[TrioqError]]:
-    found: list[type[TrioqError]] = []
-    pending: list[type[TrioqError]] = [TrioqError]
-    while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
-
-ERRORS_BY_TAG: dict[str, type[TrioqError]] = {cls.tag: cls for cls in _all_error_classes()}
-"""Every error class by its tag, for turning error bodies back into exceptions."""
+ERRORS_BY_TAG[TrioqError.tag] = TrioqError

@@ -16,18 +16,21 @@ What it does for you:
   the deadline says how many attempts were made, for how long, and to which URLs;
 - error bodies come back as the matching :class:`~trioq.TrioqError` subclass;
 - payloads are JSON values that must round-trip exactly: NaN, infinities and
-  integers outside ``-2**63 .. 2**64-1`` raise ``ValueError`` before anything is sent.
+  integers outside ``-2**63 .. 2**64-1`` raise ``ValueError`` before anything is sent;
+- requests are checked against the broker's own wire schema (:mod:`trioq._wire`)
+  before they are sent: a job the broker would refuse raises the same
+  :class:`~trioq.BrokerProtocolError`, with the same message, without a round trip;
+  answers are read with the same schema.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import math
 import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -36,35 +39,42 @@ import httpx
 import orjson
 import trio
 
+from ._backoff import backoff_delay
 from ._errors import ERRORS_BY_TAG, BrokerUnreachable, NotLeader, TrioqError, WriteOutcomeUnknown
+from ._wire import (
+    BatchAnswer,
+    ClaimedJob,
+    ClaimMany,
+    ClaimRequest,
+    FailAnswer,
+    FailRequest,
+    HeldJob,
+    JobStatus,
+    NewJob,
+    adapter,
+    checked_job,
+    parse,
+)
+from ._wire import encode_payload as encode_payload
 from .core._state import QueueState
 from .storage._protocol import Storage
 
-log = logging.getLogger("trioq.client")
+_log = logging.getLogger("trioq.client")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+"""The broker URL a client and a worker dial unless told otherwise."""
 
 STARTING_RETRY_MAX = 0.5
 """Cap, in seconds, on the wait before asking a starting broker again."""
 
-_INT_MIN = -(2**63)
-_INT_MAX = 2**64 - 1
-
-
-@dataclass(slots=True, frozen=True)
-class Claimed:
-    """A job handed to a worker: run it, then complete or fail it at ``attempt``."""
-
-    id: str
-    type: str
-    payload: Any
-    attempt: int
-    lease_ms: int
+Claimed = ClaimedJob
+"""A job handed to a worker (the wire's :class:`~trioq._wire.ClaimedJob`)."""
 
 
 @dataclass(slots=True)
 class JobSpec:
-    """One job for :meth:`Client.submit_many`."""
+    """One job for :meth:`Client.submit_many`: the wire's :class:`~trioq._wire.NewJob`
+    as a producer writes it (type first, the delay in seconds or as a timedelta)."""
 
     type: str
     payload: Any
@@ -78,79 +88,10 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode_payload(payload: Any) -> bytes:
-    """A payload's JSON encoding (pydantic models and dataclasses as plain values).
-
-    Raises ValueError for what would not come back exactly: NaN and infinities (JSON
-    has none; they would turn into ``null``), integers outside ``-2**63 .. 2**64-1``
-    (beyond what the broker decodes exactly) and strings with lone surrogates; and
-    TypeError for values JSON cannot hold (a set, a dict with non-string keys, ...).
-    """
-    dump = getattr(payload, "model_dump", None)
-    value = dump(mode="json") if callable(dump) else payload
-    try:
-        data = orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        raise _encode_error(value, exc) from None
-    # orjson writes NaN and the infinities as null: only a payload with a null in it
-    # can hold one, so the walk that finds it stays off the common path
-    if b"null" in data:
-        where = _find(value, _non_finite)
-        if where is not None:
-            path, bad = where
-            raise ValueError(
-                f"payload is not JSON: {bad!r} at {path} (JSON has no NaN or Infinity; "
-                "it would arrive as null)"
-            )
-    return data
-
-
 def to_json_value(payload: Any) -> Any:
     """The plain JSON value a payload is sent as; refuses what would not round-trip
     (see :func:`encode_payload`)."""
     return orjson.loads(encode_payload(payload))
-
-
-def _non_finite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _int_out_of_range(value: Any) -> bool:
-    return isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX
-
-
-def _find(value: Any, bad: Callable[[Any], bool], path: str = "$") -> tuple[str, Any] | None:
-    """The first ``(path, item)`` in ``value`` for which ``bad(item)``, if any."""
-    if bad(value):
-        return path, value
-    items: Iterable[tuple[str, Any]]
-    if isinstance(value, dict):
-        items = ((f"{path}[{k!r}]", v) for k, v in value.items())
-    elif isinstance(value, list | tuple):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        items = ((f"{path}[{f.name!r}]", getattr(value, f.name)) for f in dataclasses.fields(value))
-    else:
-        return None
-    for child_path, child in items:
-        found = _find(child, bad, child_path)
-        if found is not None:
-            return found
-    return None
-
-
-def _encode_error(value: Any, exc: orjson.JSONEncodeError) -> Exception:
-    text = str(exc)
-    if "Integer exceeds" in text:
-        where = _find(value, _int_out_of_range)
-        at = f"{where[1]} at {where[0]}" if where is not None else "an integer"
-        return ValueError(
-            f"payload is not JSON that round-trips: {at} is outside -2**63 .. 2**64-1 "
-            "(send it as a string)"
-        )
-    if "not valid UTF-8" in text or "Recursion limit" in text:
-        return ValueError(f"payload cannot be encoded as JSON: {text}")
-    return TypeError(f"payload cannot be encoded as JSON: {text}")
 
 
 def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
@@ -184,6 +125,32 @@ def error_from_response(response: httpx.Response) -> TrioqError:
     return TrioqError(
         f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}"
     )
+
+
+@dataclass(slots=True, frozen=True)
+class _Request:
+    """A request as :meth:`Client._call` sends it, on every try."""
+
+    method: str
+    path: str
+    content: bytes | None
+    params: Mapping[str, Any] | None
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Content-Type": "application/json"} if self.content is not None else None
+
+
+@dataclass(slots=True, frozen=True)
+class _Retry:
+    """A try that may be retried: its error, and how to go on."""
+
+    error: TrioqError
+    cause: BaseException | None = None
+    hop: bool = False
+    """A new leader URL was learnt: dial it at once."""
+    starting: bool = False
+    """The broker is still electing: ask it again after a short wait."""
 
 
 class Client:
@@ -299,93 +266,102 @@ class Client:
         (``retry_deadline`` seconds, default the client's)."""
         started = trio.current_time()
         deadline = started + (self.retry_deadline if retry_deadline is None else retry_deadline)
-        attempt = 0
-        starting_waits = 0
+        request = _Request(method, path, None if body is None else orjson.dumps(body), params)
+        attempt = starting_waits = 0
         followed = False
         tried: list[str] = []
-        cause: BaseException | None = None
-        content = None if body is None else orjson.dumps(body)
-        headers = {"Content-Type": "application/json"} if content is not None else None
         while True:
             attempt += 1
             url = self.url
             if url not in tried:
                 tried.append(url)
-            last: TrioqError
-            hop = False
-            starting = False
-            try:
-                response = await self._http.request(
-                    method,
-                    url + path,
-                    content=content,
-                    params=params,
-                    headers=headers,
-                    timeout=self.timeout + extra_timeout,
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # never reached a broker: safe to retry anything, claims included
-                last = BrokerUnreachable(f"cannot reach broker {url}: {exc!r}")
-                cause = exc
-                if len(self.urls) > 1:
-                    self._follow(None)
-            except httpx.TransportError as exc:
-                if claim:
-                    # the broker may have claimed jobs for us; asking again could
-                    # strand them for a lease: give up on this claim
-                    raise BrokerUnreachable(
-                        f"the answer to a claim from {url} was lost ({exc!r}); "
-                        "jobs it may have claimed return to the queue when their lease "
-                        "runs out"
-                    ) from exc
-                last = BrokerUnreachable(f"request to {url} failed: {exc!r}")
-                cause = exc
-            else:
-                if response.status_code < 400:
-                    return response
-                error = error_from_response(response)
-                if response.status_code != 503:
-                    raise error
-                if claim and isinstance(error, WriteOutcomeUnknown):
-                    # the broker does not know whether its commit (and so the claim)
-                    # landed: asking again could strand the jobs it took for a lease
-                    raise error
-                if isinstance(error, NotLeader) and error.starting:
-                    # still electing: it will lead or name the leader shortly, so
-                    # this is no leader change; ask the same broker again soon
-                    starting = True
-                elif isinstance(error, NotLeader):
-                    # a new leader URL is dialled at once (but never twice in a row
-                    # without a pause, in case two brokers name each other mid-takeover)
-                    hop = self._follow(error.leader) and error.leader is not None
-                last = error
-                cause = None
+            answer = await self._attempt(request, url, claim=claim, extra_timeout=extra_timeout)
+            if isinstance(answer, httpx.Response):
+                return answer
             now = trio.current_time()
             if now >= deadline:
-                raise _gave_up(last, f"{method} {path}", attempt, now - started, tried) from cause
-            if hop and not followed:
+                raise _gave_up(
+                    answer.error, f"{method} {path}", attempt, now - started, tried
+                ) from answer.cause
+            if answer.hop and not followed:
+                # a new leader URL is dialled at once (but never twice in a row without
+                # a pause, in case two brokers name each other mid-takeover)
                 followed = True
-                log.debug(
-                    "%s %s: %s; following the leader to %s", method, url + path, last, self.url
+                _log.debug(
+                    "%s %s: %s; following the leader to %s",
+                    method,
+                    url + path,
+                    answer.error,
+                    self.url,
                 )
                 continue
             followed = False
-            if starting:
+            if answer.starting:
                 starting_waits += 1
-                delay = min(STARTING_RETRY_MAX, self.backoff_base * 2 ** min(starting_waits, 16))
+                nominal = backoff_delay(
+                    starting_waits + 1,
+                    base=self.backoff_base,
+                    cap=STARTING_RETRY_MAX,
+                    rng=self._rng,
+                )
             else:
-                delay = min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 16))
-            delay = min(delay * (0.5 + self._rng.random() / 2), deadline - now)
-            log.debug(
+                nominal = backoff_delay(
+                    attempt + 1, base=self.backoff_base, cap=self.backoff_max, rng=self._rng
+                )
+            delay = min(nominal, deadline - now)
+            _log.debug(
                 "%s %s failed (attempt %d): %s: %s; retrying in %.2f s",
                 method,
                 url + path,
                 attempt,
-                type(last).__name__,
-                last,
+                type(answer.error).__name__,
+                answer.error,
                 delay,
             )
             await trio.sleep(delay)
+
+    async def _attempt(
+        self, request: _Request, url: str, *, claim: bool, extra_timeout: float
+    ) -> httpx.Response | _Retry:
+        """One try: the response, or what to retry with; raises what must not be
+        retried (any 4xx, a claim whose outcome is unknown)."""
+        try:
+            response = await self._http.request(
+                request.method,
+                url + request.path,
+                content=request.content,
+                params=request.params,
+                headers=request.headers,
+                timeout=self.timeout + extra_timeout,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # never reached a broker: safe to retry anything, claims included
+            if len(self.urls) > 1:
+                self._follow(None)
+            return _Retry(BrokerUnreachable(f"cannot reach broker {url}: {exc!r}"), cause=exc)
+        except httpx.TransportError as exc:
+            if claim:
+                # the broker may have claimed jobs for us; asking again could strand
+                # them for a lease: give up on this claim
+                raise BrokerUnreachable(
+                    f"the answer to a claim from {url} was lost ({exc!r}); jobs it may "
+                    "have claimed return to the queue when their lease runs out"
+                ) from exc
+            return _Retry(BrokerUnreachable(f"request to {url} failed: {exc!r}"), cause=exc)
+        if response.status_code < 400:
+            return response
+        error = error_from_response(response)
+        if response.status_code != 503 or (claim and isinstance(error, WriteOutcomeUnknown)):
+            # a 503 WriteOutcomeUnknown: the broker does not know whether its commit
+            # (and so the claim) landed; asking again could strand the jobs it took
+            raise error
+        if isinstance(error, NotLeader) and error.starting:
+            # still electing: it will lead or name the leader shortly, so this is no
+            # leader change; ask the same broker again soon
+            return _Retry(error, starting=True)
+        if isinstance(error, NotLeader):
+            return _Retry(error, hop=self._follow(error.leader) and error.leader is not None)
+        return _Retry(error)
 
     # ------------------------------------------------------------------ producer
 
@@ -406,29 +382,22 @@ class Client:
 
     async def submit_many(self, jobs: Iterable[JobSpec]) -> list[str]:
         """Enqueue a batch atomically (validated as a whole); ids in input order."""
-        items: list[dict[str, Any]] = []
-        for spec in jobs:
-            item: dict[str, Any] = {
-                "id": spec.id or new_job_id(),
-                "type": spec.type,
-                # encoded once, checked, and spliced into the request body as is
-                "payload": orjson.Fragment(encode_payload(spec.payload)),
-            }
-            if spec.max_attempts is not None:
-                item["maxAttempts"] = spec.max_attempts
-            delay = _delay_ms(spec.delay)
-            if delay:
-                item["delayMs"] = delay
-            items.append(item)
-        if not items:
+        specs = list(jobs)
+        if not specs:
             return []
-        response = await self._call("POST", "/v1/jobs/batch", {"jobs": items})
-        return list(response.json()["jobIds"])
+        # each payload is encoded once, checked, and spliced into the body as is
+        items = [
+            _new_job(spec, f"jobs[{i}]: " if len(specs) > 1 else "job: ")
+            for i, spec in enumerate(specs)
+        ]
+        body = {"jobs": [item.to_json() for item in items]}
+        response = await self._call("POST", "/v1/jobs/batch", body)
+        return adapter(BatchAnswer).validate_json(response.content).job_ids
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job; returns its status afterwards."""
         response = await self._call("POST", f"/v1/jobs/{job_id}/cancel", {})
-        return str(response.json()["status"])
+        return adapter(JobStatus).validate_json(response.content).status
 
     async def get(self, job_id: str) -> dict[str, Any]:
         """A job's record, including finished jobs within the dedup window."""
@@ -478,6 +447,7 @@ class Client:
         wait_ms = round(wait * 1000)
         if wait_ms > 0:
             body["waitMs"] = wait_ms
+        parse(ClaimRequest, body)
         response = await self._call(
             "POST",
             "/v1/jobs/claim",
@@ -486,10 +456,7 @@ class Client:
             extra_timeout=wait_ms / 1000,
             retry_deadline=retry_deadline,
         )
-        return [
-            Claimed(j["jobId"], j["type"], j["payload"], int(j["attempt"]), int(j["leaseMs"]))
-            for j in response.json().get("jobs", [])
-        ]
+        return adapter(ClaimMany).validate_json(response.content).jobs
 
     async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         await self._call("POST", f"/v1/jobs/{job_id}/heartbeat", _held(worker_id, attempt))
@@ -514,8 +481,9 @@ class Client:
             body["retryInMs"] = round(retry_in * 1000)
         if final:
             body["final"] = True
+        parse(FailRequest, body)
         response = await self._call("POST", f"/v1/jobs/{job_id}/fail", body)
-        return str(response.json()["status"])
+        return adapter(FailAnswer).validate_json(response.content).status
 
     async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         """Give a claimed job back at once, without counting the attempt."""
@@ -557,7 +525,23 @@ def _gave_up(
 
 
 def _held(worker_id: str, attempt: int | None) -> dict[str, Any]:
+    """The body of a call on a held job, checked against the wire schema."""
     body: dict[str, Any] = {"workerId": worker_id}
     if attempt is not None:
         body["attempt"] = attempt
+    parse(HeldJob, body)
     return body
+
+
+def _new_job(spec: JobSpec, prefix: str) -> NewJob:
+    """The wire job ``spec`` stands for, checked and sealed (its payload encoded once:
+    ValueError or TypeError for a payload that is not JSON that round-trips)."""
+    payload_json = encode_payload(spec.payload)
+    job = NewJob(
+        spec.payload,
+        type=spec.type,
+        id=spec.id or new_job_id(),
+        max_attempts=spec.max_attempts,
+        delay_ms=_delay_ms(spec.delay) or 0,
+    )
+    return checked_job(job, prefix, payload_json)

@@ -37,9 +37,11 @@ from .core._config import EngineConfig
 from .core._engine import Engine
 from .core._state import Limits
 from .storage._memory import MemoryStorage
-from .worker._runtime import Worker
+from .worker._worker import Worker
 
 TEST_URL = "http://trioq.test"
+"""The URL of the in-process test broker (served through ``httpx.ASGITransport``; no
+socket is bound)."""
 _EPOCH_MS = 1_700_000_000_000
 
 
@@ -136,15 +138,23 @@ class TestBroker:
 async def open_test_broker(
     *,
     group_commit_interval: float = 0.0,
-    job_lease_ms: int = 30_000,
+    job_lease: float = 30.0,
     limits: Limits | None = None,
     token: str | None = None,
+    job_lease_ms: int | None = None,
 ) -> AsyncIterator[TestBroker]:
     """Start an in-process broker; it stops (and releases its lease) on exit.
+
+    Durations are seconds, as everywhere in trioq's code: ``job_lease`` is the lease
+    a claimed job gets (the ``leaseMs`` the worker sees, in milliseconds).
+    ``job_lease_ms`` is its older spelling, still understood. ``limits`` replaces
+    both (and every other bound of the queue model).
 
     An exception from the block is re-raised as it is, after the broker stopped,
     rather than wrapped in the exception group of the broker's nursery.
     """
+    if job_lease_ms is None:
+        job_lease_ms = max(1, round(job_lease * 1000))
     storage = MemoryStorage()
     engine = Engine(
         storage,

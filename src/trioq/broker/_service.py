@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +16,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from .._errors import DocumentInvalid, QueueNotFound, StorageUnavailable
-from ..core._engine import Engine, Role
+from .._signals import run_until_signalled
+from ..core._engine import Candidacy, Engine, Role
 from ..storage._faulty import FaultyStorage
 from ..storage._file import FileStorage
 from ..storage._memory import MemoryStorage
@@ -38,8 +38,6 @@ def build_storage(settings: BrokerSettings) -> Storage:
     """The backend the settings name, throttled if limits are set."""
     storage: Storage
     if settings.storage == "file":
-        from ..storage._file import FileStorage
-
         storage = FileStorage(settings.data_dir)
     elif settings.storage == "s3":
         from ..storage._s3 import S3Storage
@@ -136,13 +134,23 @@ class Broker:
         self.storage = storage if storage is not None else build_storage(settings)
         config = settings.engine_config()
         config.freeze_loaded_state = True
+        self._candidacy: Candidacy | None = None
+        # how the engine stands for election is known in run(), once the server is
+        # bound (the URL) and the location was looked at (whether it may create a
+        # queue: that is I/O); the engine asks for it when it starts
+
+        def candidacy() -> Candidacy:
+            if self._candidacy is None:
+                raise RuntimeError("a broker's engine runs from Broker.run, once it is bound")
+            return self._candidacy
+
         self.engine = Engine(
             self.storage,
             key=settings.key,
             broker_id=settings.broker_id,
             config=config,
             limits=settings.limits(),
-            create=False,  # decided in run(): looking at the location is I/O
+            candidacy=candidacy,
         )
         throttle: Callable[[], dict[str, Any]] | None = None
         if isinstance(self.storage, ThrottledStorage):
@@ -182,16 +190,16 @@ class Broker:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(self._serve, config)
             self.url = _advertised(settings, binds)
-            self.engine.url = self.url
             # a URL we derived from our own bind is ours alone (unless a loopback URL
             # is shared through a remote bucket): a document led from it was led by
             # our previous life, crashed, and we may take over at once
             loopback = settings.host in ("127.0.0.1", "localhost", "::1")
-            self.engine.exclusive_url = settings.advertise_url is None and (
-                settings.storage == "file" or not loopback
-            )
-            self.engine.create = settings.create or await trio.to_thread.run_sync(
-                is_new_location, self.storage, settings.key
+            self._candidacy = Candidacy(
+                url=self.url,
+                exclusive_url=settings.advertise_url is None
+                and (settings.storage == "file" or not loopback),
+                create=settings.create
+                or await trio.to_thread.run_sync(is_new_location, self.storage, settings.key),
             )
             await nursery.start(self._run_engine)
             if settings.failover_probe:
@@ -336,35 +344,18 @@ def _operator_error(exc: BaseException) -> BaseException | None:
 
 
 async def _serve_until_signalled(broker: Broker) -> int:
-    code = 0
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Serve until a signal: the first stops gracefully (exit 0), the second at once
+    (130)."""
+
+    async def serve() -> int:
         async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                nonlocal code
-                count = 0
-                async for signum in signals:
-                    count += 1
-                    if count == 1:
-                        log.info(
-                            "%s: draining (again to exit at once)", signal.Signals(signum).name
-                        )
-                        broker.stop()
-                    else:
-                        log.warning("second signal: exiting at once")
-                        code = 130
-                        nursery.cancel_scope.cancel()
-
-            async def run_broker(*, task_status: trio.TaskStatus[str]) -> None:
-                await broker.run(task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            url = await nursery.start(run_broker)
+            url = await nursery.start(broker.run)
             engine = broker.engine
             print(
                 f"trioq broker {engine.broker_id} listening on {url} as {engine.role.value} "
                 f"(storage: {broker.storage.describe()})",
                 flush=True,
             )
-    return code
+        return 0
+
+    return await run_until_signalled(serve, drain=broker.stop, log=log)

@@ -1,196 +1,284 @@
-"""Broker settings: command-line flags over environment variables over defaults."""
+"""Broker settings: :class:`BrokerSettings`, each field with its flag and environment
+variable (osqueue's names where osqueue has one).
+
+Precedence and units are those of every trioq setting (:mod:`trioq._settings`): flags
+over the environment over constructor arguments over defaults; durations in seconds
+here, milliseconds only in the ``-ms`` flags and ``_MS`` variables.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, Self
 
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from .._settings import LegacyName, Public, Settings, SettingsError
 from ..core._config import EngineConfig
 from ..core._state import Limits
 
+__all__ = ["BrokerSettings", "SettingsError", "StorageBackend", "parse_settings"]
+
 StorageBackend = Literal["file", "s3", "memory"]
 
-
-class SettingsError(ValueError):
-    """An invalid broker setting; the message is one line for the operator."""
+_S3_ONLY = ("bucket", "prefix", "region", "endpoint_url")
 
 
-@dataclass(slots=True)
-class BrokerSettings:
-    """Everything ``python -m trioq.broker`` can be told (milliseconds as in osqueue)."""
+def _backend(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip().lower()  # S3_BUCKET users write STORAGE_BACKEND=S3 too
+        if value not in ("file", "s3", "memory"):
+            raise ValueError(f"unknown storage backend {value!r} (file, s3 or memory)")
+    return value
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    advertise_url: str | None = None
-    storage: StorageBackend = "file"
-    data_dir: str = "./.trioq"
-    bucket: str | None = None
-    prefix: str = ""
-    region: str | None = None
-    endpoint_url: str | None = None
-    key: str = "queue.json"
-    broker_id: str | None = None
-    group_commit_interval_ms: int = 50
-    job_heartbeat_timeout_ms: int = 30_000
-    broker_heartbeat_interval_ms: int = 3000
-    broker_heartbeat_timeout_ms: int = 10_000
-    token: str | None = None
-    max_writes_per_minute: float = 0
-    max_reads_per_minute: float = 0
-    max_payload_bytes: int = 1024 * 1024
-    max_request_bytes: int = 8 * 1024 * 1024
-    max_queued: int = 100_000
-    max_document_bytes: int = 256 * 1024 * 1024
-    dedup_window_s: int = 86_400
-    metrics_public: bool = False
-    failover_probe: bool = True
-    create: bool = False
-    shutdown_grace_s: float = 10.0
+
+def _ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds the queue model counts in."""
+    return round(seconds * 1000)
+
+
+class BrokerSettings(Settings):
+    """Everything ``python -m trioq.broker`` can be told; ``Broker(settings)`` in code.
+
+    ``BrokerSettings(port=0)`` reads the environment too, and the environment wins
+    over the arguments (see :mod:`trioq._settings`); use ``BrokerSettings.load(...,
+    environ={})`` for settings that ignore it.
+    """
+
+    host: Annotated[
+        str,
+        Public("--host", "BROKER_HOST", "bind address (non-loopback without a token: a warning)"),
+    ] = "127.0.0.1"
+    port: Annotated[int, Public("--port", "BROKER_PORT", "bind port (0: any free port)")] = 8080
+    advertise_url: Annotated[
+        str | None,
+        Public(
+            "--advertise-url",
+            "BROKER_ADVERTISE_URL",
+            "URL written into the document for clients",
+            shown_default="the bound address",
+        ),
+    ] = None
+    storage: Annotated[
+        StorageBackend,
+        BeforeValidator(_backend),
+        Public("--storage", "STORAGE_BACKEND", "storage backend: file, s3 or memory"),
+    ] = "file"
+    data_dir: Annotated[
+        str, Public("--data-dir", "TRIOQ_DATA_DIR", "directory of the file backend")
+    ] = "./.trioq"
+    bucket: Annotated[str | None, Public("--bucket", "S3_BUCKET", "S3 bucket")] = None
+    prefix: Annotated[str, Public("--prefix", "S3_PREFIX", "key prefix in the bucket")] = ""
+    region: Annotated[
+        str | None, Public("--region", "S3_REGION", "S3 region", shown_default="AWS chain")
+    ] = None
+    endpoint_url: Annotated[
+        str | None,
+        Public(
+            "--endpoint-url",
+            "S3_ENDPOINT_URL",
+            "S3-compatible endpoint (SeaweedFS, MinIO, R2, ...)",
+            shown_default="AWS",
+        ),
+    ] = None
+    key: Annotated[str, Public("--key", "TRIOQ_KEY", "the document's key")] = "queue.json"
+    broker_id: Annotated[
+        str | None,
+        Public("--broker-id", "TRIOQ_BROKER_ID", "this broker's id", shown_default="random"),
+    ] = None
+    group_commit_interval: Annotated[
+        float,
+        Field(ge=0),
+        Public(
+            "--group-commit-interval-ms",
+            "GROUP_COMMIT_INTERVAL_MS",
+            "minimum spacing between the starts of two commits (2000 in production)",
+            ms=True,
+        ),
+    ] = 0.050
+    job_lease: Annotated[
+        float,
+        Field(gt=0),
+        Public(
+            "--job-heartbeat-timeout-ms",
+            "JOB_HEARTBEAT_TIMEOUT_MS",
+            "a claimed job's lease (leaseMs): keep it 2-3x the workers' heartbeat interval",
+            ms=True,
+            aliases=("--job-lease-ms",),
+        ),
+    ] = 30.0
+    broker_heartbeat_interval: Annotated[
+        float,
+        Field(gt=0),
+        Public(
+            "--broker-heartbeat-interval-ms",
+            "BROKER_HEARTBEAT_INTERVAL_MS",
+            "the leader commits at least this often",
+            ms=True,
+        ),
+    ] = 3.0
+    broker_heartbeat_timeout: Annotated[
+        float,
+        Field(gt=0),
+        Public(
+            "--broker-heartbeat-timeout-ms",
+            "BROKER_HEARTBEAT_TIMEOUT_MS",
+            "a standby takes over when the document has not changed for this long",
+            ms=True,
+        ),
+    ] = 10.0
+    token: Annotated[
+        str | None,
+        Public("--token", "TRIOQ_TOKEN", "require Authorization: Bearer <token>"),
+    ] = None
+    max_writes_per_minute: Annotated[
+        float,
+        Field(ge=0),
+        Public("--max-writes-per-minute", "S3_MAX_WRITES_PER_MINUTE", "throttle writes (0: off)"),
+    ] = 0
+    max_reads_per_minute: Annotated[
+        float,
+        Field(ge=0),
+        Public("--max-reads-per-minute", "S3_MAX_READS_PER_MINUTE", "throttle reads (0: off)"),
+    ] = 0
+    max_payload_bytes: Annotated[
+        int,
+        Field(gt=0),
+        Public("--max-payload-bytes", "TRIOQ_MAX_PAYLOAD_BYTES", "largest job payload"),
+    ] = 1024 * 1024
+    max_request_bytes: Annotated[
+        int,
+        Field(gt=0),
+        Public(
+            "--max-request-bytes",
+            "TRIOQ_MAX_REQUEST_BYTES",
+            "largest request body or WebSocket message",
+        ),
+    ] = 8 * 1024 * 1024
+    max_queued: Annotated[
+        int,
+        Field(gt=0),
+        Public("--max-queued", "TRIOQ_MAX_QUEUED", "cap on queued + in-progress jobs"),
+    ] = 100_000
+    max_document_bytes: Annotated[
+        int,
+        Field(gt=0),
+        Public("--max-document-bytes", "TRIOQ_MAX_DOCUMENT_BYTES", "cap on the document's size"),
+    ] = 256 * 1024 * 1024
+    dedup_window: Annotated[
+        float,
+        Field(ge=0),
+        Public(
+            "--dedup-window-s", "TRIOQ_DEDUP_WINDOW_S", "how long finished job ids are remembered"
+        ),
+    ] = 86_400.0
+    metrics_public: Annotated[
+        bool, Public("--metrics-public", "TRIOQ_METRICS_PUBLIC", "serve /metrics without the token")
+    ] = False
+    failover_probe: Annotated[
+        bool,
+        Public(
+            "--failover-probe",
+            "TRIOQ_FAILOVER_PROBE",
+            "standby: probe the leader and take over after two failed probes "
+            "(--no-failover-probe: wait for the lease timeout)",
+        ),
+    ] = True
+    create: Annotated[
+        bool,
+        Public(
+            "--create",
+            "TRIOQ_CREATE",
+            "create a new, empty queue if none is stored at the key; without it a broker "
+            "refuses to start where the queue is missing (the file backend creates one in "
+            "a new or empty directory, the memory backend always)",
+        ),
+    ] = False
+    shutdown_grace: Annotated[
+        float,
+        Field(ge=0),
+        Public("--shutdown-grace-s", "TRIOQ_SHUTDOWN_GRACE_S", "bound on the graceful stop"),
+    ] = 10.0
+
+    # the names these settings had while durations were milliseconds here
+    group_commit_interval_ms = LegacyName("group_commit_interval", 1000)
+    job_heartbeat_timeout_ms = LegacyName("job_lease", 1000)
+    broker_heartbeat_interval_ms = LegacyName("broker_heartbeat_interval", 1000)
+    broker_heartbeat_timeout_ms = LegacyName("broker_heartbeat_timeout", 1000)
+    dedup_window_s = LegacyName("dedup_window", 1)
+    shutdown_grace_s = LegacyName("shutdown_grace", 1)
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, port: int) -> int:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range (0-65535)")
+        return port
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("the advertised URL must start with http:// or https://")
+            if "0.0.0.0" in url or "[::]" in url:
+                raise ValueError(
+                    "the advertised URL must be an address clients can dial, not 0.0.0.0"
+                )
+        return url
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"{url!r} is not an http:// or https:// URL (for example http://127.0.0.1:8333)"
+                )
+        return url
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.storage == "s3" and not self.bucket:
+            raise ValueError("the s3 backend needs a bucket: --bucket or S3_BUCKET")
+        if self.storage != "s3":
+            for name in _S3_ONLY:
+                if getattr(self, name):
+                    flag = self.public_name(name).split()[0]
+                    raise ValueError(
+                        f"{self.public_name(name)} applies to the s3 backend only, but the "
+                        f"storage backend is {self.storage!r}: add --storage s3 or drop {flag}"
+                    )
+        if self.max_payload_bytes > self.max_request_bytes:
+            raise ValueError("--max-payload-bytes must not exceed --max-request-bytes")
+        self.engine_config().validate()  # ValueError: the timings do not fit together
+        return self
+
+    def validate(self) -> None:  # type: ignore[override]  # pydantic's is a deprecated classmethod
+        """Raise :class:`SettingsError` if the settings cannot work (they are checked
+        when built and when assigned; this checks again)."""
+        type(self).load(self.model_dump(), environ={})
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            group_commit_interval=self.group_commit_interval_ms / 1000,
-            broker_heartbeat_interval=self.broker_heartbeat_interval_ms / 1000,
-            broker_heartbeat_timeout=self.broker_heartbeat_timeout_ms / 1000,
-            shutdown_timeout=self.shutdown_grace_s,
+            group_commit_interval=self.group_commit_interval,
+            broker_heartbeat_interval=self.broker_heartbeat_interval,
+            broker_heartbeat_timeout=self.broker_heartbeat_timeout,
+            shutdown_timeout=self.shutdown_grace,
         )
 
     def limits(self) -> Limits:
+        """The queue model's bounds, in the milliseconds its stored times count in."""
         return Limits(
-            job_lease_ms=self.job_heartbeat_timeout_ms,
+            job_lease_ms=max(1, _ms(self.job_lease)),
             max_queued=self.max_queued,
             max_document_bytes=self.max_document_bytes,
             max_payload_bytes=self.max_payload_bytes,
-            dedup_window_ms=self.dedup_window_s * 1000,
+            dedup_window_ms=_ms(self.dedup_window),
         )
-
-    def validate(self) -> None:
-        """Raise :class:`SettingsError` for settings that cannot work."""
-        if self.storage not in ("file", "s3", "memory"):
-            raise SettingsError(f"unknown storage backend {self.storage!r} (file, s3 or memory)")
-        if self.storage == "s3" and not self.bucket:
-            raise SettingsError("the s3 backend needs a bucket: --bucket or S3_BUCKET")
-        if self.storage != "s3":
-            for attr, flag, var in _S3_ONLY:
-                if getattr(self, attr):
-                    raise SettingsError(
-                        f"{flag} ({var}) applies to the s3 backend only, but the storage "
-                        f"backend is {self.storage!r}: add --storage s3 or drop {flag}"
-                    )
-        if self.endpoint_url is not None:
-            url = urllib.parse.urlsplit(self.endpoint_url)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise SettingsError(
-                    f"--endpoint-url {self.endpoint_url!r} is not an http:// or https:// URL "
-                    "(for example http://127.0.0.1:8333)"
-                )
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"port {self.port} is out of range")
-        if self.advertise_url is not None:
-            if not self.advertise_url.startswith(("http://", "https://")):
-                raise SettingsError("--advertise-url must start with http:// or https://")
-            if "0.0.0.0" in self.advertise_url or "[::]" in self.advertise_url:
-                raise SettingsError(
-                    "--advertise-url must be an address clients can dial, not 0.0.0.0"
-                )
-        for name in (
-            "job_heartbeat_timeout_ms",
-            "broker_heartbeat_interval_ms",
-            "broker_heartbeat_timeout_ms",
-            "max_payload_bytes",
-            "max_request_bytes",
-            "max_queued",
-            "max_document_bytes",
-        ):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{name.replace('_', '-')} must be positive")
-        if self.group_commit_interval_ms < 0:
-            raise SettingsError("group-commit-interval-ms must be >= 0")
-        if self.max_payload_bytes > self.max_request_bytes:
-            raise SettingsError("max-payload-bytes must not exceed max-request-bytes")
-        if self.dedup_window_s < 0:
-            raise SettingsError("dedup-window-s must be >= 0")
-        try:
-            self.engine_config().validate()
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from exc
-
-
-# flag, environment variable, attribute, type
-_OPTIONS: list[tuple[str, str | None, str, type]] = [
-    ("--host", "BROKER_HOST", "host", str),
-    ("--port", "BROKER_PORT", "port", int),
-    ("--advertise-url", "BROKER_ADVERTISE_URL", "advertise_url", str),
-    ("--storage", "STORAGE_BACKEND", "storage", str),
-    ("--data-dir", "TRIOQ_DATA_DIR", "data_dir", str),
-    ("--bucket", "S3_BUCKET", "bucket", str),
-    ("--prefix", "S3_PREFIX", "prefix", str),
-    ("--region", "S3_REGION", "region", str),
-    ("--endpoint-url", "S3_ENDPOINT_URL", "endpoint_url", str),
-    ("--key", "TRIOQ_KEY", "key", str),
-    ("--broker-id", "TRIOQ_BROKER_ID", "broker_id", str),
-    ("--group-commit-interval-ms", "GROUP_COMMIT_INTERVAL_MS", "group_commit_interval_ms", int),
-    ("--job-heartbeat-timeout-ms", "JOB_HEARTBEAT_TIMEOUT_MS", "job_heartbeat_timeout_ms", int),
-    (
-        "--broker-heartbeat-interval-ms",
-        "BROKER_HEARTBEAT_INTERVAL_MS",
-        "broker_heartbeat_interval_ms",
-        int,
-    ),
-    (
-        "--broker-heartbeat-timeout-ms",
-        "BROKER_HEARTBEAT_TIMEOUT_MS",
-        "broker_heartbeat_timeout_ms",
-        int,
-    ),
-    ("--token", "TRIOQ_TOKEN", "token", str),
-    ("--max-writes-per-minute", "S3_MAX_WRITES_PER_MINUTE", "max_writes_per_minute", float),
-    ("--max-reads-per-minute", "S3_MAX_READS_PER_MINUTE", "max_reads_per_minute", float),
-    ("--max-payload-bytes", "TRIOQ_MAX_PAYLOAD_BYTES", "max_payload_bytes", int),
-    ("--max-request-bytes", "TRIOQ_MAX_REQUEST_BYTES", "max_request_bytes", int),
-    ("--max-queued", "TRIOQ_MAX_QUEUED", "max_queued", int),
-    ("--max-document-bytes", "TRIOQ_MAX_DOCUMENT_BYTES", "max_document_bytes", int),
-    ("--dedup-window-s", "TRIOQ_DEDUP_WINDOW_S", "dedup_window_s", int),
-    ("--shutdown-grace-s", "TRIOQ_SHUTDOWN_GRACE_S", "shutdown_grace_s", float),
-]
-
-
-_S3_ONLY = (
-    ("bucket", "--bucket", "S3_BUCKET"),
-    ("prefix", "--prefix", "S3_PREFIX"),
-    ("region", "--region", "S3_REGION"),
-    ("endpoint_url", "--endpoint-url", "S3_ENDPOINT_URL"),
-)
-
-# on/off settings: flag (with its --no- form), environment variable, attribute
-_SWITCHES: list[tuple[str, str, str, type]] = [
-    ("--metrics-public", "TRIOQ_METRICS_PUBLIC", "metrics_public", bool),
-    ("--failover-probe", "TRIOQ_FAILOVER_PROBE", "failover_probe", bool),
-    ("--create", "TRIOQ_CREATE", "create", bool),
-]
-_SWITCH_HELP = {
-    "metrics_public": "serve /metrics without the token",
-    "failover_probe": "standby: probe the leader and take over after two failed probes "
-    "(--no-failover-probe: wait for the lease timeout)",
-    "create": "create a new, empty queue if none is stored at the key; without it a "
-    "broker refuses to start where the queue is missing (the file backend creates one "
-    "in a new or empty directory, the memory backend always)",
-}
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _switch(var: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingsError(f"{var}: {raw!r} is not a valid switch (1/0, true/false, yes/no, on/off)")
 
 
 def parse_settings(
@@ -199,46 +287,10 @@ def parse_settings(
     *,
     prog: str = "python -m trioq.broker",
 ) -> BrokerSettings:
-    """Build settings from flags, then the environment, then defaults; validated."""
-    env = os.environ if environ is None else environ
+    """Settings from flags, then the environment (default ``os.environ``), then
+    defaults; raises :class:`SettingsError` (one line) if they cannot work."""
     parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Run a trioq broker (leader or standby) over a queue document.",
+        prog=prog, description="Run a trioq broker (leader or standby) over a queue document."
     )
-    for flag, var, attr, _ in _OPTIONS:
-        default = getattr(BrokerSettings(), attr)
-        help_text = f"env {var}; default {default!r}" if var else f"default {default!r}"
-        parser.add_argument(flag, dest=attr, default=None, help=help_text)
-    for flag, var, attr, _ in _SWITCHES:
-        default = getattr(BrokerSettings(), attr)
-        parser.add_argument(
-            flag,
-            dest=attr,
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help=f"{_SWITCH_HELP[attr]} (env {var}=1/0; default {'on' if default else 'off'})",
-        )
-    args = parser.parse_args(argv)
-    settings = BrokerSettings()
-    for flag, var, attr, kind in _OPTIONS:
-        raw = getattr(args, attr)
-        source = flag
-        if raw is None and var is not None and env.get(var, "") != "":
-            raw, source = env[var], var
-        if raw is None:
-            continue
-        if attr == "storage":
-            raw = raw.strip().lower()  # S3_BUCKET users write STORAGE_BACKEND=S3 too
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise SettingsError(f"{source}: {raw!r} is not a valid {kind.__name__}") from None
-        setattr(settings, attr, value)
-    for _flag, var, attr, _ in _SWITCHES:
-        value = getattr(args, attr)
-        if value is None and env.get(var, "") != "":
-            value = _switch(var, env[var])
-        if value is not None:
-            setattr(settings, attr, value)
-    settings.validate()
-    return settings
+    BrokerSettings.add_arguments(parser)
+    return BrokerSettings.load(environ=environ, args=parser.parse_args(argv))

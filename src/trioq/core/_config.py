@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class EngineConfig:
-    """Timings of the broker engine, in seconds (the CLI takes milliseconds).
+    """Timings of the broker engine, in seconds like every duration in trioq's code
+    (milliseconds only at the edges: see :mod:`trioq._settings`). A broker derives it
+    from its settings (``BrokerSettings.engine_config()``).
 
     ``group_commit_interval`` is the minimum spacing between the starts of two
     commits: an idle engine commits a new mutation at once, a busy one at most once

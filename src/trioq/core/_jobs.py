@@ -13,17 +13,20 @@ from typing import Any, Literal
 
 import orjson
 
+from .._wire import DEFAULT_TYPE as DEFAULT_TYPE
+from .._wire import ID_CHARS, MAX_ID_CHARS, MAX_TYPE_CHARS, TYPE_CHARS
+
 JobStatus = Literal["unclaimed", "in_progress"]
 FinishedOutcome = Literal["completed", "cancelled"]
 DeadReason = Literal["exhausted", "final", "expired"]
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-"""Valid job ids: 1-128 characters of ``A-Z a-z 0-9 . _ : -``."""
+ID_PATTERN = re.compile(f"{ID_CHARS}{{1,{MAX_ID_CHARS}}}")
+"""Valid job ids (the wire's rule, :mod:`trioq._wire`): 1-128 characters of
+``A-Z a-z 0-9 . _ : -``."""
 
-TYPE_PATTERN = re.compile(r"[^\x00-\x1f\ud800-\udfff]{1,128}")
-"""Valid job types: 1-128 printable characters (no lone surrogates: JSON cannot carry them)."""
-
-DEFAULT_TYPE = "default"
+TYPE_PATTERN = re.compile(f"{TYPE_CHARS[:-1]}\\ud800-\\udfff]{{1,{MAX_TYPE_CHARS}}}")
+"""Valid job types (the wire's rule): 1-128 characters, none a control character, and
+no lone surrogates (JSON cannot carry them)."""
 
 _ONE_LINE = orjson.OPT_APPEND_NEWLINE
 """Each record's encoding ends in a newline, so the document holds one record a

@@ -70,7 +70,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import random
 import re
 import sys
 import time
@@ -82,6 +81,7 @@ from typing import Final, NamedTuple, TypeVar
 
 import trio
 
+from .._backoff import backoff_delay
 from .._errors import BucketNotFound, CASConflict, StorageUnavailable, WriteOutcomeUnknown
 from ._protocol import Versioned
 
@@ -243,7 +243,7 @@ class FileStorage:
     async def _locked(self, name: str, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` in a thread while holding the key's lock, bounded by ``lock_timeout``."""
         deadline = time.monotonic() + self._lock_timeout
-        delay = _LOCK_POLL_FIRST
+        retries = 0
         while True:
             outcome = await trio.to_thread.run_sync(
                 self._try_locked_sync, name, fn, limiter=self._limiter
@@ -256,8 +256,9 @@ class FileStorage:
                     f"{self.describe()}: lock {self._lock_path(name)} is still held by "
                     f"another writer after {self._lock_timeout:g} s"
                 )
-            await trio.sleep(min(remaining, delay * (0.5 + random.random() / 2)))
-            delay = min(delay * 2, _LOCK_POLL_MAX)
+            retries += 1
+            delay = backoff_delay(retries, base=_LOCK_POLL_FIRST, cap=_LOCK_POLL_MAX)
+            await trio.sleep(min(remaining, delay))
 
     def _lock_path(self, name: str) -> Path:
         return self._directory / f".{name}.lock"

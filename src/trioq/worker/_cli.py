@@ -2,8 +2,9 @@
 
 Options: a command-line flag wins over the environment (``BROKER_URL``,
 ``TRIOQ_CONCURRENCY``, ...), which wins over the arguments given to ``Worker(...)``,
-which win over the defaults. Exit codes: 0 after a drain (SIGINT/SIGTERM), 1 when
-the broker cannot be used, 2 for a usage error (bad target, bad option).
+which win over the defaults (the rule of every trioq setting: :mod:`trioq._settings`).
+Exit codes: 0 after a drain (SIGINT/SIGTERM), 1 when the broker cannot be used, 2 for
+a usage error (bad target, bad option).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import importlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -20,8 +20,11 @@ from typing import Any
 import trio
 
 from .._errors import TrioqError
-from ..client import DEFAULT_URL, Client, parse_urls
-from ._runtime import Worker, describe
+from .._settings import SettingsError
+from .._signals import run_until_signalled
+from ..client import Client
+from ._settings import WorkerSettings
+from ._worker import Worker
 
 log = logging.getLogger("trioq.worker")
 
@@ -42,6 +45,8 @@ def load_worker(spec: str) -> Worker:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except SettingsError as exc:  # a Worker(...) at import time, with a bad variable
+        raise UsageError(str(exc)) from None
     except (ImportError, TypeError) as exc:  # TypeError: a relative name (".jobs")
         raise UsageError(
             f"cannot import {module_name!r}: {exc}{_path_hint(module_name, attr)}"
@@ -68,93 +73,32 @@ def _path_hint(module_name: str, attr: str) -> str:
     return f" (a module path, not a file: did you mean {dotted}:{attr}?)"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m trioq.worker") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trioq.worker", description="Run a trioq worker's registered handlers."
+        prog=prog, description="Run a trioq worker's registered handlers."
     )
     parser.add_argument("target", help="module:attr naming a trioq.Worker")
-    parser.add_argument(
-        "--broker-url",
-        help=f"broker URL(s), comma-separated (env BROKER_URL; default {DEFAULT_URL})",
-    )
-    parser.add_argument(
-        "--concurrency", type=int, help="jobs at once (env TRIOQ_CONCURRENCY; default 1)"
-    )
-    parser.add_argument(
-        "--poll-interval-ms",
-        type=int,
-        help="long-poll wait of a claim (env TRIOQ_POLL_INTERVAL_MS; default 1000)",
-    )
-    parser.add_argument(
-        "--heartbeat-interval-ms",
-        type=int,
-        help="job heartbeat interval, shortened to a third of the lease the broker grants "
-        "(env TRIOQ_HEARTBEAT_INTERVAL_MS; default 5000)",
-    )
-    parser.add_argument(
-        "--shutdown-grace-s",
-        type=float,
-        help="grace for running jobs at shutdown (env TRIOQ_SHUTDOWN_GRACE_S; default 30)",
-    )
-    parser.add_argument(
-        "--group-commit-interval-ms",
-        type=int,
-        help="the broker's group commit interval: a stopping worker awaits a claim in "
-        "flight at most this plus 1 s (env GROUP_COMMIT_INTERVAL_MS; default 2000)",
-    )
-    parser.add_argument("--token", help="bearer token (env TRIOQ_TOKEN)")
-    parser.add_argument("--worker-id", help="env TRIOQ_WORKER_ID; default host-pid-random")
+    WorkerSettings.add_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     return parser
 
 
 def configure(
-    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+    argv: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    prog: str = "python -m trioq.worker",
 ) -> tuple[Worker, str]:
-    """Load the target worker and apply the environment, then the flags; returns the
-    worker and the log level.
+    """Load the target worker and settle its settings (flags, then the environment,
+    then its arguments); returns the worker and the log level.
 
     Raises :class:`UsageError` with a one-line message for the operator.
     """
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     worker = load_worker(args.target)
     try:
-        worker.apply_environment(dict(os.environ if environ is None else environ))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    s = worker.settings
-    if args.broker_url:
-        s.broker_url = args.broker_url
-    if args.concurrency is not None:
-        s.concurrency = args.concurrency
-    if args.poll_interval_ms is not None:
-        s.poll_interval = args.poll_interval_ms / 1000
-    if args.heartbeat_interval_ms is not None:
-        s.heartbeat_interval = args.heartbeat_interval_ms / 1000
-    if args.shutdown_grace_s is not None:
-        s.shutdown_grace = args.shutdown_grace_s
-    if args.group_commit_interval_ms is not None:
-        s.group_commit_interval = args.group_commit_interval_ms / 1000
-    if args.token:
-        s.token = args.token
-    if args.worker_id:
-        s.worker_id = args.worker_id
-    if s.concurrency < 1:
-        raise UsageError(f"concurrency must be >= 1, not {s.concurrency}")
-    if (
-        s.poll_interval < 0
-        or s.heartbeat_interval <= 0
-        or s.shutdown_grace < 0
-        or s.group_commit_interval < 0
-    ):
-        raise UsageError(
-            "poll interval, shutdown grace and group commit interval must be >= 0, "
-            "heartbeat interval > 0"
-        )
-    try:
-        # the URLs are checked here, so a typo is a usage error, not a retry loop
-        parse_urls(s.broker_url)
-    except ValueError as exc:
+        worker._configure(environ=environ, args=args)
+    except SettingsError as exc:
         raise UsageError(str(exc)) from None
     level = str(args.log_level).upper()
     if not isinstance(logging.getLevelName(level), int):
@@ -162,10 +106,18 @@ def configure(
     return worker, level
 
 
-def main(argv: list[str] | None = None) -> int:
+def describe(worker: Worker) -> str:
+    """One line: the job types a worker handles and the broker it talks to."""
+    return (
+        f"trioq worker {worker.worker_id}: types {', '.join(sorted(worker.handlers))}; "
+        f"broker {worker.settings.broker_url}; concurrency {worker.settings.concurrency}"
+    )
+
+
+def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.worker") -> int:
     """Entry point; returns the exit code."""
     try:
-        worker, level = configure(argv)
+        worker, level = configure(argv, prog=prog)
     except UsageError as exc:
         print(f"trioq worker: {exc}", file=sys.stderr)
         return 2
@@ -184,44 +136,30 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run_until_signalled(worker: Worker) -> int:
     """Probe the broker, run the worker; the first signal drains, the second aborts."""
-    settings = worker.settings
-    code = 0
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+    async def serve() -> int:
+        if not await _broker_usable(worker.settings):
+            return 1
         async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            print(describe(worker), flush=True)  # the ready line: claiming now
+        return 0
 
-            async def watch() -> None:
-                count = 0
-                async for signum in signals:
-                    count += 1
-                    if count == 1:
-                        log.info(
-                            "%s: draining (again to stop at once)", signal.Signals(signum).name
-                        )
-                        worker.drain()
-                    else:
-                        log.warning("%s again: stopping at once", signal.Signals(signum).name)
-                        worker.abort()
+    return await run_until_signalled(serve, drain=worker.drain, abort=worker.abort, log=log)
 
-            async def run(*, task_status: trio.TaskStatus[None]) -> None:
-                await worker.run(task_status=task_status)
-                nursery.cancel_scope.cancel()
 
-            nursery.start_soon(watch)
-            async with Client(
-                settings.broker_url, token=settings.token, retry_deadline=PROBE_DEADLINE
-            ) as probe:
-                try:
-                    await probe.stats()
-                except TrioqError as exc:
-                    print(
-                        f"trioq worker: broker {settings.broker_url} is not usable: "
-                        f"{type(exc).__name__}: {exc}",
-                        file=sys.stderr,
-                    )
-                    code = 1
-                    nursery.cancel_scope.cancel()
-                    return code
-            await nursery.start(run)
-            # the ready line: the worker is claiming now
-            print(describe(worker), flush=True)
-    return code
+async def _broker_usable(settings: WorkerSettings) -> bool:
+    """Whether the broker answers (within :data:`PROBE_DEADLINE`); if not, says why."""
+    async with Client(
+        settings.broker_url, token=settings.token, retry_deadline=PROBE_DEADLINE
+    ) as probe:
+        try:
+            await probe.stats()
+        except TrioqError as exc:
+            print(
+                f"trioq worker: broker {settings.broker_url} is not usable: "
+                f"{type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+            return False
+    return True

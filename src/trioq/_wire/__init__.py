@@ -1,0 +1,108 @@
+"""The wire schema: every body the broker reads or writes, its limits, and how a
+body that breaks them becomes a 400.
+
+One definition serves everyone: the broker's REST routes and WebSocket methods
+parse requests with these models, the queue model (:mod:`trioq.core._state`) checks
+the :class:`NewJob` items a library caller hands it with the same ones,
+:class:`~trioq.Client` builds its requests from them and reads its answers with them,
+and ``GET /openapi.json`` is generated from them.
+
+The models are pydantic (v2) models, strict: no coercion (``"3"`` is not an integer,
+``true`` is not ``1``). Unknown fields are ignored (osqueue clients may send more);
+an optional field sent as ``null`` counts as absent. :func:`parse` turns a
+:class:`pydantic.ValidationError` into a :class:`~trioq.BrokerProtocolError` whose
+message names the field and its rule (``jobs[3].maxAttempts must be an integer from
+1 to 1000``); the rules are tabled in :data:`RULES`.
+
+Two wire objects are plain (frozen) dataclasses annotated for pydantic, because the
+queue model builds them by position on its hot path: :class:`NewJob` (a job to
+enqueue) and :class:`ClaimedJob` (a job handed to a worker; ``trioq.Claimed``). A
+:class:`NewJob` that passed the schema is *sealed*: its payload is encoded once, and
+the queue model uses those bytes instead of checking and encoding it again.
+
+Limits (one set: the queue model's :class:`~trioq.Limits` defaults are these):
+
+======================  ==============================================
+job id                  1-128 characters of ``A-Z a-z 0-9 . _ : -``
+job type                1-128 characters, no control characters
+``workerId``            1-256 characters
+``maxAttempts``         1-1000
+``attempt``             1-1,000,000
+``delayMs``             0 to 365 days (ms)
+``retryInMs``           0 to 365 days (ms)
+batch                   1-10,000 jobs
+claim ``max``           1-1000
+claim ``waitMs``        0-30,000
+list ``limit``          1-1000
+payload                 JSON nested at most 64 levels deep
+integers (anywhere)     -2**63 .. 2**64-1 (the broker's JSON decoder)
+======================  ==============================================
+"""
+
+from __future__ import annotations
+
+from ._answers import BatchAnswer as BatchAnswer
+from ._answers import ClaimMany as ClaimMany
+from ._answers import DeadJobView as DeadJobView
+from ._answers import DeadPage as DeadPage
+from ._answers import EmptyClaim as EmptyClaim
+from ._answers import ErrorBody as ErrorBody
+from ._answers import FailAnswer as FailAnswer
+from ._answers import FinishedJobView as FinishedJobView
+from ._answers import Health as Health
+from ._answers import JobsPage as JobsPage
+from ._answers import JobStatus as JobStatus
+from ._answers import JobView as JobView
+from ._answers import QueuedJobView as QueuedJobView
+from ._answers import Ready as Ready
+from ._answers import RpcReply as RpcReply
+from ._answers import Stats as Stats
+from ._answers import SubmitAnswer as SubmitAnswer
+from ._answers import ThrottleStats as ThrottleStats
+from ._limits import CURSOR_PATTERN as CURSOR_PATTERN
+from ._limits import DEFAULT_TYPE as DEFAULT_TYPE
+from ._limits import ID_CHARS as ID_CHARS
+from ._limits import ID_PATTERN as ID_PATTERN
+from ._limits import INT_MAX as INT_MAX
+from ._limits import INT_MIN as INT_MIN
+from ._limits import MAX_ATTEMPT as MAX_ATTEMPT
+from ._limits import MAX_ATTEMPTS as MAX_ATTEMPTS
+from ._limits import MAX_BATCH as MAX_BATCH
+from ._limits import MAX_CLAIM as MAX_CLAIM
+from ._limits import MAX_DELAY_MS as MAX_DELAY_MS
+from ._limits import MAX_ERROR_CHARS as MAX_ERROR_CHARS
+from ._limits import MAX_ID_CHARS as MAX_ID_CHARS
+from ._limits import MAX_LIST as MAX_LIST
+from ._limits import MAX_PAYLOAD_DEPTH as MAX_PAYLOAD_DEPTH
+from ._limits import MAX_TYPE_CHARS as MAX_TYPE_CHARS
+from ._limits import MAX_WAIT_MS as MAX_WAIT_MS
+from ._limits import MAX_WORKER_ID_CHARS as MAX_WORKER_ID_CHARS
+from ._limits import RULES as RULES
+from ._limits import TYPE_CHARS as TYPE_CHARS
+from ._limits import TYPE_PATTERN as TYPE_PATTERN
+from ._limits import JobId as JobId
+from ._limits import WireModel as WireModel
+from ._parse import JOB_ID as JOB_ID
+from ._parse import WIRE_NEW_JOB as WIRE_NEW_JOB
+from ._parse import WORKER_ID as WORKER_ID
+from ._parse import adapter as adapter
+from ._parse import checked_job as checked_job
+from ._parse import describe as describe
+from ._parse import job_id as job_id
+from ._parse import parse as parse
+from ._parse import parse_batch as parse_batch
+from ._parse import parse_new_job as parse_new_job
+from ._parse import seal as seal
+from ._payload import encode_payload as encode_payload
+from ._records import ClaimedJob as ClaimedJob
+from ._records import NewJob as NewJob
+from ._requests import ClaimRequest as ClaimRequest
+from ._requests import FailCall as FailCall
+from ._requests import FailRequest as FailRequest
+from ._requests import HeldJob as HeldJob
+from ._requests import HeldJobCall as HeldJobCall
+from ._requests import JobRef as JobRef
+from ._requests import ListQuery as ListQuery
+from ._requests import NoBody as NoBody
+from ._requests import RpcRequest as RpcRequest
+from ._requests import SubmitBatch as SubmitBatch

@@ -1,0 +1,179 @@
+"""The response bodies (documented by /openapi.json, read by the client)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from ._limits import WireModel
+from ._records import ClaimedJob
+
+
+class SubmitAnswer(WireModel):
+    """Answer to a submit: the job's id; ``duplicate`` (only when true) if it existed."""
+
+    job_id: str
+    duplicate: Literal[True] | None = None
+
+
+class BatchAnswer(WireModel):
+    """Answer to a batch: every id in input order, and those that already existed
+    (always sent; a reader takes its absence as none)."""
+
+    job_ids: list[str]
+    duplicates: list[str] = Field(default_factory=list)
+
+
+class EmptyClaim(WireModel):
+    """osqueue's answer to a claim that found nothing: ``{}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClaimMany(WireModel):
+    """Answer to a claim with ``max``: the jobs claimed (maybe none)."""
+
+    jobs: list[ClaimedJob]
+
+
+class FailAnswer(WireModel):
+    """Answer to a fail: whether the job will be retried or is dead."""
+
+    job_id: str
+    status: Literal["retrying", "dead"]
+
+
+class JobStatus(WireModel):
+    """A job's status after a cancel or a requeue."""
+
+    job_id: str
+    status: Literal["cancelled", "cancelling", "completed", "unclaimed"]
+
+
+class Stats(WireModel):
+    """``GET /v1/stats`` (osqueue's fields, and the broker's commit interval)."""
+
+    total: int
+    unclaimed: int
+    in_progress: int
+    completed_total: int
+    broker_address: str
+    group_commit_interval_ms: int
+
+
+class QueuedJobView(WireModel):
+    """A queued or in-progress job's record."""
+
+    job_id: str
+    id: str
+    type: str
+    payload: Any
+    status: Literal["unclaimed", "in_progress"]
+    attempts: int
+    max_attempts: int
+    created_at: int
+    ready_at: int
+    order: int
+    worker_id: str | None
+    heartbeat_at: int | None
+    last_error: str | None
+    cancel_requested: bool
+
+
+class DeadJobView(WireModel):
+    """A dead-lettered job's record."""
+
+    job_id: str
+    id: str
+    type: str
+    payload: Any
+    status: Literal["dead"]
+    attempts: int
+    max_attempts: int
+    created_at: int
+    died_at: int
+    reason: Literal["exhausted", "final", "expired"]
+    last_error: str | None
+
+
+class FinishedJobView(WireModel):
+    """A finished job's summary, kept for the dedup window."""
+
+    job_id: str
+    id: str
+    type: str
+    status: Literal["completed", "cancelled"]
+    outcome: Literal["completed", "cancelled"]
+    attempts: int
+    created_at: int
+    finished_at: int
+
+
+JobView = QueuedJobView | DeadJobView | FinishedJobView
+"""``GET /v1/jobs/{id}``: the job's record, whatever list it sits in."""
+
+
+class JobsPage(WireModel):
+    """``GET /v1/jobs``: osqueue's stats fields and a page of jobs."""
+
+    total: int
+    unclaimed: int
+    in_progress: int
+    completed_total: int
+    broker_address: str
+    jobs: list[QueuedJobView]
+    next_cursor: str | None
+
+
+class DeadPage(WireModel):
+    """``GET /v1/dead``: a page of the dead-letter list."""
+
+    total: int
+    dropped: int
+    jobs: list[DeadJobView]
+    next_cursor: str | None
+
+
+class Health(WireModel):
+    """``GET /healthz``: which broker answered, its role and epoch, and the leader's URL."""
+
+    status: Literal["ok"]
+    broker_id: str
+    role: Literal["starting", "leader", "standby", "stopped"]
+    epoch: int
+    leader: str | None
+
+
+class Ready(WireModel):
+    """``GET /readyz`` on the leader (any other broker answers 503 ``NotLeader``)."""
+
+    status: Literal["ready"]
+    broker_id: str
+    epoch: int
+
+
+class ThrottleStats(WireModel):
+    """``GET /v1/throttle-stats``: ``{"throttling": false}``, or the throttle's counters."""
+
+    model_config = ConfigDict(extra="allow")
+    throttling: bool
+
+
+class ErrorBody(WireModel):
+    """Every error answer (and a WebSocket reply's ``error``). ``leader`` and ``role``
+    come with ``NotLeader`` only."""
+
+    tag: str = Field(alias="_tag")
+    message: str
+    leader: str | None = None
+    role: Literal["starting", "leader", "standby", "stopped"] | None = None
+
+
+class RpcReply(WireModel):
+    """A WebSocket answer: ``{id, ok: true, result}`` or ``{id, ok: false, error}``."""
+
+    id: str | int | float | None
+    ok: bool
+    result: Any = None
+    error: ErrorBody | None = None

@@ -1,0 +1,87 @@
+"""The two wire records the queue model builds by position: NewJob and ClaimedJob."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from pydantic import ConfigDict, Field, with_config
+
+from ._limits import CAMEL, DEFAULT_TYPE, DelayMs, JobId, JobType, MaxAttempts
+
+
+@with_config(
+    ConfigDict(
+        **CAMEL,
+        json_schema_extra={
+            "examples": [
+                {
+                    "payload": {"to": "a@example.com"},
+                    "type": "email:send",
+                    "id": "order-17",
+                    "maxAttempts": 5,
+                    "delayMs": 0,
+                }
+            ]
+        },
+    )
+)
+@dataclass(frozen=True)
+class NewJob:
+    """One job to enqueue (``POST /v1/jobs``, an item of ``POST /v1/jobs/batch``).
+
+    ``type`` defaults to ``"default"``; ``id`` (client-chosen) makes the submit
+    idempotent; ``max_attempts`` defaults to the broker's (3); ``delay_ms`` makes the
+    job claimable that much later. Built freely (nothing is checked here): the
+    queue model checks an unsealed one against the schema before it takes it.
+    """
+
+    payload: Any
+    type: JobType = DEFAULT_TYPE
+    id: JobId | None = None
+    max_attempts: MaxAttempts | None = None
+    delay_ms: DelayMs = 0
+
+    @property
+    def payload_json(self) -> bytes | None:
+        """The payload's JSON, once the job is sealed (None before)."""
+        sealed: bytes | None = self.__dict__.get("_payload_json")
+        return sealed
+
+    def to_json(self) -> dict[str, Any]:
+        """The job's wire form (sealed jobs only: the payload goes as its bytes)."""
+        payload_json = self.payload_json
+        if payload_json is None:
+            raise ValueError("to_json() of a NewJob that was not sealed")
+        body: dict[str, Any] = {"type": self.type, "payload": orjson.Fragment(payload_json)}
+        if self.id is not None:
+            body["id"] = self.id
+        if self.max_attempts is not None:
+            body["maxAttempts"] = self.max_attempts
+        if self.delay_ms:
+            body["delayMs"] = self.delay_ms
+        return body
+
+
+@with_config(ConfigDict(**CAMEL))
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job handed to a worker: run it, then complete or fail it at ``attempt``,
+    heartbeating at least three times per ``lease_ms`` meanwhile."""
+
+    id: Annotated[str, Field(alias="jobId")]
+    type: str
+    payload: Any
+    attempt: int
+    lease_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form (osqueue's claim fields plus ``attempt`` and ``leaseMs``)."""
+        return {
+            "jobId": self.id,
+            "type": self.type,
+            "payload": self.payload,
+            "attempt": self.attempt,
+            "leaseMs": self.lease_ms,
+        }

@@ -1,0 +1,139 @@
+"""The request bodies of the REST routes and the WebSocket methods."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
+
+from ._limits import (
+    MAX_BATCH,
+    MAX_CLAIM,
+    MAX_WAIT_MS,
+    Attempt,
+    Cursor,
+    DelayMs,
+    ErrorText,
+    JobId,
+    Limit,
+    WireModel,
+    WorkerId,
+    blank_is_none,
+)
+from ._records import NewJob
+
+
+def drop_nulls(value: object) -> object:
+    """A job object from the wire without its ``null`` fields (they count as
+    absent), but its payload, which may be ``null``."""
+    if isinstance(value, dict) and None in value.values():
+        return {k: v for k, v in value.items() if v is not None or k == "payload"}
+    return value
+
+
+class SubmitBatch(WireModel):
+    """``POST /v1/jobs/batch``: validated as a whole (one bad item: nothing enqueued)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"jobs": [{"payload": 1, "id": "a"}, {"payload": 2}]}]}
+    )
+    jobs: Annotated[
+        list[Annotated[NewJob, BeforeValidator(drop_nulls)]],
+        Field(min_length=1, max_length=MAX_BATCH),
+    ]
+
+
+class ClaimRequest(WireModel):
+    """``POST /v1/jobs/claim``. Without ``max`` the answer has osqueue's shape."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"workerId": "worker-1", "types": ["email:send"], "max": 10}]
+        }
+    )
+    worker_id: WorkerId
+    types: Annotated[list[StrictStr], Field(min_length=1)] | None = None
+    max: Annotated[StrictInt, Field(ge=1, le=MAX_CLAIM)] | None = None
+    wait_ms: Annotated[StrictInt, Field(ge=0, le=MAX_WAIT_MS)] | None = None
+
+
+class HeldJob(WireModel):
+    """Heartbeat, complete and release: who holds the job, at which attempt
+    (osqueue clients send only ``workerId``)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"workerId": "worker-1"}]})
+    worker_id: WorkerId
+    attempt: Attempt | None = None
+
+
+class FailRequest(HeldJob):
+    """``POST /v1/jobs/{id}/fail``. Without ``retryInMs`` the broker's backoff applies;
+    ``final`` dead-letters at once. ``error`` is cut to 8192 characters."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"workerId": "worker-1", "error": "boom"}]}
+    )
+    error: ErrorText | None = None
+    retry_in_ms: DelayMs | None = None
+    final: StrictBool | None = None
+
+
+class NoBody(WireModel):
+    """An optional body that carries nothing (cancel, requeue): any object, or none."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{}]})
+
+
+class ListQuery(WireModel):
+    """``limit`` (default 1000) and ``cursor`` (a previous ``nextCursor``) of a listing."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"limit": 100}]})
+
+    limit: Annotated[Limit | None, BeforeValidator(blank_is_none)] = None
+    cursor: Annotated[Cursor | None, BeforeValidator(blank_is_none)] = None
+
+
+class JobRef(WireModel):
+    """WebSocket ``cancelJob``, ``getJob``, ``requeueDead``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"jobId": "order-17"}]})
+
+    job_id: JobId
+
+
+class HeldJobCall(HeldJob):
+    """WebSocket ``heartbeat``, ``completeJob``, ``releaseJob``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"jobId": "order-17", "workerId": "worker-1"}]}
+    )
+
+    job_id: JobId
+
+
+class FailCall(FailRequest):
+    """WebSocket ``failJob``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"jobId": "order-17", "workerId": "worker-1", "error": "boom"}]
+        }
+    )
+
+    job_id: JobId
+
+
+class RpcRequest(WireModel):
+    """A WebSocket message: ``{id, method, params}``."""
+
+    id: StrictStr | StrictInt | StrictFloat | None = None
+    method: StrictStr
+    params: dict[str, Any] | None = None

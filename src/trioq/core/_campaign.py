@@ -1,0 +1,238 @@
+"""How an engine comes to lead: the election at start, the standby's watch, and the
+writes that create or take over the document.
+
+Every decision is :func:`~trioq.core._election.decide`'s; this module does the I/O
+around it. A starting engine reads the whole document once; a standby polls its
+version (a cheap HEAD) every ``standby_poll_interval`` and reads the header only when
+the version changed, measuring staleness on its own monotonic clock from that moment.
+A takeover is a CAS write over the version the standby saw that bumps the epoch and
+restarts every job lease; a lost race (a conflict, or an unknown outcome whose bytes
+are not stored) leaves the engine where it was, to look again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._errors import (
+    CASConflict,
+    DocumentInvalid,
+    QueueNotFound,
+    StorageUnavailable,
+    WriteOutcomeUnknown,
+)
+from ..storage._protocol import Versioned
+from ._codec import LeaderInfo
+from ._election import Sighting, TakeoverRequest, Verdict, decide
+from ._state import QueueState
+from ._status import Role
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+log = logging.getLogger("trioq.engine")
+
+
+class Campaign:
+    """The election side of one :class:`~trioq.core._engine.Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sighting: Sighting | None = None
+        """What this engine last saw of the document (None: look afresh)."""
+        self.seen_document = False
+        """Whether this engine ever saw a document at its key: a missing one then
+        vanished, and is never replaced by an empty one."""
+        self.request: TakeoverRequest | None = None
+        self._wake = trio.Event()
+
+    def request_takeover(self, expected_version: str | None) -> None:
+        self.request = TakeoverRequest(expected_version)
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def won(self) -> None:
+        """This engine leads the document: a takeover request is moot."""
+        self.request = None
+        self.seen_document = True
+
+    def forget(self) -> None:
+        """After a step-down: the next poll reads the document afresh."""
+        self.sighting = None
+
+    # ---------------------------------------------------------------- deciding
+
+    def _decide(self, sighting: Sighting, *, starting: bool, now: float) -> Verdict:
+        engine = self.engine
+        request, self.request = self.request, None
+        verdict = decide(
+            engine.candidate,
+            sighting,
+            starting=starting,
+            seen_before=self.seen_document,
+            request=request,
+            now=now,
+            lease_timeout=engine.config.broker_heartbeat_timeout,
+        )
+        if sighting.present:
+            self.seen_document = True
+        return verdict
+
+    async def elect(self) -> None:
+        """At start: lead (create or take over) or stand by; QueueNotFound when
+        there is no queue this engine may create."""
+        engine = self.engine
+        while True:
+            got = await engine.storage.read(engine.key)
+            now = trio.current_time()
+            self.sighting = sighting = self._sighted(got, now)
+            verdict = self._decide(sighting, starting=True, now=now)
+            if verdict is Verdict.CREATE:
+                if await self._create():
+                    return
+            elif verdict is Verdict.TAKE_OVER:
+                if await self._take_over(sighting.version):
+                    return
+            elif verdict is Verdict.REFUSE:
+                raise self.missing()
+            else:
+                engine.role = Role.STANDBY
+                leader = sighting.leader
+                assert leader is not None
+                log.info(
+                    "broker %s stands by; %s leads (epoch %d)",
+                    engine.broker_id,
+                    leader.url or leader.broker_id,
+                    leader.epoch,
+                )
+                return
+
+    async def stand_by(self) -> None:
+        """Watch the document until this engine leads, stops, or meets a document
+        it cannot read (then ``engine.halt``)."""
+        while not self.engine.stopping:
+            with trio.move_on_after(self.engine.config.standby_poll_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if await self._watch():
+                return
+
+    async def _watch(self) -> bool:
+        """One standby poll; True when standing by is over (this engine leads or
+        stops, or the document cannot be read)."""
+        engine = self.engine
+        if engine.stopping:
+            return True
+        try:
+            return await self._poll()
+        except DocumentInvalid as exc:
+            engine.halt(exc)
+            return True
+        except StorageUnavailable as exc:
+            log.warning("standby %s cannot reach storage: %s", engine.broker_id, exc)
+            return False
+
+    async def _poll(self) -> bool:
+        """Look at the document's version (its header when it changed) and act on
+        the verdict; True once this engine leads."""
+        engine = self.engine
+        version = await engine.storage.version(engine.key)
+        now = trio.current_time()
+        sighting = self.sighting
+        if sighting is None or version != sighting.version:
+            before = sighting
+            if version is None:
+                sighting = Sighting(present=False, since=now)
+            else:
+                sighting = self._sighted(await engine.storage.read(engine.key), now)
+            self.sighting = sighting
+            if before is not None and before.present and not sighting.present:
+                log.error("%s", self.missing())
+        verdict = self._decide(sighting, starting=False, now=now)
+        if verdict is Verdict.TAKE_OVER:
+            return await self._take_over(sighting.version)
+        if verdict in (Verdict.CREATE, Verdict.REFUSE):
+            await self.elect()
+            return engine.role is Role.LEADER
+        return False
+
+    def _sighted(self, got: Versioned | None, now: float) -> Sighting:
+        """What ``got`` (a read of the document) shows, noted as seen at ``now``."""
+        if got is None:
+            return Sighting(present=False, since=now)
+        leader = self.engine.decode_header(got.data)
+        self.engine.leader = leader
+        return Sighting(present=True, version=got.version, leader=leader, since=now)
+
+    def missing(self) -> QueueNotFound:
+        engine = self.engine
+        where = f"{engine.key} in {engine.storage.describe()}"
+        if self.seen_document:
+            return QueueNotFound(
+                f"{where} vanished after this broker had seen it; refusing to create an "
+                "empty queue in its place (restore the object, or start a broker with "
+                "--create on a location meant to be new)"
+            )
+        return QueueNotFound(
+            f"no queue at {where}; refusing to create one (a deleted object or a wrong "
+            "--bucket/--prefix/--data-dir would lose every job silently): start one "
+            "broker with --create to make a new queue there"
+        )
+
+    # --------------------------------------------------------------- writing
+
+    async def _create(self) -> bool:
+        """Create the document as its first leader; False if another broker created
+        it first, or the outcome is unknown (the caller looks again)."""
+        engine = self.engine
+        state = QueueState(limits=engine.limits, rng=engine.rng)
+        state.seq = 1
+        state.leader = LeaderInfo(engine.broker_id, engine.url, 1, engine.wall_clock())
+        data = state.encode()
+        try:
+            version = await engine.storage.create(engine.key, data)
+        except (CASConflict, WriteOutcomeUnknown):
+            # another broker created it first, or we cannot tell whether our create
+            # landed: look again (our own document is then taken over)
+            return False
+        engine.become_leader(state, version, data)
+        log.info("broker %s created %s and leads (epoch 1)", engine.broker_id, engine.key)
+        return True
+
+    async def _take_over(self, expected_version: str | None) -> bool:
+        """CAS the document from ``expected_version`` to one we lead; True if we do."""
+        engine = self.engine
+        got = await engine.storage.read(engine.key)
+        if got is None or got.version != expected_version:
+            return False
+        state = await engine.decode(got.data)
+        now = engine.wall_clock()
+        old_epoch = 0 if state.leader is None else state.leader.epoch
+        state.leader = LeaderInfo(engine.broker_id, engine.url, old_epoch + 1, now)
+        state.renew_all_leases(now)
+        state.seq += 1
+        data = state.encode()
+        try:
+            version = await engine.storage.write(engine.key, data, if_match=got.version)
+        except CASConflict:
+            return False
+        except WriteOutcomeUnknown:
+            check = await engine.storage.read(engine.key)
+            if check is None or check.data != data:
+                return False
+            version = check.version
+        engine.metrics["takeovers"] += 1
+        engine.become_leader(state, version, data)
+        log.warning(
+            "broker %s took over %s (epoch %d -> %d)",
+            engine.broker_id,
+            engine.key,
+            old_epoch,
+            old_epoch + 1,
+        )
+        return True

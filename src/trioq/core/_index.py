@@ -1,0 +1,197 @@
+"""The indexes over the queued jobs that keep every mutation O(1) or O(log n).
+
+- Jobs ready to claim sit in heaps keyed by (ready time, enqueue order), one for all
+  types and one per type, with lazy deletion: a heap entry carries the job's
+  ``ticket`` at the time it was queued and is skipped once the ticket moved on.
+  Tickets come from one counter, so an entry left behind by a job that is gone never
+  matches a later job that reuses its id.
+- Jobs queued with a ready time in the future also sit in a heap of their own, so
+  the engine can wake waiting claims when they become ready.
+- In-progress jobs sit in an ordered dict in heartbeat order, so lease expiry pops
+  from the front (every lease has the same length).
+
+The index shares the state's ``jobs`` dict (read only): it tells a live entry from a
+stale one by looking the job up.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Generator, Sequence
+
+from ._jobs import Job
+
+HeapEntry = tuple[int, int, int, str]
+"""(ready_at, order, ticket, job id)"""
+
+_REBUILD_STEP = 2048
+"""Entries indexed by type between two checkpoints of a load."""
+
+
+def lease_order(job: Job) -> tuple[int, int]:
+    """Leases that ran out together go in one canonical order: (heartbeat, enqueue
+    order), the order a decoded document lists them in."""
+    assert job.heartbeat_at is not None
+    return (job.heartbeat_at, job.order)
+
+
+class JobIndex:
+    """Ready heaps, the delayed heap and the lease order over one ``jobs`` dict."""
+
+    __slots__ = ("_entries", "_jobs", "_tickets", "by_type", "delayed", "leases", "ready")
+
+    def __init__(self, jobs: dict[str, Job]) -> None:
+        self._jobs = jobs
+        self.ready: list[HeapEntry] = []
+        self.by_type: dict[str, list[HeapEntry]] = {}
+        self.delayed: list[HeapEntry] = []
+        self.leases: OrderedDict[str, None] = OrderedDict()
+        self._entries = 0  # heap entries, live or stale
+        self._tickets = 0
+
+    @property
+    def unclaimed_count(self) -> int:
+        return len(self._jobs) - len(self.leases)
+
+    # ------------------------------------------------------------ the ready queue
+
+    def push(self, job: Job, now: int) -> None:
+        """Queue an unclaimed ``job`` at its ready time (a new ticket)."""
+        self._tickets += 1
+        job.ticket = self._tickets
+        entry = (job.ready_at, job.order, job.ticket, job.id)
+        heapq.heappush(self.ready, entry)
+        heapq.heappush(self.by_type.setdefault(job.type, []), entry)
+        self._entries += 2
+        if job.ready_at > now:
+            # only a job that is not ready yet needs a wake-up at its ready time
+            heapq.heappush(self.delayed, entry)
+            self._entries += 1
+        if self._entries > 6 * self.unclaimed_count + 4096:
+            self._rebuild()
+
+    def pop_ready(self, types: Sequence[str] | None, now: int) -> Job | None:
+        """Take the first job of ``types`` (all when ``None``) that is ready at
+        ``now``, in (ready time, enqueue order); None when there is none."""
+        if types is None:
+            heaps = [self.ready]
+        else:
+            heaps = [h for t in dict.fromkeys(types) if (h := self.by_type.get(t))]
+        best: list[HeapEntry] | None = None
+        best_head: HeapEntry | None = None
+        for heap in heaps:
+            head = self._valid_head(heap)
+            if head is not None and head[0] <= now and (best_head is None or head < best_head):
+                best, best_head = heap, head
+        if best is None or best_head is None:
+            return None
+        heapq.heappop(best)
+        self._entries -= 1
+        return self._jobs[best_head[3]]
+
+    def next_ready_at(self) -> int | None:
+        head = self._valid_head(self.ready)
+        return None if head is None else head[0]
+
+    def next_delayed_at(self) -> int | None:
+        head = self._valid_head(self.delayed)
+        return None if head is None else head[0]
+
+    def pop_due(self, now: int) -> int:
+        """Forget delayed entries whose time has come; returns how many became ready."""
+        count = 0
+        while (head := self._valid_head(self.delayed)) is not None and head[0] <= now:
+            heapq.heappop(self.delayed)
+            self._entries -= 1
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------- leases
+
+    def lease(self, job: Job) -> None:
+        """``job`` was claimed: its lease ends last."""
+        self.leases[job.id] = None
+
+    def renew(self, job: Job) -> None:
+        """``job``'s lease was renewed: it now ends last."""
+        self.leases.move_to_end(job.id)
+
+    def unlease(self, job: Job) -> None:
+        del self.leases[job.id]
+
+    def first_lease(self) -> Job | None:
+        for job_id in self.leases:
+            return self._jobs[job_id]
+        return None
+
+    def leases_due(self, deadline: int) -> list[Job]:
+        """In-progress jobs whose last heartbeat is at or before ``deadline``, in
+        :func:`lease_order`."""
+        due: list[Job] = []
+        for job_id in self.leases:
+            job = self._jobs[job_id]
+            assert job.heartbeat_at is not None
+            if job.heartbeat_at > deadline:
+                break
+            due.append(job)
+        due.sort(key=lease_order)
+        return due
+
+    # -------------------------------------------------------------------- load
+
+    def load(self, unclaimed: list[Job], in_progress: list[Job]) -> Generator[None, object, None]:
+        """Index a decoded document's jobs (``unclaimed`` in document order), as
+        steps: yields where its driver may checkpoint."""
+        in_progress.sort(key=lease_order)
+        yield None
+        self.leases = OrderedDict.fromkeys(j.id for j in in_progress)
+        ready: list[HeapEntry] = []
+        for job in unclaimed:
+            self._tickets += 1
+            job.ticket = self._tickets
+            ready.append((job.ready_at, job.order, job.ticket, job.id))
+        # a sorted list is a heap; the document is nearly in (ready time, order)
+        # order, which timsort takes in about one pass
+        ready.sort()
+        yield None
+        by_type: dict[str, list[HeapEntry]] = {}
+        for count, entry in enumerate(ready, 1):
+            by_type.setdefault(self._jobs[entry[3]].type, []).append(entry)
+            if count % _REBUILD_STEP == 0:
+                yield None
+        # every entry may be delayed; pop_due drops the ones already due
+        self.ready, self.by_type, self.delayed = ready, by_type, list(ready)
+        self._entries = 3 * len(ready)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _valid_head(self, heap: list[HeapEntry]) -> HeapEntry | None:
+        while heap:
+            head = heap[0]
+            if self._is_live(head):
+                return head
+            heapq.heappop(heap)
+            self._entries -= 1
+        return None
+
+    def _is_live(self, entry: HeapEntry) -> bool:
+        job = self._jobs.get(entry[3])
+        return job is not None and job.status == "unclaimed" and job.ticket == entry[2]
+
+    def _rebuild(self) -> None:
+        """Drop stale heap entries (O(n), amortized over the pushes that made them)."""
+        ready: list[HeapEntry] = []
+        by_type: dict[str, list[HeapEntry]] = {}
+        for job in self._jobs.values():
+            if job.status == "unclaimed":
+                entry = (job.ready_at, job.order, job.ticket, job.id)
+                ready.append(entry)
+                by_type.setdefault(job.type, []).append(entry)
+        delayed = [e for e in self.delayed if self._is_live(e)]
+        heapq.heapify(ready)
+        heapq.heapify(delayed)
+        for heap in by_type.values():
+            heapq.heapify(heap)
+        self.ready, self.by_type, self.delayed = ready, by_type, delayed
+        self._entries = 2 * len(ready) + len(delayed)

@@ -1,0 +1,171 @@
+"""Handlers: what ``@worker.job`` registers and checks, the :class:`JobContext` a
+handler may ask for, the hooks, and how one handler is called."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from pydantic import TypeAdapter
+
+from .._errors import TrioqError
+from ..client import Claimed
+from ..core._jobs import valid_type
+
+log = logging.getLogger("trioq.worker")
+
+
+@dataclass(slots=True, frozen=True)
+class JobContext:
+    """What a handler may ask for besides the payload (annotate a parameter with it)."""
+
+    id: str
+    type: str
+    attempt: int
+    worker_id: str
+    lease_ms: int
+    """The lease the broker granted (its ``leaseMs``)."""
+
+
+class PayloadInvalid(TrioqError):
+    """The payload does not match the handler's annotation (dead-lettered, not retried)."""
+
+    tag = "PayloadInvalid"
+    status = 400
+
+
+class JobTimeout(TrioqError):
+    """The handler ran past its timeout."""
+
+    tag = "JobTimeout"
+    status = 500
+
+
+@dataclass(slots=True)
+class Handler:
+    """A registered handler and how to call it."""
+
+    type: str
+    fn: Callable[..., Any]
+    timeout: float | None
+    is_async: bool
+    payload_param: str | None
+    context_param: str | None
+    validate: Callable[[Any], Any]
+
+
+Hook = Callable[..., Awaitable[None] | None]
+
+
+@dataclass(slots=True)
+class Hooks:
+    """The hooks registered on a worker, called in order."""
+
+    claimed: list[Hook] = field(default_factory=list)
+    """``fn(ctx)`` when a job starts."""
+    completed: list[Hook] = field(default_factory=list)
+    """``fn(ctx)`` after a job completed."""
+    failed: list[Hook] = field(default_factory=list)
+    """``fn(ctx, error_text)`` after a job failed."""
+
+
+def label(job: Claimed) -> str:
+    """How every job-related log line names its job."""
+    return f"job {job.id} ({job.type}, attempt {job.attempt})"
+
+
+def check_registration(job_type: object, timeout: object) -> None:
+    """The mistakes ``@worker.job(...)`` refuses before it sees the function."""
+    if callable(job_type):
+        name = getattr(job_type, "__qualname__", repr(job_type))
+        raise TypeError(
+            f"@worker.job needs the job type: write @worker.job('some:type') above "
+            f"{name}, not a bare @worker.job"
+        )
+    if not isinstance(job_type, str):
+        raise TypeError(f"the job type must be a string, not {type(job_type).__name__}")
+    if not valid_type(job_type):
+        raise ValueError(f"job type {job_type!r} is not 1-128 printable characters")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise TypeError(f"timeout must be seconds (a number) or None, not {timeout!r}")
+        if not timeout > 0:  # also refuses NaN
+            raise ValueError(f"timeout must be > 0 seconds (or None for none), not {timeout!r}")
+
+
+def make_handler(job_type: str, fn: Callable[..., Any], timeout: float | None) -> Handler:
+    """``fn``'s parameters: the payload (validated against its annotation) and at most
+    one annotated :class:`JobContext`; anything else is a TypeError."""
+    signature = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        hints = {}
+    payload_param = context_param = None
+    validate: Callable[[Any], Any] = _unchecked
+    for name, param in signature.parameters.items():
+        annotation = hints.get(name, param.annotation)
+        if annotation is JobContext:
+            context_param = name
+        elif payload_param is None:
+            payload_param = name
+            validate = _payload_validator(annotation)
+        else:
+            raise TypeError(
+                f"handler {fn.__qualname__} for {job_type!r}: parameter {name!r} is neither "
+                "the payload nor annotated JobContext"
+            )
+    return Handler(
+        type=job_type,
+        fn=fn,
+        timeout=timeout,
+        is_async=inspect.iscoroutinefunction(fn),
+        payload_param=payload_param,
+        context_param=context_param,
+        validate=validate,
+    )
+
+
+def _unchecked(value: Any) -> Any:
+    return value
+
+
+def _payload_validator(annotation: Any) -> Callable[[Any], Any]:
+    """A parameter annotation as a validator of JSON payloads (pydantic's rules)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return _unchecked
+    validate_model: Callable[[Any], Any] | None = getattr(annotation, "model_validate", None)
+    if callable(validate_model):
+        return validate_model  # a pydantic model
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    return lambda value: adapter.validate_python(value, strict=False)
+
+
+async def call_handler(handler: Handler, payload: Any, ctx: JobContext) -> None:
+    kwargs: dict[str, Any] = {}
+    if handler.payload_param is not None:
+        kwargs[handler.payload_param] = payload
+    if handler.context_param is not None:
+        kwargs[handler.context_param] = ctx
+    if handler.is_async:
+        await handler.fn(**kwargs)
+    else:
+        # a thread, so a blocking handler cannot starve the heartbeats; it is
+        # not abandoned on cancel (the job ends when the function returns)
+        await trio.to_thread.run_sync(lambda: handler.fn(**kwargs))
+
+
+async def run_hooks(hooks: list[Hook], job: Claimed, *args: Any) -> None:
+    """Call each hook; one that raises is logged, and the job goes on."""
+    for hook in hooks:
+        try:
+            result = hook(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("%s: hook %r failed", label(job), hook)

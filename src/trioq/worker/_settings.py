@@ -1,0 +1,84 @@
+"""Worker settings: :class:`WorkerSettings`, each field with its flag and environment
+variable.
+
+Precedence and units are those of every trioq setting (:mod:`trioq._settings`): flags
+(``python -m trioq.worker`` only) over the environment over ``Worker(...)``
+arguments over defaults, embedded or not; durations in seconds here, milliseconds only
+in the ``-ms`` flags and ``_MS`` variables.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from .._settings import Public, Settings
+from ..client import DEFAULT_URL, parse_urls
+
+
+class WorkerSettings(Settings):
+    """What a :class:`~trioq.Worker` runs with (``worker.settings``)."""
+
+    broker_url: Annotated[
+        str, Public("--broker-url", "BROKER_URL", "broker URL(s), comma-separated")
+    ] = DEFAULT_URL
+    concurrency: Annotated[
+        int, Field(ge=1), Public("--concurrency", "TRIOQ_CONCURRENCY", "jobs at once")
+    ] = 1
+    poll_interval: Annotated[
+        float,
+        Field(ge=0),
+        Public(
+            "--poll-interval-ms", "TRIOQ_POLL_INTERVAL_MS", "long-poll wait of a claim", ms=True
+        ),
+    ] = 1.0
+    heartbeat_interval: Annotated[
+        float,
+        Field(gt=0),
+        Public(
+            "--heartbeat-interval-ms",
+            "TRIOQ_HEARTBEAT_INTERVAL_MS",
+            "job heartbeat interval, shortened to a third of the lease the broker grants",
+            ms=True,
+        ),
+    ] = 5.0
+    """Between heartbeats; shortened to a third of a job's ``leaseMs`` when the broker
+    grants shorter leases."""
+    shutdown_grace: Annotated[
+        float,
+        Field(ge=0),
+        Public(
+            "--shutdown-grace-s", "TRIOQ_SHUTDOWN_GRACE_S", "grace for running jobs at shutdown"
+        ),
+    ] = 30.0
+    token: Annotated[str | None, Public("--token", "TRIOQ_TOKEN", "bearer token")] = None
+    worker_id: Annotated[
+        str | None,
+        Public(
+            "--worker-id", "TRIOQ_WORKER_ID", "this worker's id", shown_default="host-pid-random"
+        ),
+    ] = None
+    group_commit_interval: Annotated[
+        float,
+        Field(ge=0),
+        Public(
+            "--group-commit-interval-ms",
+            "GROUP_COMMIT_INTERVAL_MS",
+            "the broker's group commit interval: a stopping worker awaits a claim in "
+            "flight at most this plus 1 s",
+            ms=True,
+        ),
+    ] = 2.0
+    """At a stop, a claim in flight is awaited at most the broker's group commit
+    interval plus one second. The worker learns the interval from the broker when it
+    starts (``groupCommitIntervalMs`` in ``GET /v1/stats``); this is the value used
+    until then, or with a broker that does not say (the production recommendation)."""
+    release_timeout: Annotated[float, Field(gt=0)] = 5.0
+    """Bound on each outcome report (complete, fail, release) of a job."""
+
+    @field_validator("broker_url")
+    @classmethod
+    def _urls(cls, urls: str) -> str:
+        parse_urls(urls)  # a typo is an error now, not a retry loop later
+        return urls

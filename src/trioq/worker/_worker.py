@@ -1,0 +1,397 @@
+"""``trioq.Worker``: decorator-registered handlers run under structured concurrency.
+
+Shape of a running worker::
+
+    Worker.run                probes the broker, then calls task_status.started()
+    ├── claim loop            claims as many jobs as there are free slots, long-polls
+    ├── stop watcher          turns cancellation of run() into a drain
+    └── job host (shielded)   owns one nursery per job            (_host.JobHost)
+        └── job nursery       the handler + its heartbeat task    (_job.JobRunner)
+
+- A ``trio.CapacityLimiter`` bounds concurrency. The claim loop borrows a token per
+  free slot before it claims, and hands each token to the job that uses it.
+- The heartbeat task renews the lease at least three times per granted ``leaseMs``,
+  and cancels the handler when the lease is lost (see :mod:`._job`).
+- A claim request is shielded (cancelling it could strand the jobs it took for a
+  lease). Once a stop is asked for, it is awaited at most one group commit interval
+  plus one second, never past the grace, then given up.
+- The job host is shielded from the caller's cancellation, so a drain (signal,
+  :meth:`Worker.drain`, or cancellation of ``run``) gives running jobs a grace
+  period counted from the stop; then they are cancelled and released so another
+  worker takes them at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import trio
+
+from .._backoff import backoff_delay
+from .._errors import TrioqError
+from ..client import Claimed, Client
+from ._handlers import Handler, Hook, Hooks, JobContext, check_registration, make_handler
+from ._host import JobHost, Slot
+from ._job import JobRunner
+from ._outage import Outage
+from ._settings import WorkerSettings
+
+log = logging.getLogger("trioq.worker")
+
+RETRY_WINDOW = 2.0
+"""Seconds one probe or claim keeps retrying inside the client (connection errors,
+503 answers) before the worker logs the failure and backs off."""
+
+BACKOFF_BASE = 0.5
+"""The worker's first wait after a failed probe or claim; it doubles with each
+failure in a row, with jitter (:func:`trioq._backoff.backoff_delay`)."""
+
+BACKOFF_MAX = 10.0
+"""Cap on the worker's wait between two failed probes or claims."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Worker:
+    """Runs registered handlers for claimed jobs.
+
+    ::
+
+        worker = trioq.Worker(concurrency=5)
+
+        @worker.job("email:send", timeout=60)
+        async def send_email(payload: Email, ctx: trioq.JobContext) -> None: ...
+
+        # in a trio program:      await nursery.start(worker.run)
+        # from the command line:  python -m trioq.worker myapp.jobs:worker
+
+    The environment (``BROKER_URL``, ``TRIOQ_CONCURRENCY``, ...) wins over the
+    arguments given here, embedded or not, and under ``python -m trioq.worker`` its
+    flags win over both (:class:`~trioq.worker._settings.WorkerSettings`). Durations
+    are seconds. An invalid value raises ``ValueError`` (one line) here.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker_url: str | None = None,
+        concurrency: int | None = None,
+        poll_interval: float | None = None,
+        heartbeat_interval: float | None = None,
+        shutdown_grace: float | None = None,
+        token: str | None = None,
+        worker_id: str | None = None,
+        group_commit_interval: float | None = None,
+        client: Client | None = None,
+    ) -> None:
+        given = {
+            "broker_url": broker_url,
+            "concurrency": concurrency,
+            "poll_interval": poll_interval,
+            "heartbeat_interval": heartbeat_interval,
+            "shutdown_grace": shutdown_grace,
+            "token": token,
+            "worker_id": worker_id,
+            "group_commit_interval": group_commit_interval,
+        }
+        self._arguments: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        self.settings = WorkerSettings(**self._arguments)
+        self.handlers: dict[str, Handler] = {}
+        self._client = client
+        self._hooks = Hooks()
+        self._draining = trio.Event()
+        self._abort = trio.Event()
+        # a wait that a stop ends at once (for a free slot, or for the broker)
+        self._interruptible: trio.CancelScope | None = None
+        # the claim in flight: shielded; a stop gives it a deadline
+        self._claim_scope: trio.CancelScope | None = None
+        self._stop_at: float | None = None
+        # the broker's group commit interval, once it said (GET /v1/stats)
+        self._broker_interval: float | None = None
+        self._noted_leases: set[int] = set()
+        self._rng = random.Random()  # backoff jitter
+        self._host = JobHost()
+        self.counts = {"claimed": 0, "completed": 0, "failed": 0, "released": 0, "lost": 0}
+
+    # ------------------------------------------------------------ registration
+
+    def job(self, job_type: str, *, timeout: float | None = None) -> Callable[[F], F]:
+        """Register the decorated function (async, or sync: run in a thread) for a type.
+
+        Use it with the type in parentheses: ``@worker.job("email:send")``. Raises
+        TypeError for a bare ``@worker.job`` or a non-string type, ValueError for a
+        type that is not 1-128 printable characters, a ``timeout`` that is not a
+        positive number of seconds, or a type registered twice.
+        """
+        check_registration(job_type, timeout)
+
+        def register(fn: F) -> F:
+            if job_type in self.handlers:
+                raise ValueError(f"a handler for {job_type!r} is already registered")
+            self.handlers[job_type] = make_handler(job_type, fn, timeout)
+            return fn
+
+        return register
+
+    def on_claimed(self, fn: Hook) -> Hook:
+        """Hook called as ``fn(ctx)`` when a job starts."""
+        self._hooks.claimed.append(fn)
+        return fn
+
+    def on_completed(self, fn: Hook) -> Hook:
+        """Hook called as ``fn(ctx)`` after a job completed."""
+        self._hooks.completed.append(fn)
+        return fn
+
+    def on_failed(self, fn: Hook) -> Hook:
+        """Hook called as ``fn(ctx, error_text)`` after a job failed."""
+        self._hooks.failed.append(fn)
+        return fn
+
+    def apply_environment(self, environ: Mapping[str, str] | None = None) -> None:
+        """Read the environment again (``os.environ``, or ``environ``) over the
+        arguments given to ``Worker(...)``: the constructor read it already, so this is
+        for a program that changed it since. Raises ValueError naming a variable that
+        does not parse."""
+        self._configure(environ=environ)
+
+    def _configure(self, *, environ: Mapping[str, str] | None = None, args: Any = None) -> None:
+        """Settings from flags (``args``, from the CLI), the environment, then the
+        constructor's arguments: the one rule, applied again."""
+        self.settings = WorkerSettings.load(self._arguments, environ=environ, args=args)
+
+    # -------------------------------------------------------------- lifecycle
+
+    @property
+    def active(self) -> dict[str, JobContext]:
+        """The jobs running now, by id (read-only; for introspection)."""
+        return self._host.active
+
+    @property
+    def worker_id(self) -> str:
+        if self.settings.worker_id is None:
+            self.settings.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        return self.settings.worker_id
+
+    def drain(self) -> None:
+        """Stop claiming; running jobs get the grace period, then are released.
+
+        A claim already sent is awaited at most one group commit interval plus one
+        second (never past the grace), then given up.
+        """
+        self._stop(abort=False)
+
+    def abort(self) -> None:
+        """Cancel running jobs now (they are released), give up a claim in flight,
+        and stop."""
+        self._stop(abort=True)
+
+    def _stop(self, *, abort: bool) -> None:
+        if self._stop_at is None:
+            self._stop_at = trio.current_time()
+        self._draining.set()
+        if abort:
+            self._abort.set()
+            self._host.cancel()
+        if self._interruptible is not None:
+            self._interruptible.cancel()
+        if self._claim_scope is not None:
+            self._bound_claim(self._claim_scope)
+
+    def _bound_claim(self, scope: trio.CancelScope) -> None:
+        """Once stopping: give the claim in flight its last deadline."""
+        if self._abort.is_set():
+            scope.cancel()
+        elif self._stop_at is not None:
+            settings = self.settings
+            interval = self._broker_interval
+            if interval is None:
+                interval = settings.group_commit_interval
+            bound = min(interval + 1.0, settings.shutdown_grace)
+            scope.deadline = min(scope.deadline, self._stop_at + bound)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Claim and run jobs until :meth:`drain`, :meth:`abort` or cancellation.
+
+        ``task_status.started()`` is called once the broker has answered (or a drain
+        came first). Until then the worker keeps asking, with a warning naming the
+        broker after the first failed attempts and at most every
+        :data:`~trioq.worker._outage.WARN_EVERY` seconds after that; a wrong token
+        (any 4xx answer) raises. Cancelling ``run`` drains: running jobs get the
+        grace period.
+        """
+        if not self.handlers:
+            raise ValueError("no handlers registered: use @worker.job('type')")
+        settings = self.settings
+        client = self._client or Client(settings.broker_url, token=settings.token)
+        owns_client = self._client is None
+        outage = Outage(", ".join(client.urls))
+        try:
+            if not await self._wait_for_broker(client, outage):
+                task_status.started()
+                return
+            runner = JobRunner(
+                client,
+                self.worker_id,
+                settings,
+                self.handlers,
+                self._hooks,
+                self.counts,
+                self._noted_leases,
+            )
+            async with trio.open_nursery() as top:
+                await top.start(self._host.serve, settings.concurrency, self._abort)
+                top.start_soon(self._stop_when_cancelled)
+                try:
+                    task_status.started()
+                    await self._claim_loop(runner, outage)
+                finally:
+                    self._stop(abort=False)
+                    assert self._stop_at is not None
+                    with trio.CancelScope(shield=True):
+                        # the grace counts from the stop, whatever the claim in flight took
+                        await self._host.drain(self._stop_at + settings.shutdown_grace, self._abort)
+                    top.cancel_scope.cancel(reason="worker stopped")
+        finally:
+            if owns_client:
+                await client.aclose()
+            # ready for another run (e.g. trioq.testing's run_worker_until_idle)
+            self._draining = trio.Event()
+            self._abort = trio.Event()
+            self._stop_at = None
+
+    async def _stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            # run() was cancelled (or has finished): the same as drain(), so the
+            # shielded claim in flight gets its bound too
+            self._stop(abort=False)
+
+    def _backoff(self, failures: int) -> float:
+        return backoff_delay(failures, base=BACKOFF_BASE, cap=BACKOFF_MAX, rng=self._rng)
+
+    async def _wait_for_broker(self, client: Client, outage: Outage) -> bool:
+        """Ask the broker for its stats until it answers (True) or a drain (False)."""
+        failures = 0
+        delay = 0.0
+        while not self._draining.is_set():
+            try:
+                with trio.CancelScope() as self._interruptible:
+                    try:
+                        stats = await client.stats(
+                            retry_deadline=min(client.retry_deadline, RETRY_WINDOW)
+                        )
+                    except TrioqError as exc:
+                        if exc.status < 500:
+                            raise  # a wrong token, or not a trioq broker: waiting cannot help
+                        failures += 1
+                        delay = self._backoff(failures)
+                        outage.failed("probe", exc, delay)
+                    else:
+                        outage.answered()
+                        interval = stats.get("groupCommitIntervalMs")
+                        if isinstance(interval, int) and interval >= 0:
+                            self._broker_interval = interval / 1000
+                        return True
+                    await trio.sleep(delay)
+            finally:
+                self._interruptible = None
+        return False
+
+    # ------------------------------------------------------------- claim loop
+
+    async def _claim_loop(self, runner: JobRunner, outage: Outage) -> None:
+        limiter = self._host.limiter
+        types = list(self.handlers)
+        failures = 0
+        while slots := await self._free_slots(limiter):
+            claimed: list[Claimed] = []
+            delay = 0.0
+            try:
+                claimed = await self._claim(runner.client, types, len(slots))
+                outage.answered()
+                failures = 0
+            except TrioqError as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                if not self._draining.is_set():
+                    outage.failed("claim", exc, delay)
+            claimed_at = trio.current_time()
+            claimed = await self._keep(runner, claimed, len(slots))
+            if self._draining.is_set():
+                for slot in slots:
+                    limiter.release_on_behalf_of(slot)
+                return
+            self._host.start(runner, claimed, slots, claimed_at)
+            if delay:
+                with trio.move_on_after(delay):
+                    await self._draining.wait()
+
+    async def _free_slots(self, limiter: trio.CapacityLimiter) -> list[Slot]:
+        """Borrow a token for each free slot, waiting for the first; none once
+        stopping (a stop ends the wait at once)."""
+        if self._draining.is_set():
+            return []
+        first = Slot()
+        with trio.CancelScope() as wait:
+            self._interruptible = wait
+            await limiter.acquire_on_behalf_of(first)
+        self._interruptible = None
+        if self._draining.is_set():
+            if not wait.cancelled_caught:  # the token came before the stop did
+                limiter.release_on_behalf_of(first)
+            return []
+        slots = [first]
+        while limiter.available_tokens:
+            slot = Slot()
+            limiter.acquire_on_behalf_of_nowait(slot)
+            slots.append(slot)
+        return slots
+
+    async def _keep(self, runner: JobRunner, claimed: list[Claimed], slots: int) -> list[Claimed]:
+        """The claimed jobs to run. Jobs beyond ``slots``, and all of them once
+        stopping (or cancelled), are released at once."""
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except trio.Cancelled:
+            self._draining.set()
+            raise
+        finally:
+            keep, extra = claimed[:slots], claimed[slots:]
+            if self._draining.is_set():
+                # stopped while the claim was in flight: give the jobs straight back
+                keep, extra = [], claimed
+            for job in extra:
+                await runner.release(job)
+        return keep
+
+    async def _claim(self, client: Client, types: list[str], slots: int) -> list[Claimed]:
+        """One claim request, shielded: cancelled in flight, the jobs it took would be
+        stranded until their leases run out. A stop bounds it (:meth:`_bound_claim`);
+        given up then, it returns nothing."""
+        with trio.CancelScope(shield=True) as scope:
+            self._claim_scope = scope
+            self._bound_claim(scope)
+            try:
+                return await client.claim(
+                    self.worker_id,
+                    types=types,
+                    max=slots,
+                    wait=self.settings.poll_interval,
+                    retry_deadline=min(client.retry_deadline, RETRY_WINDOW),
+                )
+            finally:
+                self._claim_scope = None
+        log.warning(
+            "stopping: gave up a claim to %s that was still unanswered; jobs it may have "
+            "taken return to the queue when their leases run out",
+            client.url,
+        )
+        return []
