@@ -30,7 +30,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -39,8 +39,12 @@ import httpx
 import orjson
 import trio
 
-from ._backoff import backoff_delay
-from ._errors import ERRORS_BY_TAG, BrokerUnreachable, NotLeader, TrioqError, WriteOutcomeUnknown
+from ._calls import DEFAULT_URL as DEFAULT_URL
+from ._calls import STARTING_RETRY_MAX as STARTING_RETRY_MAX
+from ._calls import Caller
+from ._calls import error_from_response as error_from_response
+from ._calls import parse_urls as parse_urls
+from ._errors import NotLeader
 from ._wire import (
     BatchAnswer,
     ClaimedJob,
@@ -61,11 +65,6 @@ from .storage._protocol import Storage
 
 _log = logging.getLogger("trioq.client")
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-"""The broker URL a client and a worker dial unless told otherwise."""
-
-STARTING_RETRY_MAX = 0.5
-"""Cap, in seconds, on the wait before asking a starting broker again."""
 
 Claimed = ClaimedJob
 """A job handed to a worker (the wire's :class:`~trioq._wire.ClaimedJob`)."""
@@ -103,56 +102,6 @@ def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
     return round(seconds * 1000)
 
 
-def error_from_response(response: httpx.Response) -> TrioqError:
-    """The exception an error response stands for."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("_tag"), str):
-        cls = ERRORS_BY_TAG.get(body["_tag"], TrioqError)
-        message = str(body.get("message", ""))
-        if cls is NotLeader:
-            leader = body.get("leader")
-            role = body.get("role")
-            return NotLeader(
-                message,
-                leader=leader if isinstance(leader, str) else None,
-                role=role if isinstance(role, str) else None,
-            )
-        error = cls(message)
-        return error
-    return TrioqError(
-        f"HTTP {response.status_code} from {response.request.url}: {response.text[:200]}"
-    )
-
-
-@dataclass(slots=True, frozen=True)
-class _Request:
-    """A request as :meth:`Client._call` sends it, on every try."""
-
-    method: str
-    path: str
-    content: bytes | None
-    params: Mapping[str, Any] | None
-
-    @property
-    def headers(self) -> dict[str, str] | None:
-        return {"Content-Type": "application/json"} if self.content is not None else None
-
-
-@dataclass(slots=True, frozen=True)
-class _Retry:
-    """A try that may be retried: its error, and how to go on."""
-
-    error: TrioqError
-    cause: BaseException | None = None
-    hop: bool = False
-    """A new leader URL was learnt: dial it at once."""
-    starting: bool = False
-    """The broker is still electing: ask it again after a short wait."""
-
-
 class Client:
     """Talks to a trioq broker (or several, following whichever leads).
 
@@ -186,13 +135,9 @@ class Client:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.urls = parse_urls(urls)
-        self._current = 0
         self.token = token
-        self.timeout = timeout
         self.retry_deadline = retry_deadline
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        """Seconds a call keeps retrying by default (see ``retry_deadline`` above)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             headers=headers,
@@ -200,7 +145,16 @@ class Client:
             transport=transport,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
-        self._rng = rng or random.Random()
+        self._caller = Caller(
+            parse_urls(urls),
+            self._http,
+            timeout=timeout,
+            retry_deadline=retry_deadline,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            rng=rng or random.Random(),
+        )
+        self._call = self._caller.call
 
     @classmethod
     async def from_storage(
@@ -219,7 +173,12 @@ class Client:
     @property
     def url(self) -> str:
         """The broker URL the client dials now."""
-        return self.urls[self._current]
+        return self._caller.url
+
+    @property
+    def urls(self) -> list[str]:
+        """The broker URLs the client knows (the leaders it was sent to included)."""
+        return self._caller.urls
 
     async def __aenter__(self) -> Self:
         await self._http.__aenter__()
@@ -236,132 +195,6 @@ class Client:
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self._http.aclose()
-
-    # ----------------------------------------------------------------- transport
-
-    def _follow(self, leader: str | None) -> bool:
-        """Dial ``leader`` next (or the next known URL); True if that is a new URL."""
-        before = self._current
-        if leader and leader.startswith(("http://", "https://")):
-            leader = leader.strip().rstrip("/")
-            if leader not in self.urls:
-                self.urls.append(leader)
-            self._current = self.urls.index(leader)
-        else:
-            self._current = (self._current + 1) % len(self.urls)
-        return self._current != before
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        params: Mapping[str, Any] | None = None,
-        claim: bool = False,
-        extra_timeout: float = 0.0,
-        retry_deadline: float | None = None,
-    ) -> httpx.Response:
-        """Send a request, retrying what is safe to retry, until the deadline
-        (``retry_deadline`` seconds, default the client's)."""
-        started = trio.current_time()
-        deadline = started + (self.retry_deadline if retry_deadline is None else retry_deadline)
-        request = _Request(method, path, None if body is None else orjson.dumps(body), params)
-        attempt = starting_waits = 0
-        followed = False
-        tried: list[str] = []
-        while True:
-            attempt += 1
-            url = self.url
-            if url not in tried:
-                tried.append(url)
-            answer = await self._attempt(request, url, claim=claim, extra_timeout=extra_timeout)
-            if isinstance(answer, httpx.Response):
-                return answer
-            now = trio.current_time()
-            if now >= deadline:
-                raise _gave_up(
-                    answer.error, f"{method} {path}", attempt, now - started, tried
-                ) from answer.cause
-            if answer.hop and not followed:
-                # a new leader URL is dialled at once (but never twice in a row without
-                # a pause, in case two brokers name each other mid-takeover)
-                followed = True
-                _log.debug(
-                    "%s %s: %s; following the leader to %s",
-                    method,
-                    url + path,
-                    answer.error,
-                    self.url,
-                )
-                continue
-            followed = False
-            if answer.starting:
-                starting_waits += 1
-                nominal = backoff_delay(
-                    starting_waits + 1,
-                    base=self.backoff_base,
-                    cap=STARTING_RETRY_MAX,
-                    rng=self._rng,
-                )
-            else:
-                nominal = backoff_delay(
-                    attempt + 1, base=self.backoff_base, cap=self.backoff_max, rng=self._rng
-                )
-            delay = min(nominal, deadline - now)
-            _log.debug(
-                "%s %s failed (attempt %d): %s: %s; retrying in %.2f s",
-                method,
-                url + path,
-                attempt,
-                type(answer.error).__name__,
-                answer.error,
-                delay,
-            )
-            await trio.sleep(delay)
-
-    async def _attempt(
-        self, request: _Request, url: str, *, claim: bool, extra_timeout: float
-    ) -> httpx.Response | _Retry:
-        """One try: the response, or what to retry with; raises what must not be
-        retried (any 4xx, a claim whose outcome is unknown)."""
-        try:
-            response = await self._http.request(
-                request.method,
-                url + request.path,
-                content=request.content,
-                params=request.params,
-                headers=request.headers,
-                timeout=self.timeout + extra_timeout,
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # never reached a broker: safe to retry anything, claims included
-            if len(self.urls) > 1:
-                self._follow(None)
-            return _Retry(BrokerUnreachable(f"cannot reach broker {url}: {exc!r}"), cause=exc)
-        except httpx.TransportError as exc:
-            if claim:
-                # the broker may have claimed jobs for us; asking again could strand
-                # them for a lease: give up on this claim
-                raise BrokerUnreachable(
-                    f"the answer to a claim from {url} was lost ({exc!r}); jobs it may "
-                    "have claimed return to the queue when their lease runs out"
-                ) from exc
-            return _Retry(BrokerUnreachable(f"request to {url} failed: {exc!r}"), cause=exc)
-        if response.status_code < 400:
-            return response
-        error = error_from_response(response)
-        if response.status_code != 503 or (claim and isinstance(error, WriteOutcomeUnknown)):
-            # a 503 WriteOutcomeUnknown: the broker does not know whether its commit
-            # (and so the claim) landed; asking again could strand the jobs it took
-            raise error
-        if isinstance(error, NotLeader) and error.starting:
-            # still electing: it will lead or name the leader shortly, so this is no
-            # leader change; ask the same broker again soon
-            return _Retry(error, starting=True)
-        if isinstance(error, NotLeader):
-            return _Retry(error, hop=self._follow(error.leader) and error.leader is not None)
-        return _Retry(error)
 
     # ------------------------------------------------------------------ producer
 
@@ -488,40 +321,6 @@ class Client:
     async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         """Give a claimed job back at once, without counting the attempt."""
         await self._call("POST", f"/v1/jobs/{job_id}/release", _held(worker_id, attempt))
-
-
-def parse_urls(urls: str | Sequence[str]) -> list[str]:
-    """Broker URLs from one URL, a comma-separated list or a sequence.
-
-    Raises ValueError for a URL that is not ``http://`` or ``https://``.
-    """
-    if isinstance(urls, str):
-        urls = urls.split(",")
-    parsed: list[str] = []
-    for url in urls:
-        url = url.strip().rstrip("/")
-        if not url:
-            continue
-        if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
-            raise ValueError(f"broker URL {url!r} must start with http:// or https://")
-        parsed.append(url)
-    return parsed or [DEFAULT_URL]
-
-
-def _gave_up(
-    last: TrioqError, what: str, attempts: int, elapsed: float, tried: list[str]
-) -> TrioqError:
-    """``last``, its message saying what was tried before the deadline."""
-    note = (
-        f" (gave up {what} after {attempts} attempt{'s' if attempts != 1 else ''} "
-        f"in {elapsed:.1f} s to {', '.join(tried)})"
-    )
-    if isinstance(last, NotLeader):
-        return NotLeader(last.message + note, leader=last.leader, role=last.role)
-    try:
-        return type(last)(last.message + note)
-    except TypeError:  # a subclass with another signature: keep it as it is
-        return last
 
 
 def _held(worker_id: str, attempt: int | None) -> dict[str, Any]:
