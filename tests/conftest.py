@@ -16,6 +16,7 @@ out of reach, so nothing consults a real AWS account.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,23 @@ def aws_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             patch.delenv(name, raising=False)
         patch.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))
         patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))
+        yield
+
+
+_TRIOQ_SETTINGS = ("BROKER_", "TRIOQ_", "S3_", "STORAGE_BACKEND", "GROUP_COMMIT_INTERVAL_MS",
+                   "JOB_HEARTBEAT_TIMEOUT_MS")  # fmt: skip
+"""Environment names (prefixes) trioq's settings read: ``BrokerSettings(...)`` and
+``trioq.Worker(...)`` read the environment, so a developer's shell must not leak in."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_trioq_environment() -> Iterator[None]:
+    """No trioq setting in the environment for the whole session (a test that wants
+    one sets it itself)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(_TRIOQ_SETTINGS):
+                patch.delenv(name)
         yield
 
 
