@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import random
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -191,24 +191,28 @@ def decode_steps(
             (unclaimed if job.status == "unclaimed" else in_progress).append(job)
             if count % _DECODE_STEP == 0:
                 yield None
-        for count, item in enumerate(records[1], 1):
-            dead, encoded = _record(DeadJob, item, None)
-            dead.encoded = encoded
-            state.dead[dead.id] = dead
-            state.archive.bytes += len(dead.encode())
-            if count % _DECODE_STEP == 0:
-                yield None
-        for count, item in enumerate(records[2], 1):
-            fin, encoded = _record(FinishedJob, item, None)
-            fin.encoded = encoded
-            state.finished[fin.id] = fin
-            state.archive.bytes += len(fin.encode())
-            if count % _DECODE_STEP == 0:
-                yield None
+        yield from _load_archived(state, DeadJob, records[1], state.dead)
+        yield from _load_archived(state, FinishedJob, records[2], state.finished)
     except _DAMAGE as exc:
         raise DocumentInvalid(f"{name} is damaged: {exc!r}") from exc
     yield from state.index.load(unclaimed, in_progress)
     return state
+
+
+_A = TypeVar("_A", DeadJob, FinishedJob)
+
+
+def _load_archived(
+    state: QueueState, kind: type[_A], items: Iterable[object], into: MutableMapping[str, _A]
+) -> Generator[None, object, None]:
+    """Dead-letter or finished records into ``into``, counted in the archive's bytes."""
+    for count, item in enumerate(items, 1):
+        record, encoded = _record(kind, item, None)
+        record.encoded = encoded
+        into[record.id] = record
+        state.archive.bytes += len(record.encode())
+        if count % _DECODE_STEP == 0:
+            yield None
 
 
 def _header_and_records(
