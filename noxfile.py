@@ -34,8 +34,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (run on demand, print tables): `nox -s bench -- core`."""
+    """Benchmarks (run on demand, print tables): `nox -s bench -- core`, `-- e2e`.
+
+    Names select benchmarks/bench_<name>.py; arguments starting with `-` are passed to
+    each of them as one token (`nox -s bench -- e2e --full --json=out.json`).
+    """
     session.install("-e", ".[test]")
-    which = session.posargs or ["core"]
-    for name in which:
-        session.run("python", f"benchmarks/bench_{name}.py")
+    names = [arg for arg in session.posargs if not arg.startswith("-")] or ["core"]
+    options = [arg for arg in session.posargs if arg.startswith("-")]
+    for name in names:
+        session.run("python", f"benchmarks/bench_{name}.py", *options)
