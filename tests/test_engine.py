@@ -25,6 +25,7 @@ import trio
 import trio.testing
 
 from trioq import (
+    BrokerProtocolError,
     DocumentInvalid,
     FaultyStorage,
     JobNotFound,
@@ -35,12 +36,21 @@ from trioq import (
     Storage,
     StorageUnavailable,
     Versioned,
+    WriteOutcomeUnknown,
 )
 from trioq._backoff import backoff_delay
 from trioq.core._config import EngineConfig
 from trioq.core._engine import Engine, Role
 from trioq.core._pending import ClaimRequest, Mutation, PendingBook, Reader, Stage
-from trioq.core._state import LeaderInfo, Limits, NewJob, QueueState
+from trioq.core._state import (
+    EnqueueResult,
+    JobReport,
+    LeaderInfo,
+    Limits,
+    NewJob,
+    QueueState,
+    Reports,
+)
 from trioq.storage._faulty import FaultKind
 
 KEY = "queue.json"
@@ -1032,6 +1042,155 @@ async def test_mutations_answer_their_own_errors_after_the_commit(
         engine.stop()
 
 
+# -- per-item mutations: enqueue_each and exchange --------------------------------------
+
+
+async def test_enqueue_each_is_one_mutation_with_a_result_per_item(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder = Recorder(MemoryStorage())
+    engine = make_engine(recorder)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await trio.sleep_until(1.0)
+        writes, mutations = len(recorder.landed), engine.metrics["mutations"]
+        results = await engine.enqueue_each(
+            [NewJob(1, id="a"), NewJob(2, id="a"), NewJob(3, max_attempts=0)]
+        )
+        assert results[:2] == [EnqueueResult("a", False), EnqueueResult("a", True)]
+        assert isinstance(results[2], BrokerProtocolError)
+        assert (len(recorder.landed), engine.metrics["mutations"]) == (writes + 1, mutations + 1)
+        assert list(recorder.landed[-1].state().jobs) == ["a"]
+        engine.stop()
+
+
+async def test_an_exchange_is_one_mutation_in_one_commit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder = Recorder(MemoryStorage())
+    engine = make_engine(recorder)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await trio.sleep_until(1.0)
+        await engine.enqueue([NewJob(n, id=f"j{n}") for n in range(4)])
+        await engine.claim("w", max_jobs=3)  # j0, j1, j2
+        writes, mutations = len(recorder.landed), engine.metrics["mutations"]
+        done = await engine.exchange(
+            "w",
+            Reports(
+                complete=[JobReport("j0"), JobReport("j1", attempt=2), JobReport("nope")],
+                release=[JobReport("j2")],
+            ),
+            max_jobs=5,
+        )
+        assert (len(recorder.landed), engine.metrics["mutations"]) == (writes + 1, mutations + 1)
+        assert done.reports.complete[0] == "completed"
+        assert [type(r) for r in done.reports.complete[1:]] == [LeaseLost, JobNotFound]
+        assert done.reports.release == ["unclaimed"]
+        # the claim came after the release, in the same commit: j2 first, in its place
+        assert [(j.id, j.attempt) for j in done.jobs] == [("j2", 1), ("j3", 1)]
+        last = recorder.landed[-1].state()
+        assert last.finished["j0"].outcome == "completed"
+        assert {j.id: j.worker_id for j in last.jobs.values()} == {"j1": "w", "j2": "w", "j3": "w"}
+        engine.stop()
+
+
+async def test_an_exchange_with_reports_never_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inner = MemoryStorage()
+    engine = make_engine(inner)
+    got: list[tuple[float, list[str]]] = []
+
+    async def waiter() -> None:
+        done = await engine.exchange("w2", Reports(), max_jobs=1, wait=10)
+        got.append((trio.current_time(), [j.id for j in done.jobs]))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.enqueue(job("held"))
+        await engine.claim("w")
+        await trio.sleep_until(1.0)
+        done = await engine.exchange(
+            "w", Reports(heartbeat=[JobReport("held")]), max_jobs=1, wait=10
+        )
+        assert (done.reports.heartbeat, done.jobs) == (["in_progress"], [])
+        assert trio.current_time() == pytest.approx(1.0)
+        # its claim took nothing, but its report changed the queue: it was written
+        assert stored(inner).jobs["held"].heartbeat_at == WALL0 + 1000
+        # a report that failed its parse is a report too: no wait
+        rejected = BrokerProtocolError("complete[0]: jobId must be ...")
+        done = await engine.exchange("w", Reports(complete=[rejected]), max_jobs=1, wait=10)
+        assert (done.reports.complete, done.jobs) == ([rejected], [])
+        assert trio.current_time() == pytest.approx(1.05)
+        # without reports, it waits as a claim does
+        nursery.start_soon(waiter)
+        await trio.sleep_until(3.0)
+        assert got == []
+        await engine.enqueue(job("later"))
+        await trio.testing.wait_all_tasks_blocked()
+        ((at, ids),) = got
+        assert at == pytest.approx(3.0)
+        assert ids == ["later"]
+        engine.stop()
+
+
+async def test_a_failed_commit_answers_an_exchange_by_whether_it_claims(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inner = MemoryStorage()
+    storage = FaultyStorage(inner)
+    engine = make_engine(storage)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.enqueue([NewJob(n, id=f"j{n}") for n in range(3)])
+        await engine.claim("w", max_jobs=2)  # j0, j1
+        before = inner.peek(KEY)
+        storage.inject("error", count=None, ops=["write"])
+        with pytest.raises(WriteOutcomeUnknown, match="claim outcome unknown"):
+            await engine.exchange("w", Reports(complete=[JobReport("j0")]), max_jobs=1)
+        with pytest.raises(StorageUnavailable) as failed:
+            await engine.exchange("w", Reports(complete=[JobReport("j1")]))
+        assert not isinstance(failed.value, WriteOutcomeUnknown)
+        storage.clear()
+        assert inner.peek(KEY) == before
+        # reloaded: neither exchange left a trace
+        statuses = await engine.read(lambda s: {j.id: j.status for j in s.jobs.values()})
+        assert statuses == {"j0": "in_progress", "j1": "in_progress", "j2": "unclaimed"}
+        assert engine.state is not None
+        assert engine.state.counters["completed"] == 0
+        done = await engine.exchange("w", Reports(complete=[JobReport("j0"), JobReport("j1")]))
+        assert done.reports.complete == ["completed", "completed"]
+        engine.stop()
+
+
+async def test_an_abandoned_exchange_applies_its_reports_but_claims_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inner = MemoryStorage(latency=1.0)
+    engine = make_engine(inner)
+
+    async def busy() -> None:
+        await engine.enqueue(job("busy"))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.enqueue(job("held"))
+        await engine.claim("w")
+        await engine.enqueue(job("ready"))
+        await trio.sleep_until(10.0)
+        nursery.start_soon(busy)  # written from 10.0 to 11.0
+        await trio.sleep_until(10.2)
+        with trio.move_on_after(0.3) as gave_up:  # queued behind that write
+            await engine.exchange("w", Reports(complete=[JobReport("held")]), max_jobs=1)
+        assert gave_up.cancelled_caught
+        await engine.enqueue(job("after"))  # the next commit carries the exchange
+        engine.stop()
+    final = stored(inner)
+    assert final.finished["held"].outcome == "completed"
+    assert final.jobs["ready"].status == "unclaimed"
+
+
 # -- stop and cancellation -------------------------------------------------------------
 
 
@@ -1248,3 +1407,14 @@ async def test_the_book_refuses_past_max_pending_and_counts_queued_only() -> Non
     book.gather()  # in a commit: no longer pending
     book.submit(Mutation(lambda s, now: None))
     assert book.queued == 1
+
+
+async def test_a_mutation_with_an_op_and_a_claim_never_waits() -> None:
+    state = QueueState()
+    both = Mutation(lambda s, now: "reported", claim_request())
+    both.apply(state, 1)
+    assert (both.reported, both.result, both.error) == ("reported", [], None)
+    assert not both.may_wait(0.0)
+    plain = Mutation(None, claim_request())
+    plain.apply(state, 1)
+    assert plain.may_wait(0.0)

@@ -95,6 +95,28 @@ async def test_every_route_of_the_app_is_documented(
     assert list(ws) == [m.name for m in METHODS]
 
 
+async def test_the_per_item_routes_are_documented_with_their_models(
+    document: dict[str, Any],
+) -> None:
+    ops = operations(document)
+    refs = {
+        ("POST", "/v1/jobs/bulk"): ("SubmitBulk", "BulkAnswer"),
+        ("POST", "/v1/jobs/exchange"): ("ExchangeRequest", "ExchangeAnswer"),
+    }
+    for key, (request, answer) in refs.items():
+        op = ops[key]
+        assert op["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{request}"
+        }
+        ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{answer}"}
+        assert {"400", "401", "413", "503"} <= set(op["responses"])
+        assert "404" not in op["responses"]  # a missing job is a result, not a status
+    ws = document["paths"]["/v1/ws"]["get"]["x-websocket-methods"]
+    assert ws["submitBulk"]["params"] == {"$ref": "#/components/schemas/SubmitBulk"}
+    assert ws["exchange"]["result"] == {"$ref": "#/components/schemas/ExchangeAnswer"}
+
+
 async def prepare(http: httpx.AsyncClient, name: str) -> str:
     """A job for the route ``name`` to act on: held by the examples' worker, queued,
     or dead, as the route needs. Returns its id."""

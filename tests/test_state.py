@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -26,10 +27,13 @@ from trioq.core._jobs import DeadJob, FinishedJob, Job
 from trioq.core._state import (
     ClaimedJob,
     EnqueueResult,
+    FailReport,
+    JobReport,
     LeaderInfo,
     Limits,
     NewJob,
     QueueState,
+    Reports,
 )
 
 T = 1_700_000_000_000
@@ -280,6 +284,155 @@ def test_duplicate_within_a_batch() -> None:
     assert results == [EnqueueResult("a", False), EnqueueResult("a", True)]
     assert job(state, "a").payload == 1
     assert state.counters["enqueued"] == 1
+
+
+# ------------------------------------------------------------- per-item enqueue
+
+
+def test_enqueue_each_takes_each_item_on_its_own() -> None:
+    state = make(seed=7, max_payload_bytes=100, max_queued=4)
+    add(state, "known")
+    parse_error = BrokerProtocolError("jobs[1]: maxAttempts must be an integer from 1 to 1000")
+    items: list[NewJob | BrokerProtocolError] = [
+        NewJob(1, id="a"),
+        parse_error,  # an item that already failed keeps its place and its error
+        NewJob("x" * 200, id="big"),
+        NewJob(2, id="a"),  # earlier in the same request
+        NewJob(3, id="known"),
+        NewJob(4),  # a generated id
+        NewJob(5, id="b"),  # the fourth job: the queue is full after it
+        NewJob(6, id="c"),
+        NewJob(7, id="b"),  # a duplicate at capacity still answers
+        NewJob(8, max_attempts=0),  # a library caller's item is checked here
+    ]
+    results = state.enqueue_each(items, T)
+    generated = results[5]
+    assert isinstance(generated, EnqueueResult)
+    assert results[:2] == [EnqueueResult("a", False), parse_error]
+    assert isinstance(results[2], PayloadTooLarge)
+    assert results[2].message == "jobs[2]: payload is 202 bytes, over the limit of 100"
+    assert results[3:7] == [
+        EnqueueResult("a", True),
+        EnqueueResult("known", True),
+        EnqueueResult(generated.id, False),
+        EnqueueResult("b", False),
+    ]
+    assert isinstance(results[7], QueueFull)
+    assert results[8] == EnqueueResult("b", True)
+    assert isinstance(results[9], BrokerProtocolError)
+    assert results[9].message.startswith("jobs[9]: maxAttempts must be")
+    # the rejected items changed nothing: the same as enqueueing the good ones alone
+    alone = make(seed=7, max_payload_bytes=100, max_queued=4)
+    add(alone, "known")
+    alone.enqueue_each([NewJob(1, id="a"), NewJob(4), NewJob(5, id="b")], T)
+    assert snapshot(state) == snapshot(alone)
+    assert_invariants(state)
+
+
+def test_enqueue_each_by_document_size_lets_later_items_that_fit_in() -> None:
+    payload = "x" * 10_000
+    state = make(max_document_bytes=25_000)
+    results = state.enqueue_each(
+        [
+            NewJob(payload, id="a"),
+            NewJob(payload, id="b"),
+            NewJob(payload, id="c"),
+            NewJob(1, id="d"),
+        ],
+        T,
+    )
+    assert results[:2] == [EnqueueResult("a", False), EnqueueResult("b", False)]
+    assert isinstance(results[2], QueueFull)
+    assert "25000 bytes" in results[2].message
+    assert results[3] == EnqueueResult("d", False)
+    assert sorted(state.jobs) == ["a", "b", "d"]
+    assert_invariants(state)
+
+
+# --------------------------------------------------------------------- reports
+
+
+def test_report_each_applies_every_report_on_its_own() -> None:
+    state = make()
+    add(state, "hb", "done", "retry", "dead", "back", "gone", "other")
+    state.claim("w1", T, max_jobs=6)
+    claim1(state, worker="w2")  # "other"
+    state.cancel("gone", T)
+    parse_error = BrokerProtocolError("complete[2]: jobId must be 1-128 characters")
+    reports = Reports(
+        heartbeat=[JobReport("hb", 1), JobReport("hb", 2), JobReport("other")],
+        complete=[JobReport("done"), JobReport("nope"), parse_error],
+        fail=[
+            FailReport("retry", error="boom", retry_in_ms=100),
+            FailReport("dead", attempt=1, final=True),
+        ],
+        release=[JobReport("back", attempt=1), JobReport("gone")],
+    )
+    results = state.report_each("w1", reports, T + 1)
+
+    def shown(outcomes: Sequence[str | Exception]) -> list[object]:
+        return [o if isinstance(o, str) else type(o) for o in outcomes]
+
+    assert shown(results.heartbeat) == ["in_progress", LeaseLost, LeaseLost]
+    assert shown(results.complete) == ["completed", JobNotFound, BrokerProtocolError]
+    assert results.complete[2] is parse_error
+    assert shown(results.fail) == ["retrying", "dead"]
+    assert shown(results.release) == ["unclaimed", "cancelled"]
+    assert job(state, "hb").heartbeat_at == T + 1
+    assert state.finished["done"].outcome == "completed"
+    assert job(state, "retry").ready_at == T + 101
+    assert job(state, "retry").last_error == "boom"
+    assert state.dead["dead"].reason == "final"
+    assert job(state, "back").status == "unclaimed"
+    assert state.finished["gone"].outcome == "cancelled"
+    assert job(state, "other").worker_id == "w2"
+    assert_invariants(state)
+
+
+def test_reports_apply_in_order_heartbeat_complete_fail_release() -> None:
+    state = make()
+    add(state, "a", "b")
+    state.claim("w1", T, max_jobs=2)
+    results = state.report_each(
+        "w1",
+        Reports(
+            heartbeat=[JobReport("a")],
+            complete=[JobReport("a")],
+            fail=[FailReport("b", error="e")],
+            release=[JobReport("b")],
+        ),
+        T,
+    )
+    assert (results.heartbeat, results.complete, results.fail) == (
+        ["in_progress"],
+        ["completed"],
+        ["retrying"],
+    )
+    [released] = results.release  # the fail came first: b is no longer held
+    assert isinstance(released, LeaseLost)
+
+
+def test_rejected_reports_change_nothing() -> None:
+    state = make()
+    add(state, "a", "b")
+    claim1(state)
+    before = snapshot(state)
+    results = state.report_each(
+        "w1",
+        Reports(
+            heartbeat=[JobReport("a", 2)],
+            complete=[JobReport("b"), JobReport("nope")],
+            fail=[FailReport("a", attempt=3, error="e")],
+            release=[JobReport("a", 5)],
+        ),
+        T + 1,
+    )
+    assert all(
+        isinstance(o, LeaseLost | JobNotFound)
+        for o in (*results.heartbeat, *results.complete, *results.fail, *results.release)
+    )
+    assert snapshot(state) == before
+    assert state.report_each("w1", Reports(), T) == type(results)()
 
 
 # ----------------------------------------------------------------------- claim
@@ -631,7 +784,7 @@ def test_release_keeps_the_place_and_does_not_count_the_attempt() -> None:
     add(state, "c", now=T + 5)
     claim1(state, now=T + 10)
     before_failed = state.counters["failed"]
-    state.release("a", "w1", T + 20, attempt=1)
+    assert state.release("a", "w1", T + 20, attempt=1) == "unclaimed"
     j = job(state, "a")
     assert (j.status, j.attempts, j.ready_at, j.worker_id) == ("unclaimed", 0, T, None)
     assert state.counters["failed"] == before_failed
@@ -725,7 +878,8 @@ def test_cancelled_in_progress_job_then_release() -> None:
     add(state, "a")
     claim1(state)
     state.cancel("a", T)
-    state.release("a", "w1", T + 1)  # no LeaseLost: the worker was letting go anyway
+    # no LeaseLost: the worker was letting go anyway
+    assert state.release("a", "w1", T + 1) == "cancelled"
     fin = state.finished["a"]
     assert (fin.outcome, fin.attempts) == ("cancelled", 0)
     assert state.counters["cancelled"] == 1

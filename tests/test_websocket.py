@@ -153,6 +153,79 @@ async def test_every_method(broker: InProcessBroker, ws: AsyncWebSocketSession) 
     assert (await ok(ws, "getStats"))["completedTotal"] == 1
 
 
+async def test_submit_bulk_and_exchange(ws: AsyncWebSocketSession) -> None:
+    """The per-item twins answer as their REST routes do (``test_bulk_api.py``)."""
+    results = await ok(
+        ws,
+        "submitBulk",
+        {
+            "jobs": [
+                {"payload": 1, "id": "a", "type": "t"},
+                {"payload": "x" * 2000, "id": "big"},  # over this broker's 1024 bytes
+                {"payload": 2, "id": "a"},
+                {"payload": 3, "maxAttempts": 0},
+                {"payload": 4, "id": "b", "type": "t"},
+            ]
+        },
+    )
+    assert results == {
+        "results": [
+            {"jobId": "a"},
+            {
+                "jobId": "big",
+                "error": {
+                    "_tag": "PayloadTooLarge",
+                    "message": "jobs[1]: payload is 2002 bytes, over the limit of 1024",
+                },
+            },
+            {"jobId": "a", "duplicate": True},
+            {
+                "jobId": None,
+                "error": {
+                    "_tag": "BrokerProtocolError",
+                    "message": "jobs[3]: maxAttempts must be an integer from 1 to 1000",
+                },
+            },
+            {"jobId": "b"},
+        ]
+    }
+    first = await ok(ws, "exchange", {"workerId": "w1", "claim": {"types": ["t"], "max": 1}})
+    assert first == {
+        "heartbeat": [],
+        "complete": [],
+        "fail": [],
+        "release": [],
+        "jobs": [{"jobId": "a", "type": "t", "payload": 1, "attempt": 1, "leaseMs": 30_000}],
+    }
+    second = await ok(
+        ws,
+        "exchange",
+        {
+            "workerId": "w1",
+            "heartbeat": [{"jobId": "a", "attempt": 1}],
+            "complete": [{"jobId": "a", "attempt": 1}, {"jobId": "a", "attempt": 0}],
+            "claim": {"types": ["t"], "max": 5, "waitMs": 30_000},  # has reports: no wait
+        },
+    )
+    assert second["heartbeat"] == [{"jobId": "a", "status": "in_progress"}]
+    assert second["complete"] == [
+        {"jobId": "a", "status": "completed"},
+        {
+            "jobId": "a",
+            "error": {
+                "_tag": "BrokerProtocolError",
+                "message": "complete[1]: attempt must be an integer from 1 to 1000000",
+            },
+        },
+    ]
+    assert [j["jobId"] for j in second["jobs"]] == ["b"]
+    assert (await ok(ws, "getJob", {"jobId": "a"}))["status"] == "completed"
+    # the request as a whole is refused as its REST twin's is
+    await error(ws, "submitBulk", {"jobs": []}, "BrokerProtocolError")
+    await error(ws, "exchange", {"workerId": "w1", "fail": [5]}, "BrokerProtocolError")
+    await error(ws, "exchange", {"complete": []}, "BrokerProtocolError")
+
+
 async def test_request_ids_are_echoed(ws: AsyncWebSocketSession) -> None:
     for request_id in ("abc", 0, -5, 1.5, None):
         reply = await raw_reply(ws, orjson.dumps({"id": request_id, "method": "getStats"}))

@@ -20,8 +20,10 @@ from trioq._wire import (
     MAX_PAYLOAD_DEPTH,
     ClaimedJob,
     ClaimRequest,
+    FailReport,
     FailRequest,
     HeldJob,
+    JobReport,
     ListQuery,
     NewJob,
     adapter,
@@ -29,6 +31,8 @@ from trioq._wire import (
     encode_payload,
     parse,
     parse_batch,
+    parse_bulk,
+    parse_exchange,
     parse_new_job,
 )
 from trioq.core._state import Limits, QueueState
@@ -146,6 +150,87 @@ def test_batch_errors_name_the_item() -> None:
         with pytest.raises(BrokerProtocolError) as info:
             parse_batch(data)
         assert info.value.message.startswith(message), info.value.message
+
+
+# ------------------------------------------------------------- per-item requests
+
+
+def test_a_bulk_is_parsed_item_by_item_only_when_an_item_is_bad() -> None:
+    good = [{"payload": {"n": 1}, "id": "a", "type": None}, {"payload": [2], "maxAttempts": 2}]
+    whole = parse_bulk({"jobs": good})
+    assert whole.values == [NewJob({"n": 1}, id="a"), NewJob([2], max_attempts=2)]
+    assert whole.rejected_ids == {}
+    bad = [
+        {"payload": 1, "id": "b", "delayMs": -1},
+        {"payload": 1, "id": "not ok"},
+        {"payload": nested(MAX_PAYLOAD_DEPTH + 1), "id": "deep"},
+    ]
+    items = parse_bulk({"jobs": [*good, *bad]})
+    # the good items come out the same, sealed, either way
+    assert items.values[:2] == whole.values
+    for job in (*whole.values, *items.values[:2]):
+        assert isinstance(job, NewJob)
+        assert job.payload_json is not None
+    messages = [str(v) for v in items.values[2:]]
+    assert messages == [
+        "jobs[2]: delayMs must be an integer from 0 to 31536000000 (365 days)",
+        "jobs[3]: id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        "jobs[4]: payload is nested more than 64 levels deep",
+    ]
+    assert all(isinstance(v, BrokerProtocolError) for v in items.values[2:])
+    assert items.rejected_ids == {2: "b", 3: None, 4: "deep"}
+
+
+def test_an_exchange_is_parsed_report_by_report_only_when_a_report_is_bad() -> None:
+    body: dict[str, Any] = {
+        "workerId": "w",
+        "heartbeat": [{"jobId": "a", "attempt": 1}],
+        "fail": [{"jobId": "b", "error": "e" * 9000, "retryInMs": 5, "final": None}],
+        "claim": {"types": ["t"], "max": 3, "waitMs": None},
+    }
+    whole = parse_exchange(body)
+    assert whole.worker_id == "w"
+    assert whole.heartbeat.values == [JobReport("a", 1)]
+    [fail] = whole.fail.values
+    assert isinstance(fail, FailReport)
+    assert (fail.job_id, fail.retry_in_ms, fail.final, len(fail.error or "")) == (
+        "b",
+        5,
+        None,
+        8193,
+    )
+    assert (whole.complete.values, whole.release.values) == ([], [])
+    assert whole.claim is not None
+    assert (whole.claim.types, whole.claim.max, whole.claim.wait_ms) == (["t"], 3, None)
+    items = parse_exchange(
+        {**body, "release": [{"jobId": "c"}, {"jobId": "c", "attempt": True}, {"jobId": 7}]}
+    )
+    assert (items.heartbeat.values, items.fail.values) == (whole.heartbeat.values, [fail])
+    assert items.claim == whole.claim
+    assert items.release.values[0] == JobReport("c")
+    assert [str(v) for v in items.release.values[1:]] == [
+        "release[1]: attempt must be an integer from 1 to 1000000, not a boolean",
+        "release[2]: jobId must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    ]
+    assert items.release.rejected_ids == {1: "c", 2: None}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"jobs": [{"payload": 1}, "x"]}, "jobs[1] must be an object"),
+        ({"jobs": []}, "jobs must be a list of 1 to 10000 jobs"),
+        ({"workerId": "w", "heartbeat": "x"}, "heartbeat must be a list of at most 10000 reports"),
+        ({"workerId": "w", "complete": [{"jobId": "a"}, 1]}, "complete[1] must be an object"),
+        ({"workerId": "w", "claim": {"max": 1001}}, "claim.max must be an integer from 1 to 1000"),
+        ({"complete": [{"jobId": "a"}]}, "workerId is required"),
+    ],
+)  # fmt: skip
+def test_a_per_item_request_of_the_wrong_shape_is_refused_whole(data: Any, message: str) -> None:
+    parser = parse_bulk if "jobs" in data else parse_exchange
+    with pytest.raises(BrokerProtocolError) as info:
+        parser(data)
+    assert info.value.message == message
 
 
 def test_several_problems_are_counted() -> None:

@@ -14,9 +14,14 @@ an optional field sent as ``null`` counts as absent. :func:`parse` turns a
 message names the field and its rule (``jobs[3].maxAttempts must be an integer from
 1 to 1000``); the rules are tabled in :data:`RULES`.
 
-Two wire objects are plain (frozen) dataclasses annotated for pydantic, because the
-queue model builds them by position on its hot path: :class:`NewJob` (a job to
-enqueue) and :class:`ClaimedJob` (a job handed to a worker; ``trioq.Claimed``). A
+Two requests are read item by item (:func:`parse_bulk`, :func:`parse_exchange`): only
+their outer shape is all-or-nothing, and an item that breaks its schema becomes that
+item's own error (``jobs[3]: maxAttempts must be ...``), kept in :class:`Items`.
+
+Four wire objects are plain (frozen) dataclasses annotated for pydantic, because the
+queue model builds or takes them on its hot path: :class:`NewJob` (a job to
+enqueue), :class:`ClaimedJob` (a job handed to a worker; ``trioq.Claimed``), and an
+exchange's reports, :class:`JobReport` and :class:`FailReport`. A
 :class:`NewJob` that passed the schema is *sealed*: its payload is encoded once, and
 the queue model uses those bytes instead of checking and encoding it again.
 
@@ -30,7 +35,8 @@ job type                1-128 characters, no control characters
 ``attempt``             1-1,000,000
 ``delayMs``             0 to 365 days (ms)
 ``retryInMs``           0 to 365 days (ms)
-batch                   1-10,000 jobs
+batch, bulk             1-10,000 jobs
+exchange report lists   0-10,000 reports each
 claim ``max``           1-1000
 claim ``waitMs``        0-30,000
 list ``limit``          1-1000
@@ -42,11 +48,14 @@ integers (anywhere)     -2**63 .. 2**64-1 (the broker's JSON decoder)
 from __future__ import annotations
 
 from ._answers import BatchAnswer as BatchAnswer
+from ._answers import BulkAnswer as BulkAnswer
+from ._answers import BulkResult as BulkResult
 from ._answers import ClaimMany as ClaimMany
 from ._answers import DeadJobView as DeadJobView
 from ._answers import DeadPage as DeadPage
 from ._answers import EmptyClaim as EmptyClaim
 from ._answers import ErrorBody as ErrorBody
+from ._answers import ExchangeAnswer as ExchangeAnswer
 from ._answers import FailAnswer as FailAnswer
 from ._answers import FinishedJobView as FinishedJobView
 from ._answers import Health as Health
@@ -55,6 +64,8 @@ from ._answers import JobStatus as JobStatus
 from ._answers import JobView as JobView
 from ._answers import QueuedJobView as QueuedJobView
 from ._answers import Ready as Ready
+from ._answers import ReportResult as ReportResult
+from ._answers import ReportStatus as ReportStatus
 from ._answers import RpcReply as RpcReply
 from ._answers import Stats as Stats
 from ._answers import SubmitAnswer as SubmitAnswer
@@ -85,18 +96,26 @@ from ._limits import WireModel as WireModel
 from ._parse import JOB_ID as JOB_ID
 from ._parse import WIRE_NEW_JOB as WIRE_NEW_JOB
 from ._parse import WORKER_ID as WORKER_ID
+from ._parse import Items as Items
+from ._parse import ParsedExchange as ParsedExchange
 from ._parse import adapter as adapter
 from ._parse import checked_job as checked_job
 from ._parse import describe as describe
 from ._parse import job_id as job_id
 from ._parse import parse as parse
 from ._parse import parse_batch as parse_batch
+from ._parse import parse_bulk as parse_bulk
+from ._parse import parse_exchange as parse_exchange
 from ._parse import parse_new_job as parse_new_job
 from ._parse import seal as seal
 from ._payload import encode_payload as encode_payload
 from ._records import ClaimedJob as ClaimedJob
+from ._records import FailReport as FailReport
+from ._records import JobReport as JobReport
 from ._records import NewJob as NewJob
 from ._requests import ClaimRequest as ClaimRequest
+from ._requests import ExchangeClaim as ExchangeClaim
+from ._requests import ExchangeRequest as ExchangeRequest
 from ._requests import FailCall as FailCall
 from ._requests import FailRequest as FailRequest
 from ._requests import HeldJob as HeldJob
@@ -106,3 +125,4 @@ from ._requests import ListQuery as ListQuery
 from ._requests import NoBody as NoBody
 from ._requests import RpcRequest as RpcRequest
 from ._requests import SubmitBatch as SubmitBatch
+from ._requests import SubmitBulk as SubmitBulk

@@ -25,6 +25,55 @@ class BatchAnswer(WireModel):
     duplicates: list[str] = Field(default_factory=list)
 
 
+class ErrorBody(WireModel):
+    """Every error answer (and a WebSocket reply's ``error``). ``leader`` and ``role``
+    come with ``NotLeader`` only."""
+
+    tag: str = Field(alias="_tag")
+    message: str
+    leader: str | None = None
+    role: Literal["starting", "leader", "standby", "stopped"] | None = None
+
+
+class BulkResult(WireModel):
+    """One job's result in a bulk answer: ``jobId`` (``null`` for a rejected item
+    without a usable id), and ``duplicate`` (only when true) or ``error``."""
+
+    job_id: str | None
+    duplicate: Literal[True] | None = None
+    error: ErrorBody | None = None
+
+
+class BulkAnswer(WireModel):
+    """Answer to a bulk submit: one result per job, in input order."""
+
+    results: list[BulkResult]
+
+
+ReportStatus = Literal["in_progress", "completed", "retrying", "dead", "unclaimed", "cancelled"]
+
+
+class ReportResult(WireModel):
+    """One report's result in an exchange: ``status`` (heartbeat ``in_progress``,
+    complete ``completed``, fail ``retrying`` or ``dead``, release ``unclaimed`` or
+    ``cancelled``) or ``error``. ``jobId`` is ``null`` for a report without a usable id."""
+
+    job_id: str | None
+    status: ReportStatus | None = None
+    error: ErrorBody | None = None
+
+
+class ExchangeAnswer(WireModel):
+    """Answer to an exchange: each list of reports' results (same length and order as
+    the request's; every key present) and the jobs claimed (``[]`` without a claim)."""
+
+    heartbeat: list[ReportResult]
+    complete: list[ReportResult]
+    fail: list[ReportResult]
+    release: list[ReportResult]
+    jobs: list[ClaimedJob]
+
+
 class EmptyClaim(WireModel):
     """osqueue's answer to a claim that found nothing: ``{}``."""
 
@@ -158,16 +207,6 @@ class ThrottleStats(WireModel):
 
     model_config = ConfigDict(extra="allow")
     throttling: bool
-
-
-class ErrorBody(WireModel):
-    """Every error answer (and a WebSocket reply's ``error``). ``leader`` and ``role``
-    come with ``NotLeader`` only."""
-
-    tag: str = Field(alias="_tag")
-    message: str
-    leader: str | None = None
-    role: Literal["starting", "leader", "standby", "stopped"] | None = None
 
 
 class RpcReply(WireModel):

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Generic
 
 from pydantic import BeforeValidator, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 from .._errors import BrokerProtocolError
-from ._limits import MAX_PAYLOAD_DEPTH, RULES, JobId, T, WorkerId
+from ._limits import ID_PATTERN, MAX_PAYLOAD_DEPTH, RULES, JobId, T, WorkerId
 from ._payload import encode_payload, too_deep
-from ._records import NewJob
-from ._requests import SubmitBatch, drop_nulls
+from ._records import FailReport, JobReport, NewJob
+from ._requests import (
+    ExchangeClaim,
+    ExchangeRequest,
+    ExchangeShape,
+    SubmitBatch,
+    SubmitBulk,
+    SubmitBulkShape,
+    drop_nulls,
+)
 
 WIRE_NEW_JOB: TypeAdapter[NewJob] = TypeAdapter(Annotated[NewJob, BeforeValidator(drop_nulls)])
 """A :class:`NewJob` from the wire (``null`` fields count as absent)."""
@@ -124,3 +135,102 @@ def checked_job(item: NewJob, prefix: str = "", payload_json: bytes | None = Non
 
 
 _NEW_JOB_FIELDS = dataclasses.fields(NewJob)
+
+
+# ------------------------------------------------------------ per-item requests
+
+# A per-item request is validated whole first (one pydantic call, the common case);
+# only when that fails is it read again: its outer shape as a whole (a 400), then
+# each item on its own, a bad one becoming that item's error.
+
+_ID = re.compile(ID_PATTERN)
+_JOB_REPORT: TypeAdapter[JobReport] = TypeAdapter(JobReport)
+_FAIL_REPORT: TypeAdapter[FailReport] = TypeAdapter(FailReport)
+
+
+@dataclass(frozen=True, slots=True)
+class Items(Generic[T]):
+    """The items of a per-item request, in order: each parsed, or the
+    :class:`~trioq.BrokerProtocolError` it met (its message starts with its place:
+    ``jobs[3]: ``)."""
+
+    values: list[T | BrokerProtocolError]
+    rejected_ids: dict[int, str | None] = field(default_factory=dict)
+    """The id each rejected item gave, by its index (None: it gave no usable one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedExchange:
+    """``POST /v1/jobs/exchange`` read: the worker, its reports item by item, the claim."""
+
+    worker_id: str
+    heartbeat: Items[JobReport]
+    complete: Items[JobReport]
+    fail: Items[FailReport]
+    release: Items[JobReport]
+    claim: ExchangeClaim | None
+
+
+def parse_bulk(data: object) -> Items[NewJob]:
+    """The jobs of ``POST /v1/jobs/bulk`` (``submitBulk``), each sealed or its error.
+    A body whose shape is wrong (``jobs`` not a list of 1-10,000 objects) is a
+    BrokerProtocolError for the whole request."""
+    try:
+        items = _all(adapter(SubmitBulk).validate_python(data).jobs)
+    except ValidationError:
+        shape = parse(SubmitBulkShape, data)
+        items = _each(shape.jobs, WIRE_NEW_JOB, "jobs", "id")
+    values = items.values
+    for index, job in enumerate(values):
+        if isinstance(job, NewJob):
+            try:
+                seal(job, f"jobs[{index}]: ")
+            except BrokerProtocolError as exc:
+                values[index] = exc
+                items.rejected_ids[index] = job.id
+    return items
+
+
+def parse_exchange(data: object) -> ParsedExchange:
+    """``POST /v1/jobs/exchange`` (``exchange``): a report that breaks its schema is
+    its own error; anything else wrong is a BrokerProtocolError for the whole request."""
+    try:
+        whole = adapter(ExchangeRequest).validate_python(data)
+    except ValidationError:
+        shape = parse(ExchangeShape, data)
+        return ParsedExchange(
+            shape.worker_id,
+            _each(shape.heartbeat or [], _JOB_REPORT, "heartbeat", "jobId"),
+            _each(shape.complete or [], _JOB_REPORT, "complete", "jobId"),
+            _each(shape.fail or [], _FAIL_REPORT, "fail", "jobId"),
+            _each(shape.release or [], _JOB_REPORT, "release", "jobId"),
+            shape.claim,
+        )
+    return ParsedExchange(
+        whole.worker_id,
+        _all(whole.heartbeat),
+        _all(whole.complete),
+        _all(whole.fail),
+        _all(whole.release),
+        whole.claim,
+    )
+
+
+def _all(parsed: Sequence[T] | None) -> Items[T]:
+    """Items that all passed their schema."""
+    return Items(list(parsed or ()))
+
+
+def _each(raws: list[dict[str, Any]], model: TypeAdapter[T], name: str, id_key: str) -> Items[T]:
+    """Each of ``raws`` validated on its own as ``model``; a failure is that item's
+    error, named ``name[index]: ``."""
+    values: list[T | BrokerProtocolError] = []
+    rejected: dict[int, str | None] = {}
+    for index, raw in enumerate(raws):
+        try:
+            values.append(model.validate_python(raw))
+        except ValidationError as exc:
+            values.append(BrokerProtocolError(f"{name}[{index}]: {describe(exc)}"))
+            given = raw.get(id_key)
+            rejected[index] = given if isinstance(given, str) and _ID.fullmatch(given) else None
+    return Items(values, rejected)

@@ -1,4 +1,5 @@
-"""The two wire records the queue model builds by position: NewJob and ClaimedJob."""
+"""The wire records the queue model builds or takes by position: NewJob and
+ClaimedJob, and the reports of an exchange (JobReport, FailReport)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,18 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from pydantic import ConfigDict, Field, with_config
+from pydantic import ConfigDict, Field, StrictBool, with_config
 
-from ._limits import CAMEL, DEFAULT_TYPE, DelayMs, JobId, JobType, MaxAttempts
+from ._limits import (
+    CAMEL,
+    DEFAULT_TYPE,
+    Attempt,
+    DelayMs,
+    ErrorText,
+    JobId,
+    JobType,
+    MaxAttempts,
+)
 
 
 @with_config(
@@ -85,3 +95,33 @@ class ClaimedJob:
             "attempt": self.attempt,
             "leaseMs": self.lease_ms,
         }
+
+
+@with_config(
+    ConfigDict(**CAMEL, json_schema_extra={"examples": [{"jobId": "order-17", "attempt": 1}]})
+)
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    """A heartbeat, complete or release in an exchange (``POST /v1/jobs/exchange``):
+    the job, and the attempt the worker holds (optional, as in ``HeldJob``)."""
+
+    job_id: JobId
+    attempt: Attempt | None = None
+
+
+@with_config(
+    ConfigDict(
+        **CAMEL,
+        json_schema_extra={"examples": [{"jobId": "order-17", "attempt": 1, "error": "boom"}]},
+    )
+)
+@dataclass(frozen=True, slots=True)
+class FailReport:
+    """A failed attempt in an exchange: the fields of ``POST /v1/jobs/{id}/fail``
+    (``error`` cut to 8192 characters; without ``retryInMs`` the broker's backoff)."""
+
+    job_id: JobId
+    attempt: Attempt | None = None
+    error: ErrorText | None = None
+    retry_in_ms: DelayMs | None = None
+    final: StrictBool | None = None

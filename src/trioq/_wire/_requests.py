@@ -28,7 +28,7 @@ from ._limits import (
     WorkerId,
     blank_is_none,
 )
-from ._records import NewJob
+from ._records import FailReport, JobReport, NewJob
 
 
 def drop_nulls(value: object) -> object:
@@ -51,6 +51,26 @@ class SubmitBatch(WireModel):
     ]
 
 
+class SubmitBulk(WireModel):
+    """``POST /v1/jobs/bulk``: each job parsed and enqueued on its own (a bad item is
+    that item's error). Only the outer shape is all-or-nothing: ``jobs`` a list of
+    1-10,000 objects."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"jobs": [{"payload": 1, "id": "a"}, {"payload": 2}]}]}
+    )
+    jobs: Annotated[
+        list[Annotated[NewJob, BeforeValidator(drop_nulls)]],
+        Field(min_length=1, max_length=MAX_BATCH),
+    ]
+
+
+class SubmitBulkShape(WireModel):
+    """The outer shape of :class:`SubmitBulk` (items as plain objects, parsed one by one)."""
+
+    jobs: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_BATCH)]
+
+
 class ClaimRequest(WireModel):
     """``POST /v1/jobs/claim``. Without ``max`` the answer has osqueue's shape."""
 
@@ -63,6 +83,55 @@ class ClaimRequest(WireModel):
     types: Annotated[list[StrictStr], Field(min_length=1)] | None = None
     max: Annotated[StrictInt, Field(ge=1, le=MAX_CLAIM)] | None = None
     wait_ms: Annotated[StrictInt, Field(ge=0, le=MAX_WAIT_MS)] | None = None
+
+
+class ExchangeClaim(WireModel):
+    """The claim of an exchange: as ``POST /v1/jobs/claim`` with ``max`` (default 1).
+    ``waitMs`` is honoured only by an exchange that carries no reports."""
+
+    types: Annotated[list[StrictStr], Field(min_length=1)] | None = None
+    max: Annotated[StrictInt, Field(ge=1, le=MAX_CLAIM)] | None = None
+    wait_ms: Annotated[StrictInt, Field(ge=0, le=MAX_WAIT_MS)] | None = None
+
+
+_Reports = Annotated[list[JobReport], Field(max_length=MAX_BATCH)]
+_Fails = Annotated[list[FailReport], Field(max_length=MAX_BATCH)]
+_Items = Annotated[list[dict[str, Any]], Field(max_length=MAX_BATCH)]
+
+
+class ExchangeRequest(WireModel):
+    """``POST /v1/jobs/exchange``: a worker's reports, each applied on its own in the
+    order heartbeat, complete, fail, release, then the claim, all in one commit."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "workerId": "worker-1",
+                    "complete": [{"jobId": "order-17", "attempt": 1}],
+                    "claim": {"types": ["email:send"], "max": 10},
+                }
+            ]
+        }
+    )
+    worker_id: WorkerId
+    heartbeat: _Reports | None = None
+    complete: _Reports | None = None
+    fail: _Fails | None = None
+    release: _Reports | None = None
+    claim: ExchangeClaim | None = None
+
+
+class ExchangeShape(WireModel):
+    """The outer shape of :class:`ExchangeRequest` (reports as plain objects, parsed
+    one by one)."""
+
+    worker_id: WorkerId
+    heartbeat: _Items | None = None
+    complete: _Items | None = None
+    fail: _Items | None = None
+    release: _Items | None = None
+    claim: ExchangeClaim | None = None
 
 
 class HeldJob(WireModel):

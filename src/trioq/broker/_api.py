@@ -12,11 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import JobNotFound
-from .._wire import MAX_LIST, ClaimedJob, ClaimRequest, FailRequest, HeldJob, ListQuery, NewJob
+from .._errors import JobNotFound, TrioqError
+from .._wire import (
+    MAX_LIST,
+    ClaimedJob,
+    ClaimRequest,
+    FailReport,
+    FailRequest,
+    HeldJob,
+    Items,
+    JobReport,
+    ListQuery,
+    NewJob,
+    ParsedExchange,
+)
 from ..core._engine import Engine
 from ..core._jobs import DeadJob, FinishedJob, Job
-from ..core._state import QueueState
+from ..core._state import EnqueueResult, Outcome, QueueState, Reports
 
 _STATS_FIELDS = ("total", "unclaimed", "inProgress", "completedTotal")
 
@@ -80,6 +92,22 @@ class BrokerApi:
             "duplicates": [r.id for r in results if r.duplicate],
         }
 
+    async def submit_bulk(self, jobs: Items[NewJob]) -> dict[str, Any]:
+        """Each job on its own: ``{"results": [...]}`` in input order."""
+        results = await self.engine.enqueue_each(jobs.values)
+        answers: list[dict[str, Any]] = []
+        for index, result in enumerate(results):
+            if isinstance(result, EnqueueResult):
+                answer: dict[str, Any] = {"jobId": result.id}
+                if result.duplicate:
+                    answer["duplicate"] = True
+            else:
+                item = jobs.values[index]
+                job_id = item.id if isinstance(item, NewJob) else jobs.rejected_ids.get(index)
+                answer = {"jobId": job_id, "error": result.to_body()}
+            answers.append(answer)
+        return {"results": answers}
+
     # ------------------------------------------------------------------- claim
 
     async def claim(self, request: ClaimRequest, *, many: bool) -> dict[str, Any]:
@@ -95,6 +123,28 @@ class BrokerApi:
         if many:
             return {"jobs": [_claimed(j) for j in jobs]}
         return _claimed(jobs[0]) if jobs else {}
+
+    async def exchange(self, call: ParsedExchange) -> dict[str, Any]:
+        """A worker's reports and claim in one commit: each report's result, list by
+        list, and the jobs claimed."""
+        claim = call.claim
+        reports = Reports(
+            call.heartbeat.values, call.complete.values, call.fail.values, call.release.values
+        )
+        done = await self.engine.exchange(
+            call.worker_id,
+            reports,
+            types=None if claim is None else claim.types,
+            max_jobs=0 if claim is None else claim.max or 1,
+            wait=0.0 if claim is None else (claim.wait_ms or 0) / 1000,
+        )
+        return {
+            "heartbeat": _report_answers(call.heartbeat, done.reports.heartbeat),
+            "complete": _report_answers(call.complete, done.reports.complete),
+            "fail": _report_answers(call.fail, done.reports.fail),
+            "release": _report_answers(call.release, done.reports.release),
+            "jobs": [_claimed(j) for j in done.jobs],
+        }
 
     # --------------------------------------------------------------- job calls
 
@@ -190,6 +240,20 @@ def _dead_page(state: QueueState, limit: int, start: int) -> dict[str, Any]:
         "jobs": [job_view(d) for d in dead[:limit]],
         "nextCursor": str(start + limit) if more else None,
     }
+
+
+def _report_answers(
+    items: Items[JobReport] | Items[FailReport], outcomes: list[Outcome]
+) -> list[dict[str, Any]]:
+    answers: list[dict[str, Any]] = []
+    for index, outcome in enumerate(outcomes):
+        item = items.values[index]
+        job_id = items.rejected_ids.get(index) if isinstance(item, TrioqError) else item.job_id
+        if isinstance(outcome, str):
+            answers.append({"jobId": job_id, "status": outcome})
+        else:
+            answers.append({"jobId": job_id, "error": outcome.to_body()})
+    return answers
 
 
 def _claimed(job: ClaimedJob) -> dict[str, Any]:

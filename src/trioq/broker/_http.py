@@ -62,7 +62,7 @@ class _JobIdConverter(BaseConverter):
     POST-only routes beside it, so that ``GET /v1/jobs/claim`` is a 405 from the
     router instead of a lookup of a job called "claim"."""
 
-    regex = r"(?!(?:claim|batch)\Z)[^/]+"
+    regex = r"(?!(?:claim|batch|bulk|exchange)\Z)[^/]+"
 
 
 def create_app(

@@ -21,11 +21,14 @@ from .. import _wire
 from .._errors import TrioqError
 from .._wire import (
     BatchAnswer,
+    BulkAnswer,
     ClaimedJob,
     ClaimMany,
     ClaimRequest,
     DeadPage,
     EmptyClaim,
+    ExchangeAnswer,
+    ExchangeRequest,
     FailAnswer,
     FailRequest,
     Health,
@@ -40,9 +43,12 @@ from .._wire import (
     Stats,
     SubmitAnswer,
     SubmitBatch,
+    SubmitBulk,
     ThrottleStats,
     parse,
     parse_batch,
+    parse_bulk,
+    parse_exchange,
     parse_new_job,
 )
 from ._api import BrokerApi
@@ -95,9 +101,16 @@ ROUTES: tuple[Route, ...] = (
     Route("submit", "POST", "/v1/jobs", "Submit a job", body=NewJob, answer=SubmitAnswer),
     Route("submit_batch", "POST", "/v1/jobs/batch", "Submit jobs atomically (all or none)",
           body=SubmitBatch, answer=BatchAnswer),
+    Route("submit_bulk", "POST", "/v1/jobs/bulk",
+          "Submit jobs each on its own: a result per job (a bad job fails alone)",
+          body=SubmitBulk, answer=BulkAnswer),
     Route("claim", "POST", "/v1/jobs/claim",
           "Claim jobs; without max, osqueue's shape (one job or {})",
           body=ClaimRequest, answer=ClaimedJob | EmptyClaim | ClaimMany),
+    Route("exchange", "POST", "/v1/jobs/exchange",
+          "A worker's round trip in one commit: heartbeats, completes, fails and "
+          "releases (a result each), then a claim",
+          body=ExchangeRequest, answer=ExchangeAnswer),
     Route("heartbeat", "POST", f"{_ID}/heartbeat", "Renew a job's lease",
           body=HeldJob, conflicts=_HELD),
     Route("complete", "POST", f"{_ID}/complete", "Complete a job",
@@ -178,6 +191,12 @@ class RestHandlers:
 
     async def submit_batch(self) -> Response:
         return json_response(await self.api.submit_batch(parse_batch(await _body())))
+
+    async def submit_bulk(self) -> Response:
+        return json_response(await self.api.submit_bulk(parse_bulk(await _body())))
+
+    async def exchange(self) -> Response:
+        return json_response(await self.api.exchange(parse_exchange(await _body())))
 
     async def claim(self) -> Response:
         claim = parse(ClaimRequest, await _body())

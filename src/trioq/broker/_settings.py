@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from .._settings import LegacyName, Public, Settings, SettingsError
+from ..core._archive import DEDUP_CAP
 from ..core._config import EngineConfig
 from ..core._state import Limits
 
@@ -174,6 +175,16 @@ class BrokerSettings(Settings):
             "--dedup-window-s", "TRIOQ_DEDUP_WINDOW_S", "how long finished job ids are remembered"
         ),
     ] = 86_400.0
+    dedup_cap: Annotated[
+        int,
+        Field(ge=0),
+        Public(
+            "--dedup-cap",
+            "TRIOQ_DEDUP_CAP",
+            "most finished job ids remembered (each rides in every commit: see "
+            "docs/performance.md)",
+        ),
+    ] = DEDUP_CAP
     metrics_public: Annotated[
         bool, Public("--metrics-public", "TRIOQ_METRICS_PUBLIC", "serve /metrics without the token")
     ] = False
@@ -278,6 +289,7 @@ class BrokerSettings(Settings):
             max_document_bytes=self.max_document_bytes,
             max_payload_bytes=self.max_payload_bytes,
             dedup_window_ms=_ms(self.dedup_window),
+            dedup_cap=self.dedup_cap,
         )
 
 

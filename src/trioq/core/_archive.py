@@ -12,6 +12,13 @@ from collections import OrderedDict
 
 from ._jobs import DeadJob, FinishedJob
 
+DEDUP_CAP = 10_000
+"""The default cap on finished jobs kept for the dedup window. Each is a line of about
+120 bytes rewritten by every commit of the single-document layout, so the cap, not
+the window's duration, bounds what they cost: 10,000 is about 1.2 MB a commit, and
+at 10,000 completions a second it keeps about one second of finished ids
+(docs/performance.md, "The dedup window")."""
+
 
 class Archive:
     """The dead letters and the recently finished jobs of one queue."""

@@ -218,16 +218,15 @@ class Committer:
         changed = bool(state.expire(now))
         state.pop_due(now)
         for mutation in batch:
-            claim = mutation.claim
-            if claim is not None and mutation.abandoned:
-                book.drop(mutation)  # taking a job for it would strand the job
+            if mutation.op is None and mutation.abandoned:
+                book.drop(mutation)  # a claim: taking a job for it would strand the job
                 continue
             mutation.apply(state, now)
             if mutation.may_wait(started):
                 book.park(mutation)
                 continue
             book.applied(mutation)
-            changed = changed or claim is None or bool(mutation.result)
+            changed = changed or mutation.op is not None or bool(mutation.result)
 
         def fulfil(waiter: Mutation) -> bool:
             assert waiter.claim is not None

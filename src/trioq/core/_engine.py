@@ -31,11 +31,13 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
 
-from .._errors import DocumentInvalid, NotLeader
+from .._errors import BrokerProtocolError, DocumentInvalid, NotLeader, TrioqError
+from .._wire import WORKER_ID, parse
 from ..storage._protocol import Storage
 from ._campaign import Campaign
 from ._codec import LeaderInfo, load
@@ -43,10 +45,25 @@ from ._commit import Committer
 from ._config import EngineConfig
 from ._election import Candidacy, Candidate
 from ._pending import ClaimRequest, Mutation, Operation, PendingBook, Reader
-from ._state import ClaimedJob, EnqueueResult, Limits, NewJob, QueueState
+from ._state import (
+    ClaimedJob,
+    EnqueueResult,
+    Limits,
+    NewJob,
+    QueueState,
+    ReportResults,
+    Reports,
+)
 from ._status import ENGINE_COUNTERS, EngineSnapshot, Role
 
-__all__ = ["Candidacy", "Engine", "EngineSnapshot", "Role", "system_wall_clock"]
+__all__ = [
+    "Candidacy",
+    "Engine",
+    "EngineSnapshot",
+    "Exchanged",
+    "Role",
+    "system_wall_clock",
+]
 
 log = logging.getLogger("trioq.engine")
 T = TypeVar("T")
@@ -56,6 +73,14 @@ WallClock = Callable[[], int]
 
 def system_wall_clock() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    """What an exchange did: each report's outcome, and the jobs its claim took."""
+
+    reports: ReportResults
+    jobs: list[ClaimedJob]
 
 
 class Engine:
@@ -214,6 +239,15 @@ class Engine:
         items = list(items)
         return await self._submit(lambda state, now: state.enqueue(items, now))  # type: ignore[no-any-return]
 
+    async def enqueue_each(
+        self, items: Sequence[NewJob | TrioqError]
+    ) -> list[EnqueueResult | TrioqError]:
+        """Enqueue each item on its own (``POST /v1/jobs/bulk``): the result of each,
+        in order, is its EnqueueResult or its own error (an item that is an error
+        already stays so). One mutation for all; answered once it is durable."""
+        items = list(items)
+        return await self._submit(lambda state, now: state.enqueue_each(items, now))  # type: ignore[no-any-return]
+
     async def claim(
         self,
         worker_id: str,
@@ -229,6 +263,47 @@ class Engine:
         if wait > 0:
             request = ClaimRequest(worker_id, types, max_jobs, trio.current_time() + wait)
         return await self._submit(None, claim=request)  # type: ignore[no-any-return]
+
+    async def exchange(
+        self,
+        worker_id: str,
+        reports: Reports,
+        *,
+        types: Sequence[str] | None = None,
+        max_jobs: int = 0,
+        wait: float = 0.0,
+    ) -> Exchanged:
+        """A worker's round trip (``POST /v1/jobs/exchange``) in one mutation: its
+        reports, each on its own, then a claim of up to ``max_jobs`` jobs (0: none).
+
+        ``wait`` is honoured only without reports: a claim parked after its reports
+        were applied could be answered at its deadline, which writes nothing, before
+        they were written. A failed commit of an exchange with a claim answers
+        WriteOutcomeUnknown (its jobs may be stored as claimed), as a claim's does.
+        """
+        if max_jobs:
+            # checked before anything applies: a claim refused after the reports
+            # were applied would answer an error for a commit that carries them
+            parse(WORKER_ID, worker_id, field="workerId")
+            if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+                raise BrokerProtocolError("max must be a positive integer")
+        if not reports:
+            if not max_jobs:
+                if not self.is_leader:
+                    raise self.not_leader()
+                return Exchanged(ReportResults(), [])
+            jobs = await self.claim(worker_id, types=types, max_jobs=max_jobs, wait=wait)
+            return Exchanged(ReportResults(), jobs)
+
+        def op(state: QueueState, now: int) -> ReportResults:
+            return state.report_each(worker_id, reports, now)
+
+        if not max_jobs:
+            return Exchanged(await self._submit(op), [])
+        claim = ClaimRequest(worker_id, None if types is None else list(types), max_jobs)
+        mutation = Mutation(op, claim)
+        jobs = await self._hand_over(mutation)
+        return Exchanged(mutation.reported, jobs)
 
     async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         await self._submit(lambda s, now: s.heartbeat(job_id, worker_id, now, attempt))
@@ -261,8 +336,9 @@ class Engine:
 
         return await self._submit(op)  # type: ignore[no-any-return]
 
-    async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
-        await self._submit(lambda s, now: s.release(job_id, worker_id, now, attempt))
+    async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> str:
+        """Give a job back; ``"unclaimed"``, or ``"cancelled"`` if a cancel finished it."""
+        return await self._submit(lambda s, now: s.release(job_id, worker_id, now, attempt))  # type: ignore[no-any-return]
 
     async def cancel(self, job_id: str) -> str:
         return await self._submit(lambda s, now: s.cancel(job_id, now))  # type: ignore[no-any-return]
@@ -271,11 +347,13 @@ class Engine:
         await self._submit(lambda s, now: s.requeue_dead(job_id, now))
 
     async def _submit(self, op: Operation | None, *, claim: ClaimRequest | None = None) -> Any:
+        return await self._hand_over(Mutation(op, claim))
+
+    async def _hand_over(self, mutation: Mutation) -> Any:
         # check and submit without a checkpoint in between: a step-down answers
         # every pending mutation after changing the role, so none is left unanswered
         if self.role is not Role.LEADER:
             raise self.not_leader()
-        mutation = Mutation(op, claim)
         self.book.submit(mutation)
         return await mutation.wait()
 

@@ -24,12 +24,15 @@ error, except a claim fulfilled from the waiting list, which goes back to WAITIN
 - APPLIED: applied to the in-memory state; the write that makes it durable is under
   way. Its answer (the result, or the mutation's own error) is held until then.
 - WAITING: a long-poll claim that found no job, until a later commit hands it one
-  (it joins that commit as APPLIED) or its deadline passes (answered ``[]``).
+  (it joins that commit as APPLIED) or its deadline passes (answered ``[]``). A
+  mutation that carries an op as well as a claim (an exchange with reports) never
+  waits: parked after its op was applied, it could be answered at its deadline,
+  which writes nothing, before its op was written.
 - ANSWERED: final; the caller's :meth:`Mutation.wait` returns or raises.
 
 A caller that gives up (cancelled) marks its mutation *abandoned*: it stays where
 it is, except that an abandoned claim takes no job (it would strand the job until
-its lease ran out) and leaves the waiting list.
+its lease ran out) and leaves the waiting list; an op it carries still applies.
 
 A :class:`Reader` waits for the state to be committed again (after a batch was
 applied, or after a write failed and before the reload that follows), then runs
@@ -82,13 +85,17 @@ class ClaimRequest:
 
 @dataclass(eq=False)
 class Mutation:
-    """One change a caller asked for, and its answer."""
+    """One change a caller asked for, and its answer: an operation, a claim, or
+    both (an exchange: its reports, then its claim, in one commit)."""
 
     op: Operation | None
-    """What to apply (``None`` for a claim, which is described by ``claim``)."""
+    """What to apply (``None`` for a plain claim, which is described by ``claim``)."""
     claim: ClaimRequest | None = None
     stage: Stage = Stage.QUEUED
     result: Any = None
+    """The op's result; with a claim, the jobs claimed."""
+    reported: Any = None
+    """With both an op and a claim, the op's result."""
     error: BaseException | None = None
     abandoned: bool = False
     waited: bool = False
@@ -96,21 +103,33 @@ class Mutation:
     _done: trio.Event = field(default_factory=trio.Event)
 
     def apply(self, state: QueueState, now: int) -> None:
-        """Run the operation; the result or the mutation's own error is kept for
-        the answer (anything but a TrioqError propagates: a bug)."""
+        """Run the operation, then the claim; the result or the mutation's own error
+        is kept for the answer (anything but a TrioqError propagates: a bug). An op
+        that rejects itself leaves the claim untried, and an abandoned caller's
+        claim takes nothing (a job taken for nobody would be stranded)."""
         try:
-            if self.claim is not None:
-                self.result = self.claim.claim(state, now)
-            else:
-                assert self.op is not None
-                self.result = self.op(state, now)
+            if self.op is not None:
+                outcome = self.op(state, now)
+                if self.claim is None:
+                    self.result = outcome
+                    return
+                self.reported = outcome
+            assert self.claim is not None
+            self.result = [] if self.abandoned else self.claim.claim(state, now)
         except TrioqError as exc:
             self.error = exc
 
     def may_wait(self, now: float) -> bool:
-        """Whether this is a claim that found no job and may wait past ``now``."""
+        """Whether this is a plain claim (no op) that found no job and may wait past
+        ``now``."""
         claim = self.claim
-        return claim is not None and not self.result and self.error is None and claim.deadline > now
+        return (
+            claim is not None
+            and self.op is None
+            and not self.result
+            and self.error is None
+            and claim.deadline > now
+        )
 
     async def wait(self) -> Any:
         """The answer: the result, or raise the error. A caller cancelled while

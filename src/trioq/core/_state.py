@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .._errors import (
     BrokerProtocolError,
@@ -25,12 +26,15 @@ from .._errors import (
     LeaseLost,
     PayloadTooLarge,
     QueueFull,
+    TrioqError,
 )
 from .._wire import MAX_ATTEMPTS, MAX_DELAY_MS, WORKER_ID, checked_job, parse
 from .._wire import ClaimedJob as ClaimedJob
+from .._wire import FailReport as FailReport
+from .._wire import JobReport as JobReport
 from .._wire import NewJob as NewJob
 from . import _codec
-from ._archive import Archive
+from ._archive import DEDUP_CAP, Archive
 from ._codec import LeaderInfo as LeaderInfo
 from ._index import JobIndex
 from ._jobs import DeadJob, DeadReason, FinishedJob, FinishedOutcome, Job, valid_text
@@ -55,7 +59,8 @@ class Limits:
     """Cap on a job's ``max_attempts``: the wire's (:mod:`trioq._wire`), or lower."""
     dead_letter_cap: int = 10_000
     dedup_window_ms: int = 86_400_000
-    dedup_cap: int = 100_000
+    dedup_cap: int = DEDUP_CAP
+    """Cap on finished jobs kept for the dedup window (see :data:`~trioq.core._archive.DEDUP_CAP`)."""
     retry_base_ms: int = 1000
     retry_max_ms: int = 300_000
     retry_jitter: float = 0.2
@@ -69,6 +74,35 @@ class Limits:
 class EnqueueResult:
     id: str
     duplicate: bool
+
+
+Outcome = str | TrioqError
+"""A report's result: the job's status afterwards, or the report's own error."""
+R = TypeVar("R", JobReport, FailReport)
+
+
+@dataclass(frozen=True, slots=True)
+class Reports:
+    """A worker's reports of one exchange, applied in this order, each on its own.
+    An item may be the error its parse met: it stays that item's result."""
+
+    heartbeat: Sequence[JobReport | TrioqError] = ()
+    complete: Sequence[JobReport | TrioqError] = ()
+    fail: Sequence[FailReport | TrioqError] = ()
+    release: Sequence[JobReport | TrioqError] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.heartbeat or self.complete or self.fail or self.release)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResults:
+    """Each report's :data:`Outcome`, list by list, in the order of :class:`Reports`."""
+
+    heartbeat: list[Outcome] = field(default_factory=list)
+    complete: list[Outcome] = field(default_factory=list)
+    fail: list[Outcome] = field(default_factory=list)
+    release: list[Outcome] = field(default_factory=list)
 
 
 COUNTER_NAMES = (
@@ -178,7 +212,6 @@ class QueueState:
 
     def enqueue(self, items: Sequence[NewJob], now: int) -> list[EnqueueResult]:
         """Enqueue a batch, validated as a whole: one bad item rejects them all."""
-        limits = self.limits
         prepared: list[tuple[NewJob, str, bytes]] = []
         seen: set[str] = set()
         results: list[EnqueueResult] = []
@@ -192,32 +225,67 @@ class QueueState:
                 seen.add(job_id)
                 prepared.append((item, job_id, payload_json))
                 new_bytes += len(payload_json) + 256
-        if len(self.jobs) + len(prepared) > limits.max_queued:
+        self._check_room(len(prepared), new_bytes)
+        for item, job_id, payload_json in prepared:
+            self._create(item, job_id, payload_json, now)
+        return results
+
+    def enqueue_each(
+        self, items: Sequence[NewJob | TrioqError], now: int
+    ) -> list[EnqueueResult | TrioqError]:
+        """Enqueue each item on its own, in order: a rejected item's error is its
+        result (an item that is an error already stays so) and changes nothing. A
+        duplicate (known, or earlier in ``items``) creates nothing; once the queue is
+        full, the items that no longer fit are QueueFull."""
+        results: list[EnqueueResult | TrioqError] = []
+        for index, item in enumerate(items):
+            if isinstance(item, TrioqError):
+                results.append(item)
+                continue
+            try:
+                results.append(self._enqueue_one(item, index, now))
+            except TrioqError as exc:
+                results.append(exc)
+        return results
+
+    def _enqueue_one(self, item: NewJob, index: int, now: int) -> EnqueueResult:
+        payload_json = self._checked(item, f"jobs[{index}]")
+        if item.id is not None and self.knows(item.id):
+            return EnqueueResult(item.id, True)
+        self._check_room(1, len(payload_json) + 256)
+        job_id = item.id if item.id is not None else _new_id(self.rng)
+        self._create(item, job_id, payload_json, now)
+        return EnqueueResult(job_id, False)
+
+    def _check_room(self, count: int, new_bytes: int) -> None:
+        """QueueFull unless ``count`` more jobs of ``new_bytes`` fit under the caps."""
+        limits = self.limits
+        if len(self.jobs) + count > limits.max_queued:
             raise QueueFull(
-                f"the queue holds {len(self.jobs)} jobs; {len(prepared)} more would pass "
+                f"the queue holds {len(self.jobs)} jobs; {count} more would pass "
                 f"the limit of {limits.max_queued}"
             )
         if self.job_bytes + self.side_bytes + new_bytes > limits.max_document_bytes:
             raise QueueFull(
                 f"the queue document would grow past its limit of {limits.max_document_bytes} bytes"
             )
-        for item, job_id, payload_json in prepared:
-            job = Job(
-                id=job_id,
-                type=item.type,
-                payload=item.payload,
-                status="unclaimed",
-                attempts=0,
-                max_attempts=item.max_attempts or limits.default_max_attempts,
-                created_at=now,
-                ready_at=now + item.delay_ms,
-                order=self.next_order,
-                payload_json=payload_json,
-            )
-            self.next_order += 1
-            self._add(job, now)
-            self.counters["enqueued"] += 1
-        return results
+
+    def _create(self, item: NewJob, job_id: str, payload_json: bytes, now: int) -> None:
+        job = Job(
+            id=job_id,
+            type=item.type,
+            payload=item.payload,
+            status="unclaimed",
+            attempts=0,
+            max_attempts=item.max_attempts or self.limits.default_max_attempts,
+            created_at=now,
+            ready_at=now + item.delay_ms,
+            order=self.next_order,
+            payload_json=payload_json,
+        )
+        self.next_order += 1
+        self._add(job, now)
+        self.counters["enqueued"] += 1
 
     def claim(
         self,
@@ -283,13 +351,46 @@ class QueueState:
         self._requeue(job, now + delay, now)
         return "retrying"
 
-    def release(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
-        """Give a job back at once without counting the attempt (graceful shutdown)."""
+    def release(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> str:
+        """Give a job back at once without counting the attempt (graceful shutdown);
+        returns ``"unclaimed"``, or ``"cancelled"`` when a requested cancel finished it."""
         job = self._held(job_id, worker_id, attempt)
         job.attempts -= 1
-        if not self._cancel_if_requested(job, now):
-            # back to where it stood: its old ready time keeps its place in line
-            self._requeue(job, job.ready_at, now)
+        if self._cancel_if_requested(job, now):
+            return "cancelled"
+        # back to where it stood: its old ready time keeps its place in line
+        self._requeue(job, job.ready_at, now)
+        return "unclaimed"
+
+    def report_each(self, worker_id: str, reports: Reports, now: int) -> ReportResults:
+        """Apply an exchange's reports, each on its own, in the order heartbeats,
+        completes, fails, releases: a rejected report's error (LeaseLost,
+        JobNotFound, ...) is its result and changes nothing but a requested cancel it
+        finished, as the single calls do."""
+        return ReportResults(
+            self._each(reports.heartbeat, _heartbeat, worker_id, now),
+            self._each(reports.complete, _complete, worker_id, now),
+            self._each(reports.fail, _fail, worker_id, now),
+            self._each(reports.release, _release, worker_id, now),
+        )
+
+    def _each(
+        self,
+        items: Sequence[R | TrioqError],
+        apply: Callable[[QueueState, R, str, int], str],
+        worker_id: str,
+        now: int,
+    ) -> list[Outcome]:
+        results: list[Outcome] = []
+        for item in items:
+            if isinstance(item, TrioqError):
+                results.append(item)
+                continue
+            try:
+                results.append(apply(self, item, worker_id, now))
+            except TrioqError as exc:
+                results.append(exc)
+        return results
 
     def cancel(self, job_id: str, now: int) -> str:
         """Cancel a job; returns its status afterwards.
@@ -525,6 +626,35 @@ class QueueState:
                 dropped.type,
                 dropped.last_error,
             )
+
+
+# One report of an exchange applied to the state: the job's status afterwards.
+
+
+def _heartbeat(state: QueueState, report: JobReport, worker_id: str, now: int) -> str:
+    state.heartbeat(report.job_id, worker_id, now, report.attempt)
+    return "in_progress"
+
+
+def _complete(state: QueueState, report: JobReport, worker_id: str, now: int) -> str:
+    state.complete(report.job_id, worker_id, now, report.attempt)
+    return "completed"
+
+
+def _fail(state: QueueState, report: FailReport, worker_id: str, now: int) -> str:
+    return state.fail(
+        report.job_id,
+        worker_id,
+        now,
+        error=report.error or "",
+        attempt=report.attempt,
+        retry_in_ms=report.retry_in_ms,
+        final=bool(report.final),
+    )
+
+
+def _release(state: QueueState, report: JobReport, worker_id: str, now: int) -> str:
+    return state.release(report.job_id, worker_id, now, report.attempt)
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
