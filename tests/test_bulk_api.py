@@ -287,7 +287,7 @@ BAD_EXCHANGES: list[tuple[dict[str, Any], str]] = [
     ({"workerId": "w1", "fail": [{"jobId": "a"}, "a"]}, "fail[1] must be an object"),
     ({"workerId": "w1", "release": [None]}, "release[0] must be an object"),
     ({"workerId": "w1", "claim": 5}, "claim must be an object"),
-    ({"workerId": "w1", "claim": {"max": 0}}, "claim.max must be an integer from 1 to 1000"),
+    ({"workerId": "w1", "claim": {"max": 0}}, "claim.max must be an integer from 1 to 10000"),
     ({"workerId": "w1", "claim": {"types": []}}, "claim.types must be"),
     ({"workerId": "w1", "claim": {"waitMs": 30_001}}, "claim.waitMs must be"),
 ]

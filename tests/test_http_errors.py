@@ -215,7 +215,7 @@ INVALID_CLAIMS: list[dict[str, Any]] = [
     {"workerId": "w" * 257},
     {"workerId": "w", "max": 0},
     {"workerId": "w", "max": -3},
-    {"workerId": "w", "max": 1001},
+    {"workerId": "w", "max": 10001},
     {"workerId": "w", "max": True},
     {"workerId": "w", "max": 2.0},
     {"workerId": "w", "max": "2"},

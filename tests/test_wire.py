@@ -120,8 +120,8 @@ async def test_worker_ids_are_1_to_256_characters_everywhere(
     [
         (ClaimRequest, {}, "workerId is required"),
         (ClaimRequest, {"workerId": 5}, "workerId must be a string of 1-256 characters"),
-        (ClaimRequest, {"workerId": "w", "max": True}, "max must be an integer from 1 to 1000, not a boolean"),
-        (ClaimRequest, {"workerId": "w", "max": "2"}, "max must be an integer from 1 to 1000"),
+        (ClaimRequest, {"workerId": "w", "max": True}, "max must be an integer from 1 to 10000, not a boolean"),
+        (ClaimRequest, {"workerId": "w", "max": "2"}, "max must be an integer from 1 to 10000"),
         (ClaimRequest, {"workerId": "w", "waitMs": 30_001}, "waitMs must be an integer from 0 to 30000"),
         (ClaimRequest, {"workerId": "w", "types": [1]}, "types must be a non-empty list of strings"),
         (ClaimRequest, {"workerId": "w", "types": []}, "types must be a non-empty list of strings"),
@@ -222,7 +222,7 @@ def test_an_exchange_is_parsed_report_by_report_only_when_a_report_is_bad() -> N
         ({"jobs": []}, "jobs must be a list of 1 to 10000 jobs"),
         ({"workerId": "w", "heartbeat": "x"}, "heartbeat must be a list of at most 10000 reports"),
         ({"workerId": "w", "complete": [{"jobId": "a"}, 1]}, "complete[1] must be an object"),
-        ({"workerId": "w", "claim": {"max": 1001}}, "claim.max must be an integer from 1 to 1000"),
+        ({"workerId": "w", "claim": {"max": 10001}}, "claim.max must be an integer from 1 to 10000"),
         ({"complete": [{"jobId": "a"}]}, "workerId is required"),
     ],
 )  # fmt: skip

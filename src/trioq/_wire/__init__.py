@@ -37,7 +37,7 @@ job type                1-128 characters, no control characters
 ``retryInMs``           0 to 365 days (ms)
 batch, bulk             1-10,000 jobs
 exchange report lists   0-10,000 reports each
-claim ``max``           1-1000
+claim ``max``           1-10,000
 claim ``waitMs``        0-30,000
 list ``limit``          1-1000
 payload                 JSON nested at most 64 levels deep

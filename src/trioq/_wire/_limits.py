@@ -30,7 +30,7 @@ MAX_ATTEMPT = 1_000_000
 MAX_DELAY_MS = 365 * 86_400_000
 """Cap on ``delayMs`` and ``retryInMs``: stored times stay far inside JSON's exact range."""
 MAX_BATCH = 10_000
-MAX_CLAIM = 1000
+MAX_CLAIM = 10_000
 MAX_WAIT_MS = 30_000
 MAX_LIST = 1000
 MAX_ERROR_CHARS = 8192
