@@ -130,11 +130,12 @@ def checked_job(item: NewJob, prefix: str = "", payload_json: bytes | None = Non
     ``jobs[3]: ``); ``payload_json`` is the payload's encoding, if already made."""
     if isinstance(item, NewJob) and item.payload_json is not None:
         return item
-    data = {to_camel(f.name): getattr(item, f.name, None) for f in _NEW_JOB_FIELDS}
+    data = {wire: getattr(item, name, None) for name, wire in _NEW_JOB_FIELDS}
     return seal(parse(_NEW_JOB, data, prefix=prefix), prefix, payload_json)
 
 
-_NEW_JOB_FIELDS = dataclasses.fields(NewJob)
+_NEW_JOB_FIELDS = [(f.name, to_camel(f.name)) for f in dataclasses.fields(NewJob)]
+"""Each field of :class:`NewJob` and its wire name (converted once: to_camel is slow)."""
 
 
 # ------------------------------------------------------------ per-item requests
