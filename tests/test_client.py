@@ -305,7 +305,9 @@ def ok(body: Any) -> httpx.Response:
 
 
 async def test_503_is_retried_with_exponential_backoff(autojump_clock: trio.abc.Clock) -> None:
-    script = Scripted(unavailable(), unavailable(), unavailable(), ok({"jobIds": ["j"]}))
+    script = Scripted(
+        unavailable(), unavailable(), unavailable(), ok({"results": [{"jobId": "j"}]})
+    )
     async with trioq.Client(
         "http://x.test", transport=httpx.MockTransport(script), rng=FullJitter()
     ) as client:
@@ -632,13 +634,13 @@ async def test_a_dead_broker_is_retried_at_debug_level_and_the_error_says_what_w
     message = str(caught.value)
     assert message.startswith("cannot reach broker http://")
     assert message.endswith(
-        f"(gave up POST /v1/jobs/batch after {attempts} attempts in 3.0 s to "
+        f"(gave up POST /v1/jobs/bulk after {attempts} attempts in 3.0 s to "
         "http://a.test, http://b.test)"
     )
     retries = [r for r in caplog.records if r.name == "trioq.client"]
     assert len(retries) == attempts - 1  # one line per retry, none for the last failure
     assert {r.levelno for r in retries} == {logging.DEBUG}
-    assert "POST http://a.test/v1/jobs/batch failed (attempt 1): BrokerUnreachable" in (
+    assert "POST http://a.test/v1/jobs/bulk failed (attempt 1): BrokerUnreachable" in (
         retries[0].getMessage()
     )
 

@@ -135,8 +135,8 @@ async def test_metrics_parse_and_counters_move_as_jobs_flow(
     assert after[("trioq_jobs", (("status", "in_progress"),))] == 0
     assert after[("trioq_jobs", (("status", "dead"),))] == 1
     assert after[("trioq_commits_total", ())] > before[("trioq_commits_total", ())]
-    # 6 submits and 6 completions or failures, plus the claims
-    assert after[("trioq_mutations_total", ())] > before[("trioq_mutations_total", ())] + 12
+    # 6 submits, then the worker's exchanges (its claims and reports, batched)
+    assert after[("trioq_mutations_total", ())] >= before[("trioq_mutations_total", ())] + 7
     assert after[("trioq_last_batch_size", ())] >= 1
     assert after[("trioq_last_commit_seconds", ())] >= 0
     assert after[("trioq_document_bytes", ())] > before[("trioq_document_bytes", ())] > 0

@@ -8,16 +8,18 @@ one or two milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
 import random
 import re
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -26,8 +28,9 @@ from pydantic import BaseModel
 import trioq
 from trioq import JobNotFound
 from trioq._backoff import backoff_delay
-from trioq._errors import BrokerUnreachable
+from trioq._errors import BrokerUnreachable, TrioqError
 from trioq._settings import Public, SettingsError
+from trioq.client import ExchangeAnswer, Failure, Held, Outcome
 from trioq.core._state import Limits
 from trioq.testing import TEST_URL, TestBroker, open_test_broker
 from trioq.worker._outage import WARN_EVERY
@@ -59,7 +62,14 @@ def thread_clock() -> trio.testing.MockClock:
 
 
 class RecordingClient(trioq.Client):
-    """A client that records the worker's calls (virtual time) and can inject faults."""
+    """A client that records the worker's calls (virtual time) and can inject faults.
+
+    The worker sends every report and claim in exchanges (``POST /v1/jobs/exchange``);
+    this records each of their items as a call of its own, at the time the exchange
+    was sent. A fault that raises for one report becomes that report's own result
+    (it is not sent); one that hangs holds up the whole exchange; a claim fault
+    fails the whole exchange.
+    """
 
     def __init__(
         self, broker: TestBroker, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
@@ -67,6 +77,7 @@ class RecordingClient(trioq.Client):
         super().__init__(TEST_URL, transport=transport or broker.transport, **kwargs)
         self.calls: list[tuple[str, float, str | None, int | None]] = []
         self.claims: list[tuple[float, int, int]] = []  # (time, max, jobs returned)
+        self.exchanges: list[tuple[float, dict[str, int]]] = []  # (time, items by kind)
         self.heartbeat_fault: Fault | None = None
         self.claim_fault: Fault | None = None
         self.complete_fault: Fault | None = None
@@ -81,34 +92,69 @@ class RecordingClient(trioq.Client):
             if n == name and (job_id is None or j == job_id)
         ]
 
-    async def claim(self, worker_id: str, **kwargs: Any) -> list[trioq.Claimed]:
+    async def exchange(
+        self,
+        worker_id: str,
+        *,
+        heartbeat: Sequence[Held] = (),
+        complete: Sequence[Held] = (),
+        fail: Sequence[Failure] = (),
+        release: Sequence[Held] = (),
+        claim: int = 0,
+        **kwargs: Any,
+    ) -> ExchangeAnswer:
         now = trio.current_time()
-        self.calls.append(("claim", now, None, None))
-        if self.claim_fault is not None:
+        sent = {"heartbeat": heartbeat, "complete": complete, "release": release}
+        for kind, held in sent.items():
+            self.calls.extend((kind, now, job.id, job.attempt) for job in held)
+        self.calls.extend(("fail", now, f.job.id, f.job.attempt) for f in fail)
+        if claim:
+            self.calls.append(("claim", now, None, None))
+        self.exchanges.append(
+            (now, {k: len(v) for k, v in [*sent.items(), ("fail", fail)]} | {"claim": claim})
+        )
+        if claim and self.claim_fault is not None:
             await self.claim_fault("")
-        jobs = await super().claim(worker_id, **kwargs)
-        self.claims.append((now, kwargs.get("max", 1), len(jobs)))
-        return jobs
+        injected = {
+            "heartbeat": await self._faults(self.heartbeat_fault, heartbeat),
+            "complete": await self._faults(self.complete_fault, complete),
+        }
+        answer = await super().exchange(
+            worker_id,
+            heartbeat=[j for j in heartbeat if j.id not in injected["heartbeat"]],
+            complete=[j for j in complete if j.id not in injected["complete"]],
+            fail=fail,
+            release=release,
+            claim=claim,
+            **kwargs,
+        )
+        if claim:
+            self.claims.append((now, claim, len(answer.jobs)))
+        return dataclasses.replace(
+            answer,
+            heartbeat=_merge(heartbeat, injected["heartbeat"], answer.heartbeat),
+            complete=_merge(complete, injected["complete"], answer.complete),
+        )
 
-    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
-        self.calls.append(("heartbeat", trio.current_time(), job_id, attempt))
-        if self.heartbeat_fault is not None:
-            await self.heartbeat_fault(job_id)
-        await super().heartbeat(job_id, worker_id, attempt=attempt)
+    @staticmethod
+    async def _faults(fault: Fault | None, held: Sequence[Held]) -> dict[str, TrioqError]:
+        """The reports a fault refuses, with the error each gets instead."""
+        refused: dict[str, TrioqError] = {}
+        if fault is not None:
+            for job in held:
+                try:
+                    await fault(job.id)
+                except TrioqError as exc:
+                    refused[job.id] = exc
+        return refused
 
-    async def complete(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
-        self.calls.append(("complete", trio.current_time(), job_id, attempt))
-        if self.complete_fault is not None:
-            await self.complete_fault(job_id)
-        await super().complete(job_id, worker_id, attempt=attempt)
 
-    async def fail(self, job_id: str, worker_id: str, error: str, **kwargs: Any) -> str:
-        self.calls.append(("fail", trio.current_time(), job_id, kwargs.get("attempt")))
-        return await super().fail(job_id, worker_id, error, **kwargs)
-
-    async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
-        self.calls.append(("release", trio.current_time(), job_id, attempt))
-        await super().release(job_id, worker_id, attempt=attempt)
+def _merge(
+    sent: Sequence[Held], injected: dict[str, TrioqError], answered: list[Outcome]
+) -> list[Outcome]:
+    """The results of ``sent``: the injected ones, and the broker's for the others."""
+    rest = iter(answered)
+    return [injected[job.id] if job.id in injected else next(rest) for job in sent]
 
 
 def assert_calls(
@@ -507,17 +553,18 @@ async def test_handler_error_is_retried_with_backoff_then_dead_lettered(
 
 
 class LoseFirstAnswer(httpx.AsyncBaseTransport):
-    """Delivers each request, but loses the answer to the first one whose path ends
-    with ``suffix`` (as when a connection drops after the broker committed)."""
+    """Delivers each request, but loses the answer to the first exchange that carries
+    a ``kind`` report (as when a connection drops after the broker committed)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, suffix: str) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, kind: str) -> None:
         self.inner = inner
-        self.suffix = suffix
+        self.kind = kind
         self.lost = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
-        if request.url.path.endswith(self.suffix) and not self.lost:
+        body = orjson.loads(request.content) if request.content else {}
+        if request.url.path == "/v1/jobs/exchange" and body.get(self.kind) and not self.lost:
             self.lost += 1
             await response.aread()
             raise httpx.ReadError("connection dropped", request=request)
@@ -530,7 +577,7 @@ async def test_an_outcome_whose_answer_was_lost_is_not_misreported(
 ) -> None:
     hooks: list[str] = []
     async with open_test_broker() as broker:
-        transport = LoseFirstAnswer(broker.transport, f"/{call}")
+        transport = LoseFirstAnswer(broker.transport, call)
         async with RecordingClient(broker, transport=transport) as client:
             worker = trioq.Worker(client=client)
 
@@ -549,9 +596,10 @@ async def test_an_outcome_whose_answer_was_lost_is_not_misreported(
                 until=lambda r: r.get("status") in ("completed", "dead"),
             )
             record = await client.get(job)
-    # the client retried the call, the broker said the job was gone, and the worker
-    # found its own outcome recorded instead of reporting a lost lease
+    # the report went again in the next exchange, the broker said the job was gone,
+    # and the worker found its own outcome recorded instead of reporting a lost lease
     assert transport.lost == 1
+    assert len(client.of(call)) == 2
     assert worker.counts["lost"] == 0
     if call == "complete":
         assert record["status"] == "completed"
@@ -1345,7 +1393,9 @@ async def test_every_job_log_line_names_the_job_its_type_and_attempt(
         async def outcome_fault(job_id: str) -> None:
             record = await client.get(job_id)
             if record["payload"] == "hang":
-                await trio.sleep_forever()  # "reporting ... timed out"
+                # "reporting ... timed out" (5 s); the exchange then goes on, as one
+                # does when the client's timeout ends it, with the claim it carries
+                await trio.sleep(30)
             if record["payload"] == "unreachable":
                 raise BrokerUnreachable("injected")  # "could not report ..."
 

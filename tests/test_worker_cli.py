@@ -65,6 +65,7 @@ def test_environment_wins_over_constructor_arguments() -> None:
     env = {
         "BROKER_URL": "http://env.test:1,http://env.test:2",
         "TRIOQ_CONCURRENCY": "4",
+        "TRIOQ_PREFETCH": "16",
         "TRIOQ_POLL_INTERVAL_MS": "500",
         "TRIOQ_HEARTBEAT_INTERVAL_MS": "750",
         "TRIOQ_SHUTDOWN_GRACE_S": "12.5",
@@ -75,6 +76,7 @@ def test_environment_wins_over_constructor_arguments() -> None:
     s = configure([TARGET], environ=env)[0].settings
     assert s.broker_url == "http://env.test:1,http://env.test:2"
     assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (4, 0.5, 0.75)
+    assert s.prefetch == 16
     assert (s.shutdown_grace, s.token, s.worker_id) == (12.5, "from-env", "env-worker")
     assert s.group_commit_interval == 0.4
 
@@ -83,6 +85,7 @@ def test_flags_win_over_the_environment() -> None:
     env = {
         "BROKER_URL": "http://env.test:1",
         "TRIOQ_CONCURRENCY": "4",
+        "TRIOQ_PREFETCH": "16",
         "TRIOQ_TOKEN": "env",
         "GROUP_COMMIT_INTERVAL_MS": "400",
     }
@@ -92,6 +95,8 @@ def test_flags_win_over_the_environment() -> None:
         "http://flag.test:9",
         "--concurrency",
         "6",
+        "--prefetch",
+        "0",
         "--poll-interval-ms",
         "100",
         "--heartbeat-interval-ms",
@@ -111,6 +116,7 @@ def test_flags_win_over_the_environment() -> None:
     s = worker.settings
     assert s.broker_url == "http://flag.test:9"
     assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (6, 0.1, 0.2)
+    assert s.prefetch == 0
     assert (s.shutdown_grace, s.token, s.worker_id) == (1.5, "flag", "flag-worker")
     assert s.group_commit_interval == 0.05
     assert level == "DEBUG"
@@ -128,6 +134,8 @@ def test_flags_win_over_the_environment() -> None:
         (["_jobs_for_tests"], {}, "is not module:attr"),
         (["_jobs_for_tests:empty_worker"], {}, "no handlers registered"),
         ([TARGET, "--concurrency", "0"], {}, "concurrency must be >= 1"),
+        ([TARGET, "--prefetch", "-1"], {}, "--prefetch must be >= 0"),
+        ([TARGET], {"TRIOQ_PREFETCH": "some"}, "TRIOQ_PREFETCH: 'some' is not a valid int"),
         ([TARGET, "--broker-url", "localhost:8080"], {}, "must start with http"),
         ([TARGET], {"TRIOQ_CONCURRENCY": "lots"}, "TRIOQ_CONCURRENCY: 'lots' is not a valid int"),
         ([TARGET], {"BROKER_URL": "ftp://x"}, "must start with http"),
@@ -218,6 +226,7 @@ def test_help_states_the_defaults_the_worker_uses() -> None:
     assert defaults.broker_url == "http://127.0.0.1:8080"  # what docs/workers.md says
     for env, value in [
         ("TRIOQ_CONCURRENCY", defaults.concurrency),
+        ("TRIOQ_PREFETCH", defaults.prefetch),
         ("TRIOQ_POLL_INTERVAL_MS", round(defaults.poll_interval * 1000)),
         ("TRIOQ_HEARTBEAT_INTERVAL_MS", round(defaults.heartbeat_interval * 1000)),
         ("TRIOQ_SHUTDOWN_GRACE_S", round(defaults.shutdown_grace)),

@@ -8,10 +8,14 @@ What it does for you:
 - a broker that answers ``NotLeader`` while it is still starting (role ``"starting"``,
   no leader known) is asked again after a short wait: that is not a leader change,
   so the client does not move to another URL for it;
+- concurrent :meth:`~Client.submit` calls share requests: they are coalesced into
+  one ``POST /v1/jobs/bulk`` (at most two in flight), each caller getting its own
+  outcome, with no background task (:class:`~trioq._calls.Coalescer`);
 - a claim is retried only when it provably claimed nothing (the connection was
   never made, or the broker answered 503); a claim whose answer was lost in flight
   is not repeated (it raises :class:`~trioq.BrokerUnreachable`), and the jobs it may
-  have claimed return to the queue when their lease runs out;
+  have claimed return to the queue when their lease runs out (the same holds for an
+  :meth:`~Client.exchange` that carries a claim);
 - every retry is logged at debug level (logger ``trioq.client``); the error raised at
   the deadline says how many attempts were made, for how long, and to which URLs;
 - error bodies come back as the matching :class:`~trioq.TrioqError` subclass;
@@ -30,22 +34,25 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 import orjson
 import trio
 
+from ._calls import BULK_BYTES, MAX_BULK, Caller, Coalescer, error_from_body, own_copy
 from ._calls import DEFAULT_URL as DEFAULT_URL
 from ._calls import STARTING_RETRY_MAX as STARTING_RETRY_MAX
-from ._calls import Caller
 from ._calls import error_from_response as error_from_response
 from ._calls import parse_urls as parse_urls
-from ._errors import NotLeader
+from ._errors import NotLeader, PayloadTooLarge, QueueFull, TrioqError
 from ._wire import (
+    MAX_BATCH,
+    MAX_WAIT_MS,
+    WORKER_ID,
     BatchAnswer,
     ClaimedJob,
     ClaimMany,
@@ -80,6 +87,54 @@ class JobSpec:
     id: str | None = None
     max_attempts: int | None = None
     delay: float | dt.timedelta | None = None
+
+
+class Held(Protocol):
+    """A job as a worker holds it: its id and the attempt it holds (a
+    :class:`Claimed` is one)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int | None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Failure:
+    """A failed attempt, for :meth:`Client.exchange` (the fields of :meth:`Client.fail`)."""
+
+    job: Held
+    error: str
+    retry_in: float | None = None
+    """Seconds before the retry (None: the broker's backoff)."""
+    final: bool = False
+    """Dead-letter the job now, whatever attempts are left."""
+
+
+Outcome = str | TrioqError
+"""One item's result in a bulk or exchange answer: a job id (bulk) or the job's
+status after the call (exchange), or the error the broker gave that item."""
+
+
+@dataclass(slots=True, frozen=True)
+class ExchangeAnswer:
+    """What :meth:`Client.exchange` brought back: one :data:`Outcome` per report, in
+    the order sent (``"in_progress"`` for a heartbeat, ``"completed"``,
+    ``"retrying"`` or ``"dead"`` for a fail, ``"unclaimed"`` or ``"cancelled"`` for a
+    release), and the jobs claimed."""
+
+    heartbeat: list[Outcome]
+    complete: list[Outcome]
+    fail: list[Outcome]
+    release: list[Outcome]
+    jobs: list[Claimed]
+
+
+# A client needs few connections: submits are coalesced and a worker batches its
+# calls; httpx's pool does work per open connection on every request, so a larger
+# pool only costs CPU. (Idle ones kept for reuse: half of them.)
+_POOL_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=16)
 
 
 def new_job_id() -> str:
@@ -143,7 +198,7 @@ class Client:
             headers=headers,
             timeout=timeout,
             transport=transport,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=_POOL_LIMITS,
         )
         self._caller = Caller(
             parse_urls(urls),
@@ -155,6 +210,8 @@ class Client:
             rng=rng or random.Random(),
         )
         self._call = self._caller.call
+        # a send is bounded by the caller's own bounds: its retries, then one more try
+        self._submits = Coalescer(self._bulk, bound=retry_deadline + 2 * timeout + 1)
 
     @classmethod
     async def from_storage(
@@ -207,11 +264,32 @@ class Client:
         delay: float | dt.timedelta | None = None,
         id: str | None = None,
     ) -> str:
-        """Enqueue one job; returns its id once the broker has made it durable."""
-        [job_id] = await self.submit_many(
-            [JobSpec(type, payload, id=id, max_attempts=max_attempts, delay=delay)]
-        )
-        return job_id
+        """Enqueue one job; returns its id once the broker has made it durable.
+
+        Concurrent calls share requests (``POST /v1/jobs/bulk``), each with its own
+        outcome: one caller's refused job never fails another's. A job the schema
+        refuses raises here, before anything is sent; a full queue
+        (:class:`~trioq.QueueFull`) is retried with backoff until the client's
+        ``retry_deadline``, like any 503 answer.
+        """
+        spec = JobSpec(type, payload, id=id, max_attempts=max_attempts, delay=delay)
+        job = _new_job(spec, "job: ")
+        item, size = job.to_json(), len(job.payload_json or b"")
+        caller = self._caller
+        deadline = trio.current_time() + caller.retry_deadline
+        tries = 0
+        while True:
+            result = await self._submits.submit(item, size)
+            if isinstance(result, str):
+                return result
+            # a QueueFull of the whole request was retried to the deadline already
+            left = deadline - trio.current_time()
+            if not isinstance(result, QueueFull) or left <= 0:
+                raise result
+            tries += 1
+            wait = min(caller.retry_wait(tries), left)
+            _log.debug("submit of %s: %r; retrying in %.2f s", item.get("id"), result, wait)
+            await trio.sleep(wait)
 
     async def submit_many(self, jobs: Iterable[JobSpec]) -> list[str]:
         """Enqueue a batch atomically (validated as a whole); ids in input order."""
@@ -226,6 +304,40 @@ class Client:
         body = {"jobs": [item.to_json() for item in items]}
         response = await self._call("POST", "/v1/jobs/batch", body)
         return adapter(BatchAnswer).validate_json(response.content).job_ids
+
+    async def submit_each(self, jobs: Iterable[JobSpec]) -> list[str | TrioqError]:
+        """Enqueue jobs each on its own (``POST /v1/jobs/bulk``); in input order,
+        each job's id (also when it existed already), or the
+        :class:`~trioq.TrioqError` that refused it alone (``QueueFull`` for the jobs
+        past the queue's cap, ``PayloadTooLarge``, ...), returned, not raised.
+
+        Unlike :meth:`submit_many`, the jobs that fit go in when others do not. A job
+        the schema refuses raises for the whole call, before anything is sent, as
+        there. The jobs go in requests of at most 10,000 (and about 1 MiB of
+        payloads), one after the other; an error of a request as a whole (the broker
+        unreachable past the retry deadline, ...) is the result of each of its jobs.
+        Nothing is retried per job: a ``QueueFull`` job is the caller's to resubmit.
+        """
+        specs = list(jobs)
+        items = [_new_job(spec, f"jobs[{i}]: ") for i, spec in enumerate(specs)]
+        results: list[str | TrioqError] = []
+        for chunk in _chunks(items):
+            results += await self._bulk([item.to_json() for item in chunk])
+        return results
+
+    async def _bulk(self, items: list[dict[str, Any]]) -> list[str | TrioqError]:
+        """One ``POST /v1/jobs/bulk`` (halved and sent again while the broker finds
+        the request as a whole too large: then it enqueued none of it)."""
+        try:
+            response = await self._call("POST", "/v1/jobs/bulk", {"jobs": items})
+        except PayloadTooLarge as exc:
+            if len(items) == 1:
+                return [exc]
+            half = len(items) // 2
+            return [*await self._bulk(items[:half]), *await self._bulk(items[half:])]
+        except TrioqError as exc:
+            return [exc, *(own_copy(exc) for _ in items[1:])]
+        return _bulk_results(response.content, len(items))
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job; returns its status afterwards."""
@@ -291,6 +403,59 @@ class Client:
         )
         return adapter(ClaimMany).validate_json(response.content).jobs
 
+    async def exchange(
+        self,
+        worker_id: str,
+        *,
+        heartbeat: Sequence[Held] = (),
+        complete: Sequence[Held] = (),
+        fail: Sequence[Failure] = (),
+        release: Sequence[Held] = (),
+        claim: int = 0,
+        types: Sequence[str] | None = None,
+        wait: float = 0.0,
+        retry_deadline: float | None = None,
+    ) -> ExchangeAnswer:
+        """A worker's round trip (``POST /v1/jobs/exchange``): its reports on held
+        jobs, and a claim of up to ``claim`` jobs (0: none), in one broker commit.
+
+        The broker applies heartbeats, completes, fails, releases, then the claim;
+        each report has its own outcome in the answer (a ``LeaseLost`` one does not
+        fail the others). ``wait`` (seconds) long-polls the claim, and only applies
+        to an exchange without reports. Like :meth:`claim`, an exchange that carries
+        a claim is never repeated once it may have reached the broker (a lost answer
+        raises :class:`~trioq.BrokerUnreachable`, an unknown commit outcome
+        :class:`~trioq.WriteOutcomeUnknown`); one without a claim is retried like
+        the other calls. Raises ValueError for a list over 10,000 reports.
+        """
+        parse(WORKER_ID, worker_id, field="workerId")
+        body: dict[str, Any] = {"workerId": worker_id}
+        for name, held in (("heartbeat", heartbeat), ("complete", complete), ("release", release)):
+            if held:
+                body[name] = [_held_item(job) for job in _bounded(name, held)]
+        if fail:
+            body["fail"] = [_fail_item(failure) for failure in _bounded("fail", fail)]
+        wait_ms = 0
+        if claim:
+            spec: dict[str, Any] = {"max": claim}
+            if types is not None:
+                spec["types"] = list(types)
+            if len(body) == 1:  # no reports: the broker honours waitMs
+                wait_ms = min(round(wait * 1000), MAX_WAIT_MS)
+                if wait_ms > 0:
+                    spec["waitMs"] = wait_ms
+            parse(ClaimRequest, {"workerId": worker_id, **spec})
+            body["claim"] = spec
+        response = await self._call(
+            "POST",
+            "/v1/jobs/exchange",
+            body,
+            claim=claim > 0,
+            extra_timeout=wait_ms / 1000,
+            retry_deadline=retry_deadline,
+        )
+        return _exchange_answer(response.content, body)
+
     async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         await self._call("POST", f"/v1/jobs/{job_id}/heartbeat", _held(worker_id, attempt))
 
@@ -321,6 +486,104 @@ class Client:
     async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         """Give a claimed job back at once, without counting the attempt."""
         await self._call("POST", f"/v1/jobs/{job_id}/release", _held(worker_id, attempt))
+
+
+def _chunks(items: list[NewJob]) -> Iterator[list[NewJob]]:
+    """``items`` (sealed) in runs that fit one bulk request."""
+    chunk: list[NewJob] = []
+    size = 0
+    for item in items:
+        item_size = len(item.payload_json or b"")
+        if chunk and (len(chunk) >= MAX_BULK or size + item_size > BULK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
+
+
+def _bulk_results(content: bytes, count: int) -> list[str | TrioqError]:
+    """Each job's outcome in a bulk answer (``{"results": [...]}``)."""
+    try:
+        results = orjson.loads(content)["results"]
+        if len(results) != count:
+            raise ValueError(f"{len(results)} results for {count} jobs")
+        return [_bulk_result(result) for result in results]
+    except (ValueError, KeyError, TypeError) as exc:
+        error = TrioqError(f"malformed answer to a bulk submit ({exc}): {content[:200]!r}")
+        return [own_copy(error) for _ in range(count)]
+
+
+def _bulk_result(result: dict[str, Any]) -> str | TrioqError:
+    error = result.get("error")
+    if error is None:
+        job_id = result["jobId"]
+        if not isinstance(job_id, str):
+            raise TypeError("a jobId that is not a string")
+        return job_id
+    return error_from_body(error) or TrioqError(f"malformed error in a bulk answer: {error!r}")
+
+
+def _bounded(name: str, items: Sequence[Any]) -> Sequence[Any]:
+    if len(items) > MAX_BATCH:
+        raise ValueError(f"{name}: {len(items)} reports, over the limit of {MAX_BATCH}")
+    return items
+
+
+def _held_item(job: Held) -> dict[str, Any]:
+    if job.attempt is None:
+        return {"jobId": job.id}
+    return {"jobId": job.id, "attempt": job.attempt}
+
+
+def _fail_item(failure: Failure) -> dict[str, Any]:
+    item = _held_item(failure.job)
+    item["error"] = failure.error
+    if failure.retry_in is not None:
+        item["retryInMs"] = round(failure.retry_in * 1000)
+    if failure.final:
+        item["final"] = True
+    return item
+
+
+def _exchange_answer(content: bytes, body: dict[str, Any]) -> ExchangeAnswer:
+    """The answer to the exchange ``body``, read as plain JSON (no model per item:
+    this is a worker's hot path)."""
+    try:
+        data = orjson.loads(content)
+        heartbeat, complete, fail, release = (
+            _outcomes(data[name], len(body.get(name, ())))
+            for name in ("heartbeat", "complete", "fail", "release")
+        )
+        jobs = [
+            ClaimedJob(
+                job["jobId"], job["type"], job.get("payload"), job["attempt"], job["leaseMs"]
+            )
+            for job in data["jobs"]
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrioqError(f"malformed answer to an exchange ({exc}): {content[:200]!r}") from None
+    claim = body.get("claim")
+    if len(jobs) > (claim["max"] if claim else 0):
+        raise TrioqError(f"an exchange answer with {len(jobs)} jobs, more than it claimed")
+    return ExchangeAnswer(heartbeat, complete, fail, release, jobs)
+
+
+def _outcomes(results: list[dict[str, Any]], count: int) -> list[Outcome]:
+    if len(results) != count:
+        raise ValueError(f"{len(results)} results for {count} reports")
+    return [_outcome(result) for result in results]
+
+
+def _outcome(result: dict[str, Any]) -> Outcome:
+    status = result.get("status")
+    if isinstance(status, str):
+        return status
+    error = error_from_body(result.get("error"))
+    if error is None:
+        raise ValueError(f"a result with neither status nor error: {result!r}")
+    return error
 
 
 def _held(worker_id: str, attempt: int | None) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 nursery with its heartbeat. ``python -m trioq.worker module:attr`` runs one (see
 ``--help``).
 
-Modules: ``_worker`` (Worker, its claim loop, and the task tree in its docstring),
-``_host`` (the job host: every running job, their slots and their grace), ``_job``
-(one job's nursery: handler + heartbeat, and its report), ``_handlers``
+Modules: ``_worker`` (Worker, and the task tree in its docstring), ``_courier`` (every
+report and claim of a running worker, batched into one exchange per round), ``_host``
+(the job host: every held job, the slots their handlers take, their grace), ``_job``
+(one job's nursery: heartbeat + handler, and its report), ``_handlers``
 (registration, JobContext, hooks), ``_settings`` (WorkerSettings), ``_outage``
 (logging a failing broker), ``_cli`` (the command line).
 """

@@ -1,28 +1,34 @@
-"""One job: its nursery, holding the handler and the heartbeat that keeps its lease,
-and the report of how it ended (complete, fail or release).
+"""One job: its nursery, holding the heartbeat that keeps its lease and (once a slot
+is free) the handler, and the report of how it ended (complete, fail or release).
 
+- A job's task starts when it is claimed. A prefetched job waits in its nursery for
+  a slot (a ``CapacityLimiter`` token), its lease kept; a stop releases it unstarted.
 - The heartbeat renews the lease (carrying the attempt) at least three times per
-  granted ``leaseMs``, whatever the configured interval. ``LeaseLost`` or
-  ``JobNotFound`` cancels the handler, and so does the local lease deadline: a worker
-  that could not renew its lease in time stops rather than run unowned.
-- Reports are shielded and bounded (``release_timeout``), so a drain cannot lose them
-  and a dead broker cannot hang the worker: the lease then expires on the broker.
+  granted ``leaseMs``, whatever the configured interval, by handing the renewal to
+  the courier (:mod:`._courier`), which sends it in its next exchange. ``LeaseLost``
+  or ``JobNotFound`` cancels the handler, and so does the local lease deadline: a
+  worker that could not renew its lease in time stops rather than run unowned.
+- Outcome reports go through the courier too, awaited shielded and bounded
+  (``release_timeout``), so a drain cannot lose them and a dead broker cannot hang
+  the worker: the lease then expires on the broker.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
 from .._errors import JobNotFound, LeaseLost, TrioqError
-from ..client import Claimed, Client
+from ..client import Claimed, Client, Failure, Outcome
+from ._courier import Courier, Report
 from ._handlers import Handler, Hooks, JobContext, call_handler, label, run_hooks
 from ._settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from ._host import Slots
 
 log = logging.getLogger("trioq.worker")
 
@@ -35,21 +41,40 @@ class _Outcome:
     final: bool = False
 
 
+_SUCCESS = _Outcome(None)
+
+
+def _raised(job: Claimed, exc: Exception) -> _Outcome:
+    text = f"{type(exc).__name__}: {exc}"
+    log.info("%s raised %s", label(job), text, exc_info=exc)
+    return _Outcome(text)
+
+
 @dataclass(eq=False)
 class _Lease:
     """A job's lease as the worker sees it: renewed until ``deadline``."""
 
     deadline: float
     lost: str | None = None
-    handler_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    held: bool = True
+    """Still counted in the courier's :attr:`~._courier.Courier.held`."""
+    scope: trio.CancelScope | None = None
+    """The job nursery's: cancelled when the lease is lost, or the handler is done."""
+    finished: bool = False
+    """The handler is done (or never started)."""
+    beating: bool = False
+    """The heartbeat task has started (so it must be cancelled to end)."""
 
 
 @dataclass(eq=False)
 class JobRunner:
-    """Runs claimed jobs for one :meth:`Worker.run <trioq.Worker.run>` (whose client
-    it uses); ``counts`` and ``noted_leases`` are the worker's."""
+    """Runs claimed jobs for one :meth:`Worker.run <trioq.Worker.run>`: their
+    reports go through ``courier``, and ``client`` reads a job back when a report's
+    fate is unclear; ``counts`` and ``noted_leases`` are the worker's."""
 
     client: Client
+    courier: Courier
+    slots: Slots
     worker_id: str
     settings: WorkerSettings
     handlers: dict[str, Handler]
@@ -59,63 +84,99 @@ class JobRunner:
     """Lease lengths whose shortened heartbeat interval was logged already."""
 
     async def run(self, job: Claimed, ctx: JobContext, claimed_at: float) -> None:
-        """The job's nursery (handler + heartbeat), then its report."""
+        """The job's nursery (heartbeat, and the handler once a slot is free), then
+        its report."""
+        # the lease runs from the claim: heartbeats cover the wait for a slot too
+        lease = _Lease(deadline=claimed_at + job.lease_ms / 1000)
+        try:
+            await self._run(job, ctx, lease)
+        finally:
+            self._let_go(lease)
+        # a cancellation that came while a report was awaited (see _hand_over)
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _run(self, job: Claimed, ctx: JobContext, lease: _Lease) -> None:
         handler = self.handlers.get(job.type)
         if handler is None:
             # the broker gave us a type we did not ask for: give it back untouched
             log.warning("%s: no handler for its type here; releasing it", label(job))
-            await self.release(job)
+            await self._release(job, lease)
             return
-        # the lease runs from the claim: heartbeats cover hooks and validation too
-        lease = _Lease(deadline=claimed_at + job.lease_ms / 1000)
         outcome: _Outcome | None = None
         ran = False
         try:
             async with trio.open_nursery() as nursery:
+                lease.scope = nursery.cancel_scope
                 nursery.start_soon(self._heartbeat, job, lease, name=f"heartbeat {job.id}")
-                with lease.handler_scope:
-                    outcome = await self._execute(handler, job, ctx)
-                # handler done (or cancelled by lease loss): stop the heartbeat
-                nursery.cancel_scope.cancel(reason="handler finished")
+                # a lost lease cancels this nursery: the heartbeat is ending anyway
+                outcome = await self._in_slot(handler, job, ctx)
+                lease.finished = True
+                if lease.beating:  # else it will see `finished` when it first runs
+                    nursery.cancel_scope.cancel(reason="handler finished")
             ran = True
         finally:
             # Cancelled here (drain grace over, or abort) arrives wrapped in an
             # exception group from the job nursery; whatever it was, a job that did
             # not run to the end goes back for someone else
             if not ran and lease.lost is None:
-                await self.release(job)
-        if lease.lost is not None or outcome is None:
+                await self._release(job, lease)
+        if lease.lost is not None:
             self.counts["lost"] += 1
             log.warning("%s cancelled: %s", label(job), lease.lost)
+        elif outcome is None:
+            # prefetched, and the worker stopped before a slot came free
+            await self._release(job, lease)
         elif outcome.error is None:
-            await self._report_completion(job, ctx)
+            await self._report_completion(job, ctx, lease)
         else:
-            await self._report_failure(job, ctx, outcome.error, final=outcome.final)
+            await self._report_failure(job, ctx, lease, outcome.error, final=outcome.final)
+
+    async def _in_slot(self, handler: Handler, job: Claimed, ctx: JobContext) -> _Outcome | None:
+        """The handler's run, in a slot once one is free; None if the worker stopped
+        first (a prefetched job)."""
+        borrower = trio.lowlevel.current_task()
+        if not await self.slots.acquire(borrower):
+            return None
+        try:
+            return await self._execute(handler, job, ctx)
+        finally:
+            self.slots.release(borrower)
+
+    def _let_go(self, lease: _Lease) -> None:
+        """The job's room may be claimed again (once per job)."""
+        if lease.held:
+            lease.held = False
+            self.courier.let_go()
 
     async def _execute(self, handler: Handler, job: Claimed, ctx: JobContext) -> _Outcome:
-        """Hooks, validation and the handler call (under its timeout)."""
-        await run_hooks(self.hooks.claimed, job, ctx)
+        """Hooks, validation and the handler call (under its timeout, if it has one)."""
+        if self.hooks.claimed:
+            await run_hooks(self.hooks.claimed, job, ctx)
         try:
             payload = handler.validate(job.payload)
         except Exception as exc:
             text = f"invalid payload for {job.type!r}: {exc}"
             log.warning("%s: %s (dead-lettered)", label(job), text)
             return _Outcome(text, final=True)
-        timeout = math.inf if handler.timeout is None else handler.timeout
+        if handler.timeout is None:  # no cancel scope then: one per job costs
+            try:
+                await call_handler(handler, payload, ctx)
+            except Exception as exc:
+                return _raised(job, exc)
+            return _SUCCESS
+        timeout = handler.timeout
         scope = trio.move_on_after(timeout)
         try:
             with scope:
                 await call_handler(handler, payload, ctx)
         except Exception as exc:
             if not scope.cancel_called:
-                text = f"{type(exc).__name__}: {exc}"
-                log.info("%s raised %s", label(job), text, exc_info=exc)
-                return _Outcome(text)
+                return _raised(job, exc)
         if scope.cancel_called:
             # also when a sync handler (a thread cannot be interrupted) overran
             log.info("%s timed out after %g s", label(job), timeout)
             return _Outcome(f"timed out after {timeout:g} s")
-        return _Outcome(None)
+        return _SUCCESS
 
     def _heartbeat_interval(self, lease: float) -> float:
         """The configured interval, shortened to renew at least three times per lease."""
@@ -134,42 +195,55 @@ class JobRunner:
         return interval
 
     async def _heartbeat(self, job: Claimed, lease: _Lease) -> None:
+        if lease.finished:
+            return  # a short job, done before its heartbeat first ran
+        lease.beating = True
         granted = job.lease_ms / 1000
         interval = self._heartbeat_interval(granted)
         next_beat = trio.current_time() + interval
         while True:
             # wake for the next beat, or at the local lease deadline, whichever first
-            with trio.move_on_at(min(next_beat, lease.deadline)):
-                await trio.sleep_forever()
+            await trio.sleep_until(min(next_beat, lease.deadline))
             now = trio.current_time()
             if now >= lease.deadline:
-                lease.lost = "its lease could not be renewed in time"
-                lease.handler_scope.cancel()
+                self._lose(lease, "its lease could not be renewed in time")
                 return
+            report = self.courier.heartbeat(job)
             try:
                 with trio.move_on_at(lease.deadline):
-                    await self.client.heartbeat(job.id, self.worker_id, attempt=job.attempt)
-                    lease.deadline = now + granted
-                    next_beat = now + interval
-                    continue
-            except (LeaseLost, JobNotFound) as exc:
-                lease.lost = f"the broker says: {exc}"
-                lease.handler_scope.cancel()
+                    await report.wait()
+            finally:
+                # not answered in time (or the job ended): if it has not gone, it never goes
+                report.withdrawn = report.result is None
+            result = report.result
+            if isinstance(result, str):
+                lease.deadline = now + granted
+                next_beat = now + interval
+            elif isinstance(result, LeaseLost | JobNotFound):
+                self._lose(lease, f"the broker says: {result}")
                 return
-            except TrioqError as exc:
-                log.warning("%s: heartbeat failed: %s: %s", label(job), type(exc).__name__, exc)
+            elif result is not None:
+                log.warning(
+                    "%s: heartbeat failed: %s: %s", label(job), type(result).__name__, result
+                )
                 next_beat = min(trio.current_time() + max(interval / 5, 0.1), lease.deadline)
 
-    async def _report_completion(self, job: Claimed, ctx: JobContext) -> None:
-        call = self.client.complete(job.id, self.worker_id, attempt=job.attempt)
-        try:
-            reported = await self._report(job, "completion", call)
-        except (LeaseLost, JobNotFound) as exc:
-            # the client retries a call whose answer was lost: the first one may
+    @staticmethod
+    def _lose(lease: _Lease, why: str) -> None:
+        lease.lost = why
+        assert lease.scope is not None
+        lease.scope.cancel(reason=f"lease lost: {why}")
+
+    async def _report_completion(self, job: Claimed, ctx: JobContext, lease: _Lease) -> None:
+        self._let_go(lease)
+        result = await self._hand_over(job, "completion", self.courier.complete(job))
+        reported = isinstance(result, str)
+        if isinstance(result, LeaseLost | JobNotFound):
+            # sent again after an exchange whose answer was lost: the first send may
             # have landed (then the job is completed at our attempt)
             reported = await self._recorded(job, None)
             if not reported:
-                log.warning("%s finished but its lease was lost: %s", label(job), exc)
+                log.warning("%s finished but its lease was lost: %s", label(job), result)
         if not reported:
             # not recorded: the lease expires and the job runs again elsewhere
             self.counts["lost"] += 1
@@ -178,23 +252,24 @@ class JobRunner:
         await run_hooks(self.hooks.completed, job, ctx)
 
     async def _report_failure(
-        self, job: Claimed, ctx: JobContext, error: str, *, final: bool
+        self, job: Claimed, ctx: JobContext, lease: _Lease, error: str, *, final: bool
     ) -> None:
-        call = self.client.fail(job.id, self.worker_id, error, attempt=job.attempt, final=final)
-        try:
-            reported = await self._report(job, "failure", call)
-        except (LeaseLost, JobNotFound) as exc:
+        self._let_go(lease)
+        failure = Failure(job, error, final=final)
+        result = await self._hand_over(job, "failure", self.courier.fail(job, failure))
+        reported = isinstance(result, str)
+        if isinstance(result, LeaseLost | JobNotFound):
             reported = await self._recorded(job, error)
             if not reported:
-                log.warning("%s failed but its lease was lost: %s", label(job), exc)
+                log.warning("%s failed but its lease was lost: %s", label(job), result)
         if reported:
             self.counts["failed"] += 1
             await run_hooks(self.hooks.failed, job, ctx, error)
 
     async def _recorded(self, job: Claimed, error: str | None) -> bool:
         """Whether the broker already holds this attempt's outcome (completed, or
-        failed with ``error``): an earlier send of the same call landed but its
-        answer was lost, and the client's retry then found the job gone."""
+        failed with ``error``): an earlier send of the same report landed but its
+        answer was lost, and the next send then found the job gone."""
         with trio.move_on_after(self.settings.release_timeout, shield=True):
             try:
                 record = await self.client.get(job.id)
@@ -212,40 +287,43 @@ class JobRunner:
             )
         return False
 
-    async def release(self, job: Claimed) -> None:
+    async def _release(self, job: Claimed, lease: _Lease) -> None:
         """Give the job back at once, for another worker (or a later claim)."""
-        call = self.client.release(job.id, self.worker_id, attempt=job.attempt)
-        try:
-            released = await self._report(job, "release", call)
-        except (LeaseLost, JobNotFound) as exc:
-            log.info("%s was not ours to release any more: %s", label(job), exc)
-            return
-        if released:
+        self._let_go(lease)
+        result = await self._hand_over(job, "release", self.courier.release(job))
+        if isinstance(result, LeaseLost | JobNotFound):
+            log.info("%s was not ours to release any more: %s", label(job), result)
+        elif result is not None:
             self.counts["released"] += 1
 
-    async def _report(self, job: Claimed, what: str, call: Awaitable[Any]) -> bool:
-        """Report a job's outcome (``what``: completion, failure, release), shielded
-        and bounded. True if the broker took it; LeaseLost and JobNotFound are raised."""
-        with trio.move_on_after(self.settings.release_timeout, shield=True) as scope:
-            try:
-                await call
-            except (LeaseLost, JobNotFound):
-                raise
-            except TrioqError as exc:
-                log.warning(
-                    "%s: could not report its %s (%s: %s); its lease will expire",
-                    label(job),
-                    what,
-                    type(exc).__name__,
-                    exc,
-                )
-                return False
-            return True
-        if scope.cancelled_caught:
+    async def _hand_over(self, job: Claimed, what: str, report: Report) -> Outcome | None:
+        """Await a report of the job's outcome (``what``: completion, failure,
+        release): the job's status after it, ``LeaseLost`` or ``JobNotFound``, or
+        None when it was not reported (logged here). Bounded by the courier
+        (``release_timeout``), and never cut short by a cancellation."""
+        try:
+            await report.wait()
+        except trio.Cancelled:
+            # the grace ran out or an abort came just now: the report still goes. The
+            # cancellation stays in force: the job task's next checkpoint raises it
+            with trio.CancelScope(shield=True):
+                await report.wait()
+        result = report.result
+        if report.timed_out:
             log.warning(
                 "%s: reporting its %s timed out after %g s; its lease will expire",
                 label(job),
                 what,
                 self.settings.release_timeout,
             )
-        return False
+            return None
+        if not isinstance(result, str | LeaseLost | JobNotFound):
+            log.warning(
+                "%s: could not report its %s (%s: %s); its lease will expire",
+                label(job),
+                what,
+                type(result).__name__,
+                result,
+            )
+            return None
+        return result

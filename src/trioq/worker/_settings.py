@@ -26,6 +26,19 @@ class WorkerSettings(Settings):
     concurrency: Annotated[
         int, Field(ge=1), Public("--concurrency", "TRIOQ_CONCURRENCY", "jobs at once")
     ] = 1
+    prefetch: Annotated[
+        int,
+        Field(ge=0),
+        Public(
+            "--prefetch",
+            "TRIOQ_PREFETCH",
+            "jobs held beyond --concurrency, their leases kept while they wait for a slot",
+        ),
+    ] = 0
+    """Jobs claimed ahead of a free slot: the worker holds at most ``concurrency +
+    prefetch`` jobs. Raise it for short jobs (each broker commit can then hand the
+    worker more than ``concurrency`` jobs); keep it 0 for long ones, whose prefetched
+    jobs would wait here while another worker sits idle."""
     poll_interval: Annotated[
         float,
         Field(ge=0),

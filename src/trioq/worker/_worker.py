@@ -3,26 +3,33 @@
 Shape of a running worker::
 
     Worker.run                probes the broker, then calls task_status.started()
-    ├── claim loop            claims as many jobs as there are free slots, long-polls
+    ├── courier (shielded)    every report and claim, one exchange per round  (_courier)
+    │   └── exchange tasks    at most two with reports, plus one long-poll claim
     ├── stop watcher          turns cancellation of run() into a drain
-    └── job host (shielded)   owns one nursery per job            (_host.JobHost)
-        └── job nursery       the handler + its heartbeat task    (_job.JobRunner)
+    └── job host (shielded)   owns one nursery per held job       (_host.JobHost)
+        └── job nursery       its heartbeat task + the handler    (_job.JobRunner)
 
-- A ``trio.CapacityLimiter`` bounds concurrency. The claim loop borrows a token per
-  free slot before it claims, and hands each token to the job that uses it.
-- The heartbeat task renews the lease at least three times per granted ``leaseMs``,
-  and cancels the handler when the lease is lost (see :mod:`._job`).
-- A claim request is shielded (cancelling it could strand the jobs it took for a
-  lease). Once a stop is asked for, it is awaited at most one group commit interval
-  plus one second, never past the grace, then given up.
-- The job host is shielded from the caller's cancellation, so a drain (signal,
-  :meth:`Worker.drain`, or cancellation of ``run``) gives running jobs a grace
-  period counted from the stop; then they are cancelled and released so another
-  worker takes them at once.
+- The worker holds at most ``concurrency + prefetch`` jobs. The courier claims the
+  free room in each exchange, and starts a job task for each job it gets.
+- A ``trio.CapacityLimiter`` (``concurrency`` tokens) is taken inside each job's
+  nursery around its handler, so prefetched jobs wait for a slot with their leases
+  kept.
+- The heartbeat task renews the lease at least three times per granted ``leaseMs``
+  through the courier, and cancels the handler when the lease is lost (see
+  :mod:`._job`).
+- An exchange that carries a claim is never cancelled outright (that could strand
+  the jobs it took for a lease). Once a stop is asked for, it is awaited at most one
+  group commit interval plus one second, never past the grace, then given up; jobs
+  it brings are released at once.
+- The job host and the courier are shielded from the caller's cancellation, so a
+  drain (signal, :meth:`Worker.drain`, or cancellation of ``run``) releases the
+  prefetched jobs at once and gives running ones a grace period counted from the
+  stop; then they are cancelled and released so another worker takes them at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -35,9 +42,10 @@ import trio
 
 from .._backoff import backoff_delay
 from .._errors import TrioqError
-from ..client import Claimed, Client
+from ..client import Client
+from ._courier import Courier
 from ._handlers import Handler, Hook, Hooks, JobContext, check_registration, make_handler
-from ._host import JobHost, Slot
+from ._host import JobHost, Slots
 from ._job import JobRunner
 from ._outage import Outage
 from ._settings import WorkerSettings
@@ -45,15 +53,15 @@ from ._settings import WorkerSettings
 log = logging.getLogger("trioq.worker")
 
 RETRY_WINDOW = 2.0
-"""Seconds one probe or claim keeps retrying inside the client (connection errors,
+"""Seconds one probe or exchange keeps retrying inside the client (connection errors,
 503 answers) before the worker logs the failure and backs off."""
 
 BACKOFF_BASE = 0.5
-"""The worker's first wait after a failed probe or claim; it doubles with each
+"""The worker's first wait after a failed probe or exchange; it doubles with each
 failure in a row, with jitter (:func:`trioq._backoff.backoff_delay`)."""
 
 BACKOFF_MAX = 10.0
-"""Cap on the worker's wait between two failed probes or claims."""
+"""Cap on the worker's wait between two failed probes or exchanges."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +90,7 @@ class Worker:
         *,
         broker_url: str | None = None,
         concurrency: int | None = None,
+        prefetch: int | None = None,
         poll_interval: float | None = None,
         heartbeat_interval: float | None = None,
         shutdown_grace: float | None = None,
@@ -93,6 +102,7 @@ class Worker:
         given = {
             "broker_url": broker_url,
             "concurrency": concurrency,
+            "prefetch": prefetch,
             "poll_interval": poll_interval,
             "heartbeat_interval": heartbeat_interval,
             "shutdown_grace": shutdown_grace,
@@ -107,10 +117,10 @@ class Worker:
         self._hooks = Hooks()
         self._draining = trio.Event()
         self._abort = trio.Event()
-        # a wait that a stop ends at once (for a free slot, or for the broker)
+        # a wait that a stop ends at once (for the broker)
         self._interruptible: trio.CancelScope | None = None
-        # the claim in flight: shielded; a stop gives it a deadline
-        self._claim_scope: trio.CancelScope | None = None
+        # the running courier: a stop ends its claims
+        self._courier: Courier | None = None
         self._stop_at: float | None = None
         # the broker's group commit interval, once it said (GET /v1/stats)
         self._broker_interval: float | None = None
@@ -170,7 +180,8 @@ class Worker:
 
     @property
     def active(self) -> dict[str, JobContext]:
-        """The jobs running now, by id (read-only; for introspection)."""
+        """The jobs held now, by id: running, or prefetched and waiting for a slot
+        (read-only; for introspection)."""
         return self._host.active
 
     @property
@@ -180,7 +191,8 @@ class Worker:
         return self.settings.worker_id
 
     def drain(self) -> None:
-        """Stop claiming; running jobs get the grace period, then are released.
+        """Stop claiming; prefetched jobs are released at once, running jobs get the
+        grace period, then are released.
 
         A claim already sent is awaited at most one group commit interval plus one
         second (never past the grace), then given up.
@@ -199,10 +211,12 @@ class Worker:
         if abort:
             self._abort.set()
             self._host.cancel()
+        else:
+            self._host.stop()
         if self._interruptible is not None:
             self._interruptible.cancel()
-        if self._claim_scope is not None:
-            self._bound_claim(self._claim_scope)
+        if self._courier is not None:
+            self._courier.stop(self._bound_claim)
 
     def _bound_claim(self, scope: trio.CancelScope) -> None:
         """Once stopping: give the claim in flight its last deadline."""
@@ -236,8 +250,12 @@ class Worker:
             if not await self._wait_for_broker(client, outage):
                 task_status.started()
                 return
+            courier = self._courier = self._new_courier(client, outage)
+            slots = self._host.slots = Slots(settings.concurrency)
             runner = JobRunner(
                 client,
+                courier,
+                slots,
                 self.worker_id,
                 settings,
                 self.handlers,
@@ -246,25 +264,51 @@ class Worker:
                 self._noted_leases,
             )
             async with trio.open_nursery() as top:
-                await top.start(self._host.serve, settings.concurrency, self._abort)
+                await top.start(self._host.serve, self._abort)
+                await top.start(courier.run, functools.partial(self._host.start, runner))
                 top.start_soon(self._stop_when_cancelled)
                 try:
                     task_status.started()
-                    await self._claim_loop(runner, outage)
+                    await self._draining.wait()
                 finally:
-                    self._stop(abort=False)
-                    assert self._stop_at is not None
-                    with trio.CancelScope(shield=True):
-                        # the grace counts from the stop, whatever the claim in flight took
-                        await self._host.drain(self._stop_at + settings.shutdown_grace, self._abort)
+                    await self._wind_down(courier)
                     top.cancel_scope.cancel(reason="worker stopped")
         finally:
+            self._courier = None
             if owns_client:
                 await client.aclose()
             # ready for another run (e.g. trioq.testing's run_worker_until_idle)
             self._draining = trio.Event()
             self._abort = trio.Event()
             self._stop_at = None
+
+    def _new_courier(self, client: Client, outage: Outage) -> Courier:
+        settings = self.settings
+        courier = Courier(
+            client,
+            self.worker_id,
+            types=list(self.handlers),
+            capacity=settings.concurrency + settings.prefetch,
+            poll_wait=settings.poll_interval,
+            retry_deadline=min(client.retry_deadline, RETRY_WINDOW),
+            backoff=self._backoff,
+            outage=outage,
+            report_timeout=settings.release_timeout,
+        )
+        if self._stop_at is not None:  # a stop came while it was being made
+            courier.stop(self._bound_claim)
+        return courier
+
+    async def _wind_down(self, courier: Courier) -> None:
+        """After a stop: the claims in flight end (bounded), the jobs drain with
+        their grace (counted from the stop, whatever the claims took), their last
+        reports go, then the courier closes."""
+        self._stop(abort=False)
+        assert self._stop_at is not None
+        with trio.CancelScope(shield=True):
+            await courier.claims_settled()
+            await self._host.drain(self._stop_at + self.settings.shutdown_grace, self._abort)
+            courier.close()
 
     async def _stop_when_cancelled(self) -> None:
         try:
@@ -304,94 +348,3 @@ class Worker:
             finally:
                 self._interruptible = None
         return False
-
-    # ------------------------------------------------------------- claim loop
-
-    async def _claim_loop(self, runner: JobRunner, outage: Outage) -> None:
-        limiter = self._host.limiter
-        types = list(self.handlers)
-        failures = 0
-        while slots := await self._free_slots(limiter):
-            claimed: list[Claimed] = []
-            delay = 0.0
-            try:
-                claimed = await self._claim(runner.client, types, len(slots))
-                outage.answered()
-                failures = 0
-            except TrioqError as exc:
-                failures += 1
-                delay = self._backoff(failures)
-                if not self._draining.is_set():
-                    outage.failed("claim", exc, delay)
-            claimed_at = trio.current_time()
-            claimed = await self._keep(runner, claimed, len(slots))
-            if self._draining.is_set():
-                for slot in slots:
-                    limiter.release_on_behalf_of(slot)
-                return
-            self._host.start(runner, claimed, slots, claimed_at)
-            if delay:
-                with trio.move_on_after(delay):
-                    await self._draining.wait()
-
-    async def _free_slots(self, limiter: trio.CapacityLimiter) -> list[Slot]:
-        """Borrow a token for each free slot, waiting for the first; none once
-        stopping (a stop ends the wait at once)."""
-        if self._draining.is_set():
-            return []
-        first = Slot()
-        with trio.CancelScope() as wait:
-            self._interruptible = wait
-            await limiter.acquire_on_behalf_of(first)
-        self._interruptible = None
-        if self._draining.is_set():
-            if not wait.cancelled_caught:  # the token came before the stop did
-                limiter.release_on_behalf_of(first)
-            return []
-        slots = [first]
-        while limiter.available_tokens:
-            slot = Slot()
-            limiter.acquire_on_behalf_of_nowait(slot)
-            slots.append(slot)
-        return slots
-
-    async def _keep(self, runner: JobRunner, claimed: list[Claimed], slots: int) -> list[Claimed]:
-        """The claimed jobs to run. Jobs beyond ``slots``, and all of them once
-        stopping (or cancelled), are released at once."""
-        try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except trio.Cancelled:
-            self._draining.set()
-            raise
-        finally:
-            keep, extra = claimed[:slots], claimed[slots:]
-            if self._draining.is_set():
-                # stopped while the claim was in flight: give the jobs straight back
-                keep, extra = [], claimed
-            for job in extra:
-                await runner.release(job)
-        return keep
-
-    async def _claim(self, client: Client, types: list[str], slots: int) -> list[Claimed]:
-        """One claim request, shielded: cancelled in flight, the jobs it took would be
-        stranded until their leases run out. A stop bounds it (:meth:`_bound_claim`);
-        given up then, it returns nothing."""
-        with trio.CancelScope(shield=True) as scope:
-            self._claim_scope = scope
-            self._bound_claim(scope)
-            try:
-                return await client.claim(
-                    self.worker_id,
-                    types=types,
-                    max=slots,
-                    wait=self.settings.poll_interval,
-                    retry_deadline=min(client.retry_deadline, RETRY_WINDOW),
-                )
-            finally:
-                self._claim_scope = None
-        log.warning(
-            "stopping: gave up a claim to %s that was still unanswered; jobs it may have "
-            "taken return to the queue when their leases run out",
-            client.url,
-        )
-        return []
