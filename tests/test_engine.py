@@ -1095,6 +1095,38 @@ async def test_an_exchange_is_one_mutation_in_one_commit(
         engine.stop()
 
 
+async def test_a_batchs_claims_take_the_jobs_its_later_submits_enqueue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # a busy worker's exchange (its outcome and a claim) reaches the broker before a
+    # producer's submit, both within one interval: the claim takes the new job in
+    # that same commit instead of one commit later
+    recorder = Recorder(MemoryStorage())
+    engine = make_engine(recorder)
+    got: list[list[str]] = []
+
+    async def report() -> None:
+        done = await engine.exchange("w", Reports(complete=[JobReport("a")]), max_jobs=5)
+        got.append([j.id for j in done.jobs])
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await trio.sleep_until(1.0)
+        await engine.enqueue(job("a"))
+        await engine.claim("w")
+        writes = len(recorder.landed)
+        nursery.start_soon(report)
+        await trio.testing.wait_all_tasks_blocked()
+        assert engine.book.queued == 1  # the exchange waits for the interval
+        await engine.enqueue(job("b"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [["b"]]
+        assert len(recorder.landed) == writes + 1  # one commit for both
+        stored_jobs = recorder.landed[-1].state().jobs
+        assert {j.id: j.worker_id for j in stored_jobs.values()} == {"b": "w"}
+        engine.stop()
+
+
 async def test_an_exchange_with_reports_never_waits(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -213,15 +213,22 @@ class Committer:
 
     def _apply(self, state: QueueState, batch: list[Mutation], now: int, started: float) -> bool:
         """GATHERED -> APPLIED (or WAITING); returns whether the state changed.
-        Leases that ran out go back first, so this batch's claims can take them."""
+        Leases that ran out go back first, and every operation of the batch (submits,
+        reports) is applied before any of its claims, in arrival order each: so the
+        batch's claims can take the jobs it enqueued, released or expired, and a job
+        submitted to a busy worker starts one commit sooner."""
         book = self.engine.book
         changed = bool(state.expire(now))
         state.pop_due(now)
+        live: list[Mutation] = []
         for mutation in batch:
             if mutation.op is None and mutation.abandoned:
                 book.drop(mutation)  # a claim: taking a job for it would strand the job
                 continue
-            mutation.apply(state, now)
+            mutation.apply_op(state, now)
+            live.append(mutation)
+        for mutation in live:
+            mutation.apply_claim(state, now)
             if mutation.may_wait(started):
                 book.park(mutation)
                 continue

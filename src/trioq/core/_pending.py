@@ -103,18 +103,32 @@ class Mutation:
     _done: trio.Event = field(default_factory=trio.Event)
 
     def apply(self, state: QueueState, now: int) -> None:
-        """Run the operation, then the claim; the result or the mutation's own error
-        is kept for the answer (anything but a TrioqError propagates: a bug). An op
-        that rejects itself leaves the claim untried, and an abandoned caller's
-        claim takes nothing (a job taken for nobody would be stranded)."""
+        """Run the operation, then the claim (:meth:`apply_op`, :meth:`apply_claim`)."""
+        self.apply_op(state, now)
+        self.apply_claim(state, now)
+
+    def apply_op(self, state: QueueState, now: int) -> None:
+        """Run the operation, if any; its result or the mutation's own error is kept
+        for the answer (anything but a TrioqError propagates: a bug)."""
+        if self.op is None:
+            return
         try:
-            if self.op is not None:
-                outcome = self.op(state, now)
-                if self.claim is None:
-                    self.result = outcome
-                    return
-                self.reported = outcome
-            assert self.claim is not None
+            outcome = self.op(state, now)
+        except TrioqError as exc:
+            self.error = exc
+            return
+        if self.claim is None:
+            self.result = outcome
+        else:
+            self.reported = outcome
+
+    def apply_claim(self, state: QueueState, now: int) -> None:
+        """Run the claim, if any. An op that rejected itself leaves it untried, and an
+        abandoned caller's claim takes nothing (a job taken for nobody would be
+        stranded)."""
+        if self.claim is None or self.error is not None:
+            return
+        try:
             self.result = [] if self.abandoned else self.claim.claim(state, now)
         except TrioqError as exc:
             self.error = exc
