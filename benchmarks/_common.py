@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from _procs import cpu_seconds
+from _procs import cpu_seconds, latency_fields
 
 if TYPE_CHECKING:
     from _servers import S3Server
@@ -124,3 +124,25 @@ def run_rows(
         for sample in row.get("worker_warning_samples", [])[:3]:
             print(f"  {sample}", file=sys.stderr)
     return rows
+
+
+def measured_fields(
+    times: list[tuple[float, float, float]],
+    load: dict[str, Any],
+    cpu: dict[str, float],
+    warnings: Any,
+    started: float,
+) -> dict[str, Any]:
+    """The fields every end-to-end row reports (trioq's and the peers'): end-to-end
+    and submit-only rates, latencies, CPU per job, the workers' warnings. ``times``
+    are (submitted, started, completed) per job; ``warnings`` a Counter of lines."""
+    e2e = max((t[2] for t in times), default=math.nan) - load["first_submit"]
+    submit = load["last_submitted"] - load["first_submit"]
+    return {
+        "e2e_s": e2e, "e2e_jobs_per_s": rate(len(times), e2e),
+        "submit_s": submit, "submit_jobs_per_s": rate(load["submitted"], submit),
+        **latency_fields(times), "cpu_s": cpu, "cpu_ms_per_job": per_job_ms(cpu, len(times)),
+        "worker_warnings": sum(warnings.values()),
+        "worker_warning_samples": [w for w, _ in warnings.most_common(5)],
+        "wall_s": time.monotonic() - started,
+    }  # fmt: skip

@@ -70,9 +70,8 @@ from _common import (
     batch_argvs,
     cpu_of,
     loader_cell,
+    measured_fields,
     paced_argvs,
-    per_job_ms,
-    rate,
     run_rows,
 )
 from _procs import (
@@ -150,16 +149,9 @@ def own_row(b: Bench, spec: RowSpec) -> dict[str, Any]:
     times = read_times(rowdir)
     warnings = warnings_in(rowdir)
     cpu["loaders"] = load["loader_cpu_s"]
-    e2e = max((t[2] for t in times), default=math.nan) - load["first_submit"]
-    submit = load["last_submitted"] - load["first_submit"]
     row: dict[str, Any] = {
         "row": name, **spec.__dict__, "jobs": jobs, "recorded": len(times), **seen, **load,
-        "e2e_s": e2e, "e2e_jobs_per_s": rate(len(times), e2e),
-        "submit_s": submit, "submit_jobs_per_s": rate(load["submitted"], submit),
-        **latency_fields(times), "cpu_s": cpu, "cpu_ms_per_job": per_job_ms(cpu, len(times)),
-        "worker_warnings": sum(warnings.values()),
-        "worker_warning_samples": [w for w, _ in warnings.most_common(5)],
-        "wall_s": time.monotonic() - started,
+        **measured_fields(times, load, cpu, warnings, started),
     }  # fmt: skip
     if profile is not None:
         row["profile"] = {

@@ -34,13 +34,12 @@ import time
 from typing import Any
 
 import trio
-from _common import Bench, RowSpec, cpu_of, loader_cell, per_job_ms, rate, run_rows
+from _common import Bench, RowSpec, cpu_of, loader_cell, measured_fields, per_job_ms, rate, run_rows
 from _procs import (
     ROOT,
     Loaders,
     clean_env,
     cluster,
-    latency_fields,
     loader_summary,
     loaders,
     percentile,
@@ -203,17 +202,10 @@ def redis_row(b: Bench, spec: RowSpec) -> dict[str, Any]:
     times = read_times(rowdir, "times-dramatiq-*.txt")
     warnings = warnings_in(rowdir, "w-dramatiq.log")
     cpu["loaders"] = load["loader_cpu_s"]
-    e2e = max((t[2] for t in times), default=math.nan) - load["first_submit"]
-    submit = load["last_submitted"] - load["first_submit"]
     return {
         "row": name, "processes": spec.processes, "concurrency": spec.concurrency,
         "jobs": jobs, "recorded": len(times), "timed_out": not drained, **load,
-        "e2e_s": e2e, "e2e_jobs_per_s": rate(len(times), e2e),
-        "submit_s": submit, "submit_jobs_per_s": rate(load["submitted"], submit),
-        **latency_fields(times), "cpu_s": cpu, "cpu_ms_per_job": per_job_ms(cpu, len(times)),
-        "worker_warnings": sum(warnings.values()),
-        "worker_warning_samples": [w for w, _ in warnings.most_common(5)],
-        "wall_s": time.monotonic() - started,
+        **measured_fields(times, load, cpu, warnings, started),
     }  # fmt: skip
 
 
