@@ -127,7 +127,12 @@ def broker_argv(args: Sequence[str]) -> list[str]:
 
 def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any broker setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in BROKER_ENV_VARS}
+    # every TRIOQ_* setting too (the fault-injection ones, and any added later)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in BROKER_ENV_VARS and not k.startswith("TRIOQ_")
+    }
     env["PYTHONUNBUFFERED"] = "1"
     if extra:
         env.update(extra)

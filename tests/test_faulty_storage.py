@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -415,5 +418,55 @@ async def test_latency_does_not_change_which_faults_a_seed_picks(
     ],
 )
 def test_rejects_invalid_settings(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FaultyStorage(MemoryStorage(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_latency_spikes_are_seeded_and_change_no_fault(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def run(seed: int, **spikes: float) -> tuple[list[float], list[InjectedFault], int]:
+        storage, _, _ = await _seeded(seed=seed, error_rate=0.2, latency=0.01, **spikes)
+        delays = []
+        for _ in range(200):
+            start = trio.current_time()
+            with contextlib.suppress(StorageUnreachable):
+                await storage.version(KEY)
+            delays.append(round(trio.current_time() - start, 6))
+        faults = [fault for fault in storage.faults if fault.kind != "latency"]
+        return delays, faults, storage.spikes
+
+    delays, faults, spikes = await run(3, spike_rate=0.1, spike=2.0)
+    assert set(delays) == {0.01, 2.01}
+    assert delays.count(2.01) == spikes
+    assert 5 < spikes < 50
+    assert await run(3, spike_rate=0.1, spike=2.0) == (delays, faults, spikes)
+    assert (await run(4, spike_rate=0.1, spike=2.0))[0] != delays
+    # spikes draw on their own stream: the same seed picks the same errors without them
+    plain_delays, plain_faults, no_spikes = await run(3)
+    assert (set(plain_delays), plain_faults, no_spikes) == ({0.01}, faults, 0)
+
+
+async def test_an_injected_latency_replaces_the_spike(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    storage, _, _ = await _seeded(seed=0, spike_rate=1.0, spike=5.0)
+    storage.inject("latency", delay=0.5)
+    await storage.version(KEY)
+    assert trio.current_time() == pytest.approx(0.5)
+    await storage.version(KEY)
+    assert trio.current_time() == pytest.approx(5.5)
+    assert storage.spikes == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"spike_rate": 1.1}, "spike_rate"),
+        ({"spike": -2.0}, "spike"),
+        ({"spike": math.inf}, "spike"),
+    ],
+)
+def test_rejects_invalid_spikes(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FaultyStorage(MemoryStorage(), **kwargs)  # type: ignore[arg-type]

@@ -117,6 +117,31 @@ def test_the_job_lease_has_one_name_in_code_and_a_flag_alias() -> None:
         assert settings.limits().job_lease_ms == 2500
 
 
+def test_storage_faults_are_off_by_default_and_chosen_by_flags_or_environment() -> None:
+    assert BrokerSettings.load(environ={}).storage_faults() == {}
+    env = {
+        "TRIOQ_FAULT_ERROR_RATE": "0.2",
+        "TRIOQ_FAULT_AMBIGUOUS_WRITE_RATE": "0.1",
+        "TRIOQ_FAULT_SPIKE_RATE": "0.01",
+        "TRIOQ_FAULT_SEED": "7",
+    }
+    argv = ["--fault-lost-write-rate", "0.05", "--fault-latency-s", "0.002"]
+    settings = parse_settings([*argv, "--fault-spike-s", "0.5", "--fault-seed", "8"], env)
+    assert settings.storage_faults() == {
+        "error_rate": 0.2,
+        "ambiguous_write_rate": 0.1,
+        "ambiguous_lost_rate": 0.05,
+        "latency": 0.002,
+        "spike_rate": 0.01,
+        "spike": 0.5,
+    }
+    assert settings.fault_seed == 8  # the flag over the environment
+    # a spike rate alone spikes by the default second; a seed alone turns nothing on
+    spikes = parse_settings(["--fault-spike-rate", "0.1"], {})
+    assert spikes.storage_faults() == {"spike_rate": 0.1, "spike": 1.0}
+    assert parse_settings(["--fault-seed", "3"], {}).storage_faults() == {}
+
+
 # ----------------------------------------------------------------- old names
 
 
@@ -206,6 +231,42 @@ def test_old_field_names_are_still_understood() -> None:
             [],
             "broker heartbeat interval (10000 ms) must be shorter than the broker heartbeat "
             "timeout (10000 ms)",
+        ),
+        (
+            BrokerSettings,
+            {},
+            {},
+            ["--fault-error-rate", "1.5"],
+            "--fault-error-rate must be <= 1, not 1.5",
+        ),
+        (
+            BrokerSettings,
+            {},
+            {"TRIOQ_FAULT_AMBIGUOUS_WRITE_RATE": "-0.1"},
+            [],
+            "TRIOQ_FAULT_AMBIGUOUS_WRITE_RATE must be >= 0, not -0.1",
+        ),
+        (
+            BrokerSettings,
+            {},
+            {"TRIOQ_FAULT_LOST_WRITE_RATE": "0.5"},
+            ["--fault-error-rate", "0.3", "--fault-ambiguous-write-rate", "0.4"],
+            "--fault-error-rate, --fault-ambiguous-write-rate and --fault-lost-write-rate "
+            "add up to 1.2, more than 1",
+        ),
+        (
+            BrokerSettings,
+            {},
+            {},
+            ["--fault-latency-s", "inf"],
+            "--fault-latency-s: Input should be a finite number",
+        ),
+        (
+            BrokerSettings,
+            {},
+            {"TRIOQ_FAULT_SEED": "abc"},
+            [],
+            "TRIOQ_FAULT_SEED: 'abc' is not a valid int",
         ),
         (
             WorkerSettings,

@@ -24,7 +24,9 @@ from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage
 from ..storage._throttled import ThrottledStorage
 from ._api import BrokerApi
+from ._faults import FaultCollector, describe_faults, failures_paused, faults_in, with_faults
 from ._http import create_app
+from ._metrics import metrics_registry
 from ._settings import BrokerSettings, SettingsError, parse_settings
 
 log = logging.getLogger("trioq.broker")
@@ -35,7 +37,8 @@ PROBE_FAILURES = 2
 
 
 def build_storage(settings: BrokerSettings) -> Storage:
-    """The backend the settings name, throttled if limits are set."""
+    """The backend the settings name, with faults if ``--fault-*`` turn them on
+    (innermost: they are the store's), throttled if limits are set."""
     storage: Storage
     if settings.storage == "file":
         storage = FileStorage(settings.data_dir)
@@ -51,6 +54,7 @@ def build_storage(settings: BrokerSettings) -> Storage:
         )
     else:
         storage = MemoryStorage()
+    storage = with_faults(storage, settings)
     if settings.max_reads_per_minute > 0 or settings.max_writes_per_minute > 0:
         storage = ThrottledStorage(
             storage,
@@ -131,7 +135,11 @@ class Broker:
     def __init__(self, settings: BrokerSettings, *, storage: Storage | None = None) -> None:
         settings.validate()
         self.settings = settings
-        self.storage = storage if storage is not None else build_storage(settings)
+        self.storage = (
+            build_storage(settings) if storage is None else with_faults(storage, settings)
+        )
+        self.faults = faults_in(self.storage) if settings.storage_faults() else None
+        """The :class:`FaultyStorage` the ``--fault-*`` settings put in, if any."""
         config = settings.engine_config()
         config.freeze_loaded_state = True
         self._candidacy: Candidacy | None = None
@@ -164,6 +172,8 @@ class Broker:
             metrics_public=settings.metrics_public,
             closing=self._shutdown,
         )
+        if self.faults is not None:
+            metrics_registry(self.api).register(FaultCollector(self.faults))
         self.url: str | None = None
         self._stop_probe = False
 
@@ -178,6 +188,11 @@ class Broker:
             log.warning(
                 "binding %s without a token: anyone who can reach it can use the queue",
                 settings.host,
+            )
+        if self.faults is not None:
+            log.warning(
+                "storage fault injection is ON (for tests, never production): %s",
+                describe_faults(settings),
             )
         config = HypercornConfig()
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -201,7 +216,8 @@ class Broker:
                 create=settings.create
                 or await trio.to_thread.run_sync(is_new_location, self.storage, settings.key),
             )
-            await nursery.start(self._run_engine)
+            with failures_paused(self.faults):
+                await nursery.start(self._run_engine)
             if settings.failover_probe:
                 nursery.start_soon(self._probe_leader)
             task_status.started(self.url)

@@ -212,6 +212,70 @@ class BrokerSettings(Settings):
         Field(ge=0),
         Public("--shutdown-grace-s", "TRIOQ_SHUTDOWN_GRACE_S", "bound on the graceful stop"),
     ] = 10.0
+    fault_error_rate: Annotated[
+        float,
+        Field(ge=0, le=1, allow_inf_nan=False),
+        Public(
+            "--fault-error-rate",
+            "TRIOQ_FAULT_ERROR_RATE",
+            "TESTS ONLY: share of storage calls that fail as unreachable without reaching "
+            "the store (0: off)",
+        ),
+    ] = 0.0
+    fault_ambiguous_write_rate: Annotated[
+        float,
+        Field(ge=0, le=1, allow_inf_nan=False),
+        Public(
+            "--fault-ambiguous-write-rate",
+            "TRIOQ_FAULT_AMBIGUOUS_WRITE_RATE",
+            "TESTS ONLY: share of storage writes that land, then report an unknown outcome "
+            "(0: off)",
+        ),
+    ] = 0.0
+    fault_lost_write_rate: Annotated[
+        float,
+        Field(ge=0, le=1, allow_inf_nan=False),
+        Public(
+            "--fault-lost-write-rate",
+            "TRIOQ_FAULT_LOST_WRITE_RATE",
+            "TESTS ONLY: share of storage writes lost on the way: they do not land and "
+            "report an unknown outcome (0: off)",
+        ),
+    ] = 0.0
+    fault_latency: Annotated[
+        float,
+        Field(ge=0, allow_inf_nan=False),
+        Public(
+            "--fault-latency-s",
+            "TRIOQ_FAULT_LATENCY_S",
+            "TESTS ONLY: delay added to every storage call (0: off)",
+        ),
+    ] = 0.0
+    fault_spike_rate: Annotated[
+        float,
+        Field(ge=0, le=1, allow_inf_nan=False),
+        Public(
+            "--fault-spike-rate",
+            "TRIOQ_FAULT_SPIKE_RATE",
+            "TESTS ONLY: share of storage calls delayed by a latency spike (0: off)",
+        ),
+    ] = 0.0
+    fault_spike: Annotated[
+        float,
+        Field(ge=0, allow_inf_nan=False),
+        Public(
+            "--fault-spike-s", "TRIOQ_FAULT_SPIKE_S", "TESTS ONLY: the delay a latency spike adds"
+        ),
+    ] = 1.0
+    fault_seed: Annotated[
+        int | None,
+        Public(
+            "--fault-seed",
+            "TRIOQ_FAULT_SEED",
+            "TESTS ONLY: seed of the fault draws (the same seed and calls: the same faults)",
+            shown_default="random",
+        ),
+    ] = None
 
     # the names these settings had while durations were milliseconds here
     group_commit_interval_ms = LegacyName("group_commit_interval", 1000)
@@ -263,6 +327,14 @@ class BrokerSettings(Settings):
                         f"{self.public_name(name)} applies to the s3 backend only, but the "
                         f"storage backend is {self.storage!r}: add --storage s3 or drop {flag}"
                     )
+        write_faults = (
+            self.fault_error_rate + self.fault_ambiguous_write_rate + self.fault_lost_write_rate
+        )
+        if write_faults > 1:
+            raise ValueError(
+                "--fault-error-rate, --fault-ambiguous-write-rate and --fault-lost-write-rate "
+                f"add up to {write_faults:g}, more than 1"
+            )
         if self.max_payload_bytes > self.max_request_bytes:
             raise ValueError("--max-payload-bytes must not exceed --max-request-bytes")
         self.engine_config().validate()  # ValueError: the timings do not fit together
@@ -280,6 +352,19 @@ class BrokerSettings(Settings):
             broker_heartbeat_timeout=self.broker_heartbeat_timeout,
             shutdown_timeout=self.shutdown_grace,
         )
+
+    def storage_faults(self) -> dict[str, float]:
+        """The storage faults these settings turn on, as :class:`~trioq.FaultyStorage`
+        arguments without the seed (empty: fault injection is off, the default)."""
+        faults = {
+            "error_rate": self.fault_error_rate,
+            "ambiguous_write_rate": self.fault_ambiguous_write_rate,
+            "ambiguous_lost_rate": self.fault_lost_write_rate,
+            "latency": self.fault_latency,
+        }
+        if self.fault_spike_rate and self.fault_spike:
+            faults |= {"spike_rate": self.fault_spike_rate, "spike": self.fault_spike}
+        return {name: value for name, value in faults.items() if value}
 
     def limits(self) -> Limits:
         """The queue model's bounds, in the milliseconds its stored times count in."""

@@ -33,7 +33,9 @@ The fault kinds (:data:`FaultKind`):
 ``"latency"``
     The call is delayed with :func:`trio.sleep` before it is passed on (or before
     another fault is raised). Under :class:`trio.testing.MockClock` the delay is
-    exact virtual time.
+    exact virtual time. A *spike* (``spike_rate``, ``spike``) is an occasional long
+    delay added on top, recorded as ``"latency"`` too and counted in
+    :attr:`FaultyStorage.spikes`.
 
 Every injected fault is counted in :attr:`FaultyStorage.injected` and recorded in
 :attr:`FaultyStorage.faults`; every call that reached the wrapped store is counted in
@@ -118,6 +120,11 @@ class FaultyStorage:
         latency: seconds every call is delayed by, or a ``(low, high)`` range to draw
             each call's delay from uniformly (a seeded draw of its own, so latency does
             not change which faults the rates pick).
+        spike_rate: probability that a call is delayed by ``spike`` seconds more (a
+            latency spike; drawn on its own seeded stream, so spikes change neither
+            the faults the rates pick nor the ``latency`` range's draws). A call that
+            takes an on-demand ``"latency"`` injection gets that delay only.
+        spike: seconds a spike adds to a call's delay.
         error_type: the :class:`~trioq.StorageUnavailable` subclass an ``"error"``
             fault raises; :class:`~trioq.StorageUnreachable` by default.
 
@@ -126,7 +133,7 @@ class FaultyStorage:
     the faults a seed produces depend only on the sequence of calls. An on-demand fault
     (see :meth:`inject`) takes precedence over the random one for that call.
 
-    The rates, ``latency`` and ``error_type`` are plain attributes; a test may change
+    The rates, ``latency``, ``spike`` and ``error_type`` are plain attributes; a test may change
     them between calls (for example set the rates to 0 to let the store heal).
     """
 
@@ -140,6 +147,8 @@ class FaultyStorage:
         ambiguous_write_rate: float = 0.0,
         ambiguous_lost_rate: float = 0.0,
         latency: float | tuple[float, float] = 0.0,
+        spike_rate: float = 0.0,
+        spike: float = 0.0,
         error_type: type[StorageUnavailable] = StorageUnreachable,
     ) -> None:
         self.inner = inner
@@ -159,9 +168,14 @@ class FaultyStorage:
         else:
             _check_delay("latency", latency)
         self.latency = latency
+        self.spike_rate = _check_rate("spike_rate", spike_rate)
+        self.spike = _check_delay("spike", spike)
         self.error_type = _check_error_type(error_type)
         self._rng = random.Random(seed)
         self._latency_rng = random.Random(None if seed is None else f"{seed}:latency")
+        self._spike_rng = random.Random(None if seed is None else f"{seed}:spike")
+        self.spikes = 0
+        """How many calls a latency spike delayed."""
         self._injections: list[_Injection] = []
         self.injected: collections.Counter[FaultKind] = collections.Counter()
         """How many faults of each kind were injected (on demand and at random)."""
@@ -310,6 +324,15 @@ class FaultyStorage:
             point -= rate
         return None
 
+    def _spiked(self) -> bool:
+        """Whether this call gets a latency spike (no draw when spikes are off)."""
+        if not (self.spike_rate and self.spike):
+            return False
+        if self._spike_rng.random() >= self.spike_rate:
+            return False
+        self.spikes += 1
+        return True
+
     def _record(self, op: StorageOp, key: str, kind: FaultKind, *, on_demand: bool) -> None:
         self.injected[kind] += 1
         self.faults.append(InjectedFault(op, key, kind, "inject" if on_demand else "rate"))
@@ -327,6 +350,8 @@ class FaultyStorage:
             delay = self._latency_rng.uniform(*self.latency)
         else:
             delay = self.latency
+        if latency_injection is None and self._spiked():
+            delay += self.spike
         kind: FaultKind | None
         if fault_injection is not None:
             kind, error = fault_injection.kind, fault_injection.error
