@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
+`nox -s chaos`."""
 
 from __future__ import annotations
 
@@ -52,3 +53,15 @@ def bench(session: nox.Session) -> None:
         session.install("dramatiq[redis]")
     for name in names:
         session.run("python", f"benchmarks/bench_{name}.py", *options)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The chaos harness (benchmarks/chaos.py, see docs/reliability.md):
+    `nox -s chaos -- --minutes=N` (default 1; `--seed=S`, `--json=PATH`, ...).
+
+    Exits non-zero when a check fails (a lost job, a duplicate under client ids, an
+    unexplained overlapping execution, a leader that was not fenced, ...).
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/chaos.py", *session.posargs)
