@@ -1,5 +1,5 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
-`nox -s chaos`."""
+`nox -s chaos`, `nox -s fuzz`."""
 
 from __future__ import annotations
 
@@ -65,3 +65,12 @@ def chaos(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/chaos.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzzers at full size: `nox -s fuzz -- 12000` (examples per test; the test
+    suite runs 150). A live broker; no 5xx, no state change from a rejected request."""
+    session.install("-e", ".[test]")
+    session.env["TRIOQ_FUZZ_EXAMPLES"] = session.posargs[0] if session.posargs else "12000"
+    session.run("pytest", "-s", "tests/test_fuzz_http.py", "tests/test_fuzz_websocket.py")

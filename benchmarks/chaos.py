@@ -95,6 +95,11 @@ class Slot:
     pids: list[int] = field(default_factory=list)
 
 
+FAULT_FLAGS = ("fault-error-rate", "fault-ambiguous-write-rate", "fault-lost-write-rate")
+"""Storage faults the brokers inject (their ``--fault-*`` settings, off by default),
+each broker with a seed of its own."""
+
+
 class Harness:
     def __init__(self, args: argparse.Namespace, rundir: Path, server: S3Server) -> None:
         self.args = args
@@ -186,6 +191,12 @@ class Harness:
         ]  # fmt: skip
         if create:
             argv.append("--create")
+        faults = [(n, getattr(a, n.replace("-", "_"))) for n in FAULT_FLAGS]
+        for name, rate in faults:
+            if rate:
+                argv += [f"--{name}", str(rate)]
+        if any(rate for _, rate in faults):
+            argv += ["--fault-seed", str(a.seed * 100 + i)]
         env = clean_env(
             {
                 "AWS_ACCESS_KEY_ID": self.server.access_key_id,
@@ -768,6 +779,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cut-every", type=float, default=20.0, help="0: no proxy, no cuts")
     parser.add_argument("--cut-seconds", type=float, default=3.0)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    for name in FAULT_FLAGS:
+        parser.add_argument(f"--{name}", type=float, default=0.0, help="passed to the brokers")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--dir", type=Path, default=None, help="run directory (logs, history)")
     args = parser.parse_args(argv)

@@ -146,7 +146,11 @@ class WebSocketEndpoint:
                 if self.closing is not None:
                     calls.start_soon(self._stop_reading_when_closing, reading)
                 while True:
-                    raw = await websocket.receive()
+                    # quart reads a frame as ``bytes or text``: an empty binary frame
+                    # comes out as None (hypercorn sets text None), so say b"" instead
+                    raw: str | bytes | None = await websocket.receive()
+                    if raw is None:
+                        raw = b""
                     await slots.acquire()
                     calls.start_soon(self._answer, raw, send_lock, slots)
             # the broker is closing: the calls in flight finish (the nursery waits)
