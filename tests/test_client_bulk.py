@@ -15,7 +15,7 @@ import trio.testing
 
 import trioq
 from trioq import BrokerProtocolError, LeaseLost, PayloadTooLarge, QueueFull, TrioqError
-from trioq._calls import BULK_BYTES, MAX_SENDERS, Coalescer
+from trioq._coalescer import BULK_BYTES, MAX_SENDERS, Coalescer
 from trioq._errors import BrokerUnreachable, JobNotFound, WriteOutcomeUnknown
 from trioq.broker._api import BrokerApi
 from trioq.broker._http import create_app

@@ -10,7 +10,7 @@ What it does for you:
   so the client does not move to another URL for it;
 - concurrent :meth:`~Client.submit` calls share requests: they are coalesced into
   one ``POST /v1/jobs/bulk`` (at most two in flight), each caller getting its own
-  outcome, with no background task (:class:`~trioq._calls.Coalescer`);
+  outcome, with no background task (:class:`~trioq._coalescer.Coalescer`);
 - a claim is retried only when it provably claimed nothing (the connection was
   never made, or the broker answered 503); a claim whose answer was lost in flight
   is not repeated (it raises :class:`~trioq.BrokerUnreachable`), and the jobs it may
@@ -43,11 +43,12 @@ import httpx
 import orjson
 import trio
 
-from ._calls import BULK_BYTES, MAX_BULK, Caller, Coalescer, error_from_body, own_copy
 from ._calls import DEFAULT_URL as DEFAULT_URL
 from ._calls import STARTING_RETRY_MAX as STARTING_RETRY_MAX
+from ._calls import Caller, error_from_body, own_copy
 from ._calls import error_from_response as error_from_response
 from ._calls import parse_urls as parse_urls
+from ._coalescer import BULK_BYTES, MAX_BULK, Coalescer
 from ._errors import NotLeader, PayloadTooLarge, QueueFull, TrioqError
 from ._wire import (
     MAX_BATCH,
