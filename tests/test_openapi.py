@@ -117,6 +117,19 @@ async def test_the_per_item_routes_are_documented_with_their_models(
     assert ws["exchange"]["result"] == {"$ref": "#/components/schemas/ExchangeAnswer"}
 
 
+async def test_the_listing_query_documents_its_bounds_and_pattern(
+    document: dict[str, Any],
+) -> None:
+    # found by the fuzzer: the before-validators had hidden these from the schema
+    params = {p["name"]: p for p in operations(document)[("GET", "/v1/jobs")]["parameters"]}
+    limit, cursor = params["limit"]["schema"], params["cursor"]["schema"]
+    check(document, limit, 1000)
+    check(document, cursor, "17")
+    for schema, bad in ((limit, 0), (limit, 1001), (cursor, "abc")):
+        with pytest.raises(jsonschema.ValidationError):
+            check(document, schema, bad)
+
+
 async def prepare(http: httpx.AsyncClient, name: str) -> str:
     """A job for the route ``name`` to act on: held by the examples' worker, queued,
     or dead, as the route needs. Returns its id."""

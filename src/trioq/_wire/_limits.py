@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
 
@@ -108,8 +109,20 @@ Attempt = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPT)]
 MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS)]
 DelayMs = Annotated[StrictInt, Field(ge=0, le=MAX_DELAY_MS)]
 ErrorText = Annotated[StrictStr, AfterValidator(_cut_error)]
-Limit = Annotated[StrictInt, BeforeValidator(_digits_to_int), Field(ge=1, le=MAX_LIST)]
-Cursor = Annotated[StrictStr, BeforeValidator(_int_to_digits), Field(pattern=CURSOR_PATTERN)]
+# the JSON schema is given: with the before-validator first (query strings are text),
+# pydantic would document the bounds as "ge"/"le" and drop the pattern
+Limit = Annotated[
+    StrictInt,
+    BeforeValidator(_digits_to_int),
+    Field(ge=1, le=MAX_LIST),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LIST}),
+]
+Cursor = Annotated[
+    StrictStr,
+    BeforeValidator(_int_to_digits),
+    Field(pattern=CURSOR_PATTERN),
+    WithJsonSchema({"type": "string", "pattern": CURSOR_PATTERN}),
+]
 
 CAMEL = ConfigDict(
     alias_generator=to_camel,
