@@ -36,8 +36,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .._errors import BrokerProtocolError, DocumentInvalid, NotLeader, TrioqError
-from .._wire import WORKER_ID, parse
+from .._errors import DocumentInvalid, NotLeader, TrioqError
 from ..storage._protocol import Storage
 from ._campaign import Campaign
 from ._codec import LeaderInfo, load
@@ -53,6 +52,7 @@ from ._state import (
     QueueState,
     ReportResults,
     Reports,
+    check_claim,
 )
 from ._status import ENGINE_COUNTERS, EngineSnapshot, Role
 
@@ -284,9 +284,7 @@ class Engine:
         if max_jobs:
             # checked before anything applies: a claim refused after the reports
             # were applied would answer an error for a commit that carries them
-            parse(WORKER_ID, worker_id, field="workerId")
-            if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
-                raise BrokerProtocolError("max must be a positive integer")
+            check_claim(worker_id, max_jobs)
         if not reports:
             if not max_jobs:
                 if not self.is_leader:

@@ -237,16 +237,7 @@ class QueueState:
         result (an item that is an error already stays so) and changes nothing. A
         duplicate (known, or earlier in ``items``) creates nothing; once the queue is
         full, the items that no longer fit are QueueFull."""
-        results: list[EnqueueResult | TrioqError] = []
-        for index, item in enumerate(items):
-            if isinstance(item, TrioqError):
-                results.append(item)
-                continue
-            try:
-                results.append(self._enqueue_one(item, index, now))
-            except TrioqError as exc:
-                results.append(exc)
-        return results
+        return _per_item(items, lambda index, item: self._enqueue_one(item, index, now))
 
     def _enqueue_one(self, item: NewJob, index: int, now: int) -> EnqueueResult:
         payload_json = self._checked(item, f"jobs[{index}]")
@@ -296,9 +287,7 @@ class QueueState:
         max_jobs: int = 1,
     ) -> list[ClaimedJob]:
         """Claim up to ``max_jobs`` ready jobs in (ready time, enqueue order)."""
-        parse(WORKER_ID, worker_id, field="workerId")  # the wire's rule: 1-256 characters
-        if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
-            raise BrokerProtocolError("max must be a positive integer")
+        check_claim(worker_id, max_jobs)
         claimed: list[ClaimedJob] = []
         while len(claimed) < max_jobs and (job := self.index.pop_ready(types, now)) is not None:
             job.status = "in_progress"
@@ -381,16 +370,7 @@ class QueueState:
         worker_id: str,
         now: int,
     ) -> list[Outcome]:
-        results: list[Outcome] = []
-        for item in items:
-            if isinstance(item, TrioqError):
-                results.append(item)
-                continue
-            try:
-                results.append(apply(self, item, worker_id, now))
-            except TrioqError as exc:
-                results.append(exc)
-        return results
+        return _per_item(items, lambda _, item: apply(self, item, worker_id, now))
 
     def cancel(self, job_id: str, now: int) -> str:
         """Cancel a job; returns its status afterwards.
@@ -655,6 +635,35 @@ def _fail(state: QueueState, report: FailReport, worker_id: str, now: int) -> st
 
 def _release(state: QueueState, report: JobReport, worker_id: str, now: int) -> str:
     return state.release(report.job_id, worker_id, now, report.attempt)
+
+
+def check_claim(worker_id: str, max_jobs: int) -> None:
+    """BrokerProtocolError unless ``worker_id`` passes the wire's rule (1-256
+    characters) and ``max_jobs`` is a positive integer."""
+    parse(WORKER_ID, worker_id, field="workerId")
+    if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+        raise BrokerProtocolError("max must be a positive integer")
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def _per_item(
+    items: Sequence[T | TrioqError], apply: Callable[[int, T], U]
+) -> list[U | TrioqError]:
+    """``apply(index, item)`` for each item on its own: an item that is an error
+    already, or that ``apply`` rejects with a TrioqError, has that error as its result."""
+    results: list[U | TrioqError] = []
+    for index, item in enumerate(items):
+        if isinstance(item, TrioqError):
+            results.append(item)
+            continue
+        try:
+            results.append(apply(index, item))
+        except TrioqError as exc:
+            results.append(exc)
+    return results
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
