@@ -1035,8 +1035,10 @@ async def test_mutations_answer_their_own_errors_after_the_commit(
         await trio.sleep_until(1.0)
         with pytest.raises(JobNotFound):
             await engine.complete("nope", "w")
-        assert trio.current_time() == pytest.approx(1.01)
+        # a rejection changed nothing: answered without a write (no storage latency)
+        assert trio.current_time() == 1.0
         await engine.enqueue(job("j"))
+        assert trio.current_time() == pytest.approx(1.01)
         with pytest.raises(LeaseLost):
             await engine.heartbeat("j", "w")
         engine.stop()
@@ -1310,13 +1312,13 @@ async def test_cancelled_mid_write_every_caller_is_answered(
         async with trio.open_nursery() as nursery:
             scope = await start(nursery, engine)
             await trio.sleep_until(10.0)
-            nursery.start_soon(enqueue, "in flight")
+            nursery.start_soon(enqueue, "in-flight")
             await trio.sleep_until(10.5)  # its write takes until 11.0
             scope.cancel()
     # the write was abandoned: its caller learns that the outcome is unknown
     assert len(errors) == 1
     final = stored(inner)
-    assert not final.knows("in flight")
+    assert not final.knows("in-flight")
     assert final.leader is not None
     assert final.leader.released
 
@@ -1450,3 +1452,30 @@ async def test_a_mutation_with_an_op_and_a_claim_never_waits() -> None:
     plain = Mutation(None, claim_request())
     plain.apply(state, 1)
     assert plain.may_wait(0.0)
+
+
+async def test_a_batch_of_rejected_requests_is_answered_without_a_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    recorder = Recorder(MemoryStorage())
+    engine = make_engine(recorder)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await trio.sleep_until(1.0)
+        await engine.enqueue([NewJob(1, id="held")])
+        [job] = await engine.claim("w")
+        writes = len(recorder.landed)
+        with pytest.raises(JobNotFound):
+            await engine.complete("nobody", "w")
+        with pytest.raises(LeaseLost):
+            await engine.heartbeat(job.id, "someone-else")
+        assert len(recorder.landed) == writes  # rejected: nothing to store
+        # the rule's exception: a worker's call on a job whose cancel was requested
+        # finishes the cancel (and is answered LeaseLost): that is written
+        assert await engine.cancel(job.id) == "cancelling"
+        writes = len(recorder.landed)
+        with pytest.raises(LeaseLost):
+            await engine.heartbeat(job.id, "w")
+        assert len(recorder.landed) == writes + 1
+        assert recorder.landed[-1].state().finished[job.id].outcome == "cancelled"
+        engine.stop()

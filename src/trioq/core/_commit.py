@@ -175,9 +175,10 @@ class Committer:
     async def commit(self, batch: list[Mutation], *, release: bool = False) -> bool:
         """Apply ``batch``, write the document once, answer every caller.
 
-        Returns whether a write was attempted. A batch that changed nothing (only
-        claims that found no job) is answered without a write, unless the lease is
-        due for a refresh: idle long-polling workers cost no storage writes.
+        Returns whether a write was attempted. A batch that changed nothing (claims
+        that found no job, requests that were rejected) is answered without a write,
+        unless the lease is due for a refresh: idle long-polling workers and bad
+        requests cost no storage writes.
         """
         engine, book = self.engine, self.engine.book
         if self.needs_reload and (failed := await self._reload()) is not None:
@@ -220,20 +221,27 @@ class Committer:
         book = self.engine.book
         changed = bool(state.expire(now))
         state.pop_due(now)
+        cancelled = state.counters["cancelled"]
         live: list[Mutation] = []
         for mutation in batch:
             if mutation.op is None and mutation.abandoned:
                 book.drop(mutation)  # a claim: taking a job for it would strand the job
                 continue
             mutation.apply_op(state, now)
+            # an op that rejected itself changed nothing (QueueState's rule), so a
+            # batch of rejected requests costs no write ...
+            changed = changed or (mutation.op is not None and mutation.error is None)
             live.append(mutation)
+        # ... except the rule's one exception: a rejected worker call (LeaseLost) that
+        # finished a requested cancel
+        changed = changed or state.counters["cancelled"] != cancelled
         for mutation in live:
             mutation.apply_claim(state, now)
             if mutation.may_wait(started):
                 book.park(mutation)
                 continue
             book.applied(mutation)
-            changed = changed or mutation.op is not None or bool(mutation.result)
+            changed = changed or bool(mutation.result)
 
         def fulfil(waiter: Mutation) -> bool:
             assert waiter.claim is not None
