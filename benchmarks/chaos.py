@@ -3,11 +3,12 @@
     python benchmarks/chaos.py [--minutes M | --seconds S] [--seed N] [--json PATH]
     nox -s chaos -- --minutes=1
 
-Starts SeaweedFS (``tests/_servers.py``, 127.0.0.1, free ports), a bucket, two brokers
-on it (the first with ``--create``; fixed free ports, so a restarted broker comes back
-at the same URL), three ``python -m trioq.worker benchmarks._chaos_jobs:worker``
-processes and two producers (trio tasks of this process, each with its own
-``trioq.Client`` on both broker URLs):
+Starts SeaweedFS (``tests/_servers.py``, 127.0.0.1, free ports), a bucket, three brokers
+(``--brokers``) on it (the first with ``--create``; fixed free ports, so a restarted
+broker comes back at the same URL), three ``python -m trioq.worker
+benchmarks._chaos_jobs:worker`` processes and two producer processes per mode
+(``--producers``; ``_chaos_producer.py``, each with its own ``trioq.Client`` on every
+broker URL):
 
 - ``ids``: submits with client-chosen ids and retries a failed submit with the same id;
 - ``noid``: submits without an id and, like an osqueue client, retries a failed
@@ -27,7 +28,7 @@ Leases are short for the run (job lease ``--job-lease-ms``, broker heartbeat tim
 ``--broker-timeout-ms``), and the dedup window is raised (``--dedup-cap 1000000``) so
 every finished record stays readable for the check.
 
-Then the producers stop, the queue drains (``GET /v1/stats``: ``total == 0``, bounded),
+Then the producers stop by themselves, the queue drains (``GET /v1/stats``: ``total == 0``, bounded),
 every job id is read back (``GET /v1/jobs/{id}``), the workers are stopped, and the
 history (every acknowledged submit; every handler start, end and acknowledged
 completion with job id, attempt, worker pid, time; every fault) is checked:
@@ -57,6 +58,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -274,29 +276,66 @@ class Harness:
 
     # ----------------------------------------------------------------- load
 
-    async def produce(self, n: int, with_ids: bool) -> None:
-        name = "ids" if with_ids else "noid"
-        rng = random.Random(f"{self.args.seed}-{name}")
-        deadline = 30.0 if with_ids else 3.0  # noid: ambiguous failures surface sooner
-        async with trioq.Client(self.urls, retry_deadline=deadline) as client:
-            for count in range(1, 10**9):
-                key = f"{name}-{count}"
-                payload = {"k": key, "s": round(rng.uniform(0.02, 0.3), 3)}
-                job_id = f"{name}-{n}-{count}" if with_ids else None
-                if with_ids:
-                    self.attempted[job_id] = {"key": key}
-                else:
-                    self.noid_keys.add(key)
-                while True:
-                    try:
-                        got = await client.submit("chaos", payload, id=job_id, max_attempts=1000)
-                    except Exception as exc:  # every failure is retried (bounded by the run)
-                        self.submit_errors[f"{name}: {type(exc).__name__}"] += 1
-                        await trio.sleep(0.2)
-                        continue
-                    self.acks[got] = {"key": key, "producer": name, "t": time.time()}
-                    break
-                await trio.sleep(rng.expovariate(self.args.rate))
+    def start_producers(self) -> list[subprocess.Popen[bytes]]:
+        """The producer processes (``_chaos_producer.py``), ``--producers`` per mode;
+        each stops by itself after the run's duration."""
+        processes = []
+        for mode in ("ids", "noid"):
+            for n in range(self.args.producers):
+                name = f"p-{mode}{n}"
+                argv = [
+                    sys.executable, str(ROOT / "benchmarks" / "_chaos_producer.py"),
+                    "--urls", ",".join(self.urls), "--mode", mode, "--n", str(n),
+                    "--rate", str(self.args.rate), "--seconds", str(self.args.duration),
+                    "--seed", str(self.args.seed), "--out", str(self.rundir / f"{name}.txt"),
+                ]  # fmt: skip
+                out = self.rundir / f"{name}.out"
+                with out.open("wb") as stdout, out.with_suffix(".log").open("wb") as stderr:
+                    processes.append(
+                        subprocess.Popen(
+                            argv,
+                            stdin=subprocess.DEVNULL,
+                            stdout=stdout,
+                            stderr=stderr,
+                            env=clean_env({}),
+                            cwd=ROOT,
+                        )
+                    )
+        return processes
+
+    async def await_producers(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        """Wait (bounded) for the producers to stop by themselves, then read what they
+        recorded."""
+        deadline = time.monotonic() + 60.0
+        for process in processes:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                await trio.to_thread.run_sync(functools.partial(process.wait, timeout=left))
+            except subprocess.TimeoutExpired:
+                self.errors.append(f"producer {process.pid} did not stop by itself")
+            await trio.to_thread.run_sync(stop, process)
+            if process.returncode not in (0, None, -signal.SIGTERM):
+                self.errors.append(f"producer {process.pid} exited {process.returncode}")
+        self.read_producers()
+
+    def read_producers(self) -> None:
+        for path in sorted(self.rundir.glob("p-*.txt")):
+            producer = "ids" if path.name.startswith("p-ids") else "noid"
+            for text in path.read_text(errors="replace").splitlines():
+                parts = text.split()
+                if parts[:1] == ["T"] and len(parts) == 3:
+                    if producer == "ids":
+                        self.attempted[parts[1]] = {"key": parts[2]}
+                    else:
+                        self.noid_keys.add(parts[2])
+                elif parts[:1] == ["A"] and len(parts) == 4:
+                    self.acks[parts[1]] = {
+                        "key": parts[2],
+                        "producer": producer,
+                        "t": float(parts[3]),
+                    }
+                elif parts[:1] == ["F"] and len(parts) == 3:
+                    self.submit_errors[f"{producer}: {parts[1]}"] += 1
 
     # --------------------------------------------------------------- faults
 
@@ -410,10 +449,9 @@ class Harness:
             self.t0 = time.time()
             self.event("start", duration_s=a.duration)
             outer.start_soon(self.watch_health)
+            producers = self.start_producers()
             with trio.move_on_after(a.duration):
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.produce, 0, True)
-                    nursery.start_soon(self.produce, 1, False)
                     nursery.start_soon(self.leader_faults)
                     nursery.start_soon(self.worker_kills)
                     nursery.start_soon(self.worker_stops)
@@ -421,6 +459,7 @@ class Harness:
                         nursery.start_soon(self.storage_cuts)
             self.event("faults_end")
             self.resume_all()
+            await self.await_producers(producers)
             self.stopped.clear()
             for group, starter in ((self.brokers, self.start_broker), (self.workers, self.start_worker)):  # fmt: skip
                 for i, slot in enumerate(group):
@@ -767,10 +806,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=None, help="duration (default 1)")
     parser.add_argument("--seconds", type=float, default=None, help="duration in seconds")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--brokers", type=int, default=2)
+    parser.add_argument("--brokers", type=int, default=3)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=20.0, help="jobs/s per producer")
+    parser.add_argument("--producers", type=int, default=2, help="producer processes per mode")
+    parser.add_argument("--rate", type=float, default=10.0, help="jobs/s per producer")
     parser.add_argument("--leader-every", type=float, default=10.0)
     parser.add_argument("--worker-every", type=float, default=5.0)
     parser.add_argument("--worker-stop-every", type=float, default=15.0)
