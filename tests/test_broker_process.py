@@ -4,6 +4,7 @@ and the environment, startup failures in one line, graceful stop on signals, and
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 from pathlib import Path
@@ -17,6 +18,7 @@ import trio
 from _broker_proc import BROKER_ENV_VARS, broker_process, run_broker_to_exit, s3_args, s3_env
 from _servers import S3Server, free_port, free_ports
 from _waits import wait_for
+from trioq._tokens import secret_value
 from trioq.broker._service import main
 from trioq.broker._settings import parse_settings
 from trioq.storage._file import FileStorage
@@ -172,7 +174,11 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
     from_env = parse_settings([], env)
     assert (from_env.host, from_env.port, from_env.storage) == ("127.0.0.2", 1234, "s3")
     assert (from_env.bucket, from_env.prefix, from_env.region) == ("bkt", "p/", "eu-west-1")
-    assert (from_env.key, from_env.broker_id, from_env.token) == ("k.json", "env-id", "tok")
+    assert (from_env.key, from_env.broker_id, secret_value(from_env.token)) == (
+        "k.json",
+        "env-id",
+        "tok",
+    )
     assert from_env.group_commit_interval_ms == 2000
     assert from_env.broker_heartbeat_timeout_ms == 5000
     assert from_env.max_writes_per_minute == 30
@@ -199,7 +205,7 @@ def test_every_setting_is_a_flag_and_an_environment_variable() -> None:
     # with an environment that names no bucket
     from_flags = parse_settings(flags, {k: v for k, v in env.items() if not k.startswith("S3_")})
     assert (from_flags.host, from_flags.port, from_flags.storage) == ("127.0.0.3", 99, "file")
-    assert (from_flags.data_dir, from_flags.broker_id, from_flags.token) == (
+    assert (from_flags.data_dir, from_flags.broker_id, secret_value(from_flags.token)) == (
         "/f",
         "flag-id",
         "flag-tok",
@@ -294,8 +300,12 @@ async def test_unusable_storage_exits_with_one_line(seaweedfs: S3Server, tmp_pat
     dead_endpoint = f"http://127.0.0.1:{free_port()}"
     cases = [
         # nothing listens there
+        # (waited out for --storage-wait-s first, see the test below)
         (
-            ["--storage", "s3", "--bucket", "b", "--endpoint-url", dead_endpoint],
+            [
+                *("--storage", "s3", "--bucket", "b", "--endpoint-url", dead_endpoint),
+                *("--storage-wait-s", "1"),
+            ],
             s3_env(seaweedfs),
             "did not answer",
         ),
@@ -324,6 +334,55 @@ async def test_unusable_storage_exits_with_one_line(seaweedfs: S3Server, tmp_pat
         last = err.strip().splitlines()[-1]
         assert last.startswith("trioq broker: "), err
         assert expected in last, err
+
+
+async def _forward(listener_port: int, target: str) -> None:
+    """Serve 127.0.0.1:``listener_port`` as a plain TCP path to ``target``'s port."""
+    target_port = int(target.rsplit(":", 1)[1])
+
+    async def pipe(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await sink.send_eof()  # type: ignore[attr-defined]
+
+    async def handle(client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", target_port)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(pipe, client, server)
+            nursery.start_soon(pipe, server, client)
+
+    await trio.serve_tcp(handle, listener_port, host="127.0.0.1")
+
+
+async def test_a_broker_started_while_storage_is_unreachable_leads_once_it_answers(
+    seaweedfs: S3Server, tmp_path: Path
+) -> None:
+    # storage is "cut": nothing listens at the endpoint until the broker said it waits
+    port = free_port()
+    log_path = tmp_path / "broker.log"
+    args = s3_args(seaweedfs, seaweedfs.create_bucket())
+    args[args.index("--endpoint-url") + 1] = f"http://127.0.0.1:{port}"
+
+    async def restore_storage() -> None:
+        await wait_for(
+            lambda: "cannot reach storage at startup" in log_path.read_text(errors="replace"),
+            what="the broker's warning that it waits for storage",
+        )
+        await _forward(port, seaweedfs.endpoint_url)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(restore_storage)
+        async with broker_process(args, log_path=log_path, env=s3_env(seaweedfs)) as broker:
+            assert broker.role == "leader"
+            async with httpx.AsyncClient(base_url=broker.url, timeout=10) as http:
+                answer = await http.post("/v1/jobs", json={"payload": 1, "id": "after"})
+                assert answer.status_code == 200, answer.text
+        nursery.cancel_scope.cancel()
+    text = log_path.read_text()
+    assert text.count("cannot reach storage at startup") == 1  # logged once
+    assert "reached storage after" in text
 
 
 # ------------------------------------------------------------------ lifecycle

@@ -1479,3 +1479,23 @@ async def test_a_batch_of_rejected_requests_is_answered_without_a_write(
         assert len(recorder.landed) == writes + 1
         assert recorder.landed[-1].state().finished[job.id].outcome == "cancelled"
         engine.stop()
+
+
+async def test_a_run_of_failed_commits_is_logged_once_and_its_end_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = FaultyStorage(MemoryStorage())
+    engine = make_engine(storage)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await trio.sleep_until(1.0)
+        storage.inject("error", count=None, ops=["write", "read"])  # an outage
+        for n in range(3):
+            with pytest.raises(StorageUnavailable):
+                await engine.enqueue([NewJob(n, id=f"lost-{n}")])
+        storage.clear()
+        await engine.enqueue([NewJob(9, id="after")])
+        engine.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "trioq.engine"]
+    assert sum("failed (later failures in a row are not logged)" in m for m in lines) == 1
+    assert sum("commits succeed again after 3 failed" in m for m in lines) == 1

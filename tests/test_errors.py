@@ -214,6 +214,7 @@ def test_every_tag_the_broker_can_emit_has_a_class() -> None:
     assert {
         "BrokerProtocolError",
         "Unauthorized",
+        "Forbidden",
         "JobNotFound",
         "NotFound",
         "MethodNotAllowed",
@@ -222,6 +223,7 @@ def test_every_tag_the_broker_can_emit_has_a_class() -> None:
         "PayloadTooLarge",
         "NotLeader",
         "QueueFull",
+        "Overloaded",
         "StorageUnavailable",
         "CASConflict",
         "WriteOutcomeUnknown",

@@ -30,7 +30,7 @@ import trio.testing
 import trioq
 from _file_race_child import make_doc
 from _waits import wait_for
-from trioq import BucketNotFound, CASConflict, FileStorage, StorageUnavailable
+from trioq import BucketNotFound, CASConflict, DocumentInvalid, FileStorage, StorageUnavailable
 
 CHILD = str(Path(__file__).with_name("_file_race_child.py"))
 KEY = "queues/main/queue.json"
@@ -224,15 +224,15 @@ async def test_version_reads_only_the_header(tmp_path: Path) -> None:
     with storage.path(KEY).open("r+b") as file:
         file.seek(HEADER_SIZE + len(big) // 2)
         file.write(bytes([big[len(big) // 2] ^ 0xFF]))
-    with pytest.raises(StorageUnavailable, match="CRC-32"):
+    with pytest.raises(DocumentInvalid, match="CRC-32"):
         await storage.read(KEY)
     assert await storage.version(KEY) == version
 
     # A truncated file is caught by both, from the file size alone.
     os.truncate(storage.path(KEY), HEADER_SIZE + 100)
-    with pytest.raises(StorageUnavailable, match="damaged"):
+    with pytest.raises(DocumentInvalid, match="damaged"):
         await storage.version(KEY)
-    with pytest.raises(StorageUnavailable, match="damaged"):
+    with pytest.raises(DocumentInvalid, match="damaged"):
         await storage.read(KEY)
 
 
@@ -240,7 +240,7 @@ async def test_foreign_file_is_reported_not_returned(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
     storage.path(KEY).write_bytes(b'{"not": "ours"}')
     for call in (storage.read(KEY), storage.version(KEY)):
-        with pytest.raises(StorageUnavailable, match="bad header") as info:
+        with pytest.raises(DocumentInvalid, match="bad header") as info:
             await call
         assert str(storage.path(KEY)) in info.value.message
     with pytest.raises(CASConflict):

@@ -12,6 +12,7 @@ import pytest
 
 import trioq
 from trioq._settings import Public, Settings, SettingsError
+from trioq._tokens import secret_value
 from trioq.broker._settings import BrokerSettings, parse_settings
 from trioq.worker._settings import WorkerSettings
 
@@ -57,7 +58,11 @@ def test_flags_over_environment_over_arguments_over_defaults() -> None:
     env = {"TRIOQ_CONCURRENCY": "4", "BROKER_URL": "http://env:1"}
     args = flags(WorkerSettings, ["--concurrency", "6"])
     worker = WorkerSettings.load({"concurrency": 2, "token": "t"}, environ=env, args=args)
-    assert (worker.concurrency, worker.broker_url, worker.token) == (6, "http://env:1", "t")
+    assert (worker.concurrency, worker.broker_url, secret_value(worker.token)) == (
+        6,
+        "http://env:1",
+        "t",
+    )
 
 
 def test_the_constructors_read_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,10 +16,13 @@ import pytest
 import trio
 import trio.testing
 
+import trioq
 from _jobs_for_tests import configured_worker
+from _waits import wait_for
 from _worker_proc import base_env, broker_process, worker_process
 from trioq._settings import Public
 from trioq._signals import ABORTED, run_until_signalled
+from trioq._tokens import secret_value
 from trioq.worker import _cli as _worker_cli
 from trioq.worker._cli import PROBE_DEADLINE, UsageError, configure, load_worker
 from trioq.worker._settings import WorkerSettings
@@ -56,7 +59,7 @@ def test_defaults_and_constructor_arguments() -> None:
     assert level == "INFO"
     # Worker(concurrency=3, poll_interval=0.25) over the defaults
     assert (s.concurrency, s.poll_interval) == (3, 0.25)
-    assert (s.heartbeat_interval, s.shutdown_grace, s.token) == (5.0, 30.0, None)
+    assert (s.heartbeat_interval, s.shutdown_grace, secret_value(s.token)) == (5.0, 30.0, None)
     assert s.broker_url == "http://127.0.0.1:8080"
     assert s.group_commit_interval == 2.0
 
@@ -77,7 +80,11 @@ def test_environment_wins_over_constructor_arguments() -> None:
     assert s.broker_url == "http://env.test:1,http://env.test:2"
     assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (4, 0.5, 0.75)
     assert s.prefetch == 16
-    assert (s.shutdown_grace, s.token, s.worker_id) == (12.5, "from-env", "env-worker")
+    assert (s.shutdown_grace, secret_value(s.token), s.worker_id) == (
+        12.5,
+        "from-env",
+        "env-worker",
+    )
     assert s.group_commit_interval == 0.4
 
 
@@ -117,7 +124,7 @@ def test_flags_win_over_the_environment() -> None:
     assert s.broker_url == "http://flag.test:9"
     assert (s.concurrency, s.poll_interval, s.heartbeat_interval) == (6, 0.1, 0.2)
     assert s.prefetch == 0
-    assert (s.shutdown_grace, s.token, s.worker_id) == (1.5, "flag", "flag-worker")
+    assert (s.shutdown_grace, secret_value(s.token), s.worker_id) == (1.5, "flag", "flag-worker")
     assert s.group_commit_interval == 0.05
     assert level == "DEBUG"
 
@@ -262,6 +269,33 @@ def test_an_unreachable_broker_exits_1_with_one_line() -> None:
         f"trioq worker: broker {url} is not usable: BrokerUnreachable: cannot reach broker"
     )
     assert PROBE_DEADLINE <= elapsed < PROBE_DEADLINE + 15
+
+
+async def test_a_worker_started_while_no_broker_leads_runs_once_one_does(
+    tmp_path: Path,
+) -> None:
+    # the leader is killed; the standby started next waits out its lease (8 s), longer
+    # than the worker's startup probe (PROBE_DEADLINE)
+    data = tmp_path / "data"
+    lease = ["--broker-heartbeat-timeout-ms", "8000", "--no-failover-probe"]
+    async with broker_process(tmp_path, data_dir=data, args=lease, name="first") as first:
+        first.signal(signal.SIGKILL)
+        with trio.fail_after(10):
+            await first.exited()
+    async with broker_process(tmp_path, data_dir=data, args=lease, name="second") as second:
+        assert "standby" in second.ready_line
+        async with worker_process(tmp_path, second.url) as worker:
+            await worker.ready()  # before: exit 1, "is not usable: NotLeader"
+            assert "no broker leads yet" in worker.log_tail()
+            async with trioq.Client(second.url, retry_deadline=30) as client:
+                job_id = await client.submit("record", {})
+                await wait_for(
+                    lambda: _status(client, job_id, "completed"), what="the job completed"
+                )
+
+
+async def _status(client: trioq.Client, job_id: str, status: str) -> bool:
+    return (await client.get(job_id))["status"] == status
 
 
 async def test_startup_prints_types_and_broker_then_drains_on_sigint(tmp_path: Path) -> None:

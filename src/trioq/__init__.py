@@ -14,6 +14,7 @@ from ._errors import BrokerUnreachable as BrokerUnreachable
 from ._errors import BucketNotFound as BucketNotFound
 from ._errors import CASConflict as CASConflict
 from ._errors import DocumentInvalid as DocumentInvalid
+from ._errors import Forbidden as Forbidden
 from ._errors import InternalError as InternalError
 from ._errors import JobNotDead as JobNotDead
 from ._errors import JobNotFound as JobNotFound
@@ -21,6 +22,7 @@ from ._errors import LeaseLost as LeaseLost
 from ._errors import MethodNotAllowed as MethodNotAllowed
 from ._errors import NotFound as NotFound
 from ._errors import NotLeader as NotLeader
+from ._errors import Overloaded as Overloaded
 from ._errors import PayloadTooLarge as PayloadTooLarge
 from ._errors import QueueFull as QueueFull
 from ._errors import QueueNotFound as QueueNotFound
@@ -64,6 +66,7 @@ __all__ = [
     "EngineConfig",
     "FaultyStorage",
     "FileStorage",
+    "Forbidden",
     "InternalError",
     "JobContext",
     "JobNotDead",
@@ -76,6 +79,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "NotLeader",
+    "Overloaded",
     "PayloadInvalid",
     "PayloadTooLarge",
     "QueueFull",

@@ -1,4 +1,5 @@
-"""``trioq broker ...`` / ``trioq worker ...``: the command-line entry point."""
+"""``trioq broker ...`` / ``trioq worker ...`` / ``trioq inspect ...``: the command-line
+entry point."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``trioq broker ...`` or ``trioq worker ...``; returns the exit code."""
+    """Run ``trioq broker ...``, ``trioq worker ...`` or ``trioq inspect ...``; returns
+    the exit code."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print("usage: trioq {broker,worker} [options]  (trioq broker --help, trioq worker --help)")
+        print(
+            "usage: trioq {broker,worker,inspect} [options]  (trioq broker --help, "
+            "trioq worker --help, trioq inspect --help)"
+        )
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "broker":
@@ -20,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         from .worker._cli import main as worker_main
 
         return worker_main(rest, prog="trioq worker")
-    print(f"trioq: unknown command {command!r} (broker or worker)", file=sys.stderr)
+    if command == "inspect":
+        from ._inspect import main as inspect_main
+
+        return inspect_main(rest, prog="trioq inspect")
+    print(f"trioq: unknown command {command!r} (broker, worker or inspect)", file=sys.stderr)
     return 2
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +218,14 @@ class Caller:
                 timeout=self.timeout + extra_timeout,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            untrusted = _certificate_error(exc)
+            if untrusted is not None:
+                # asking again cannot help, and would hide the cause behind a timeout
+                raise BrokerUnreachable(
+                    f"cannot verify the TLS certificate of broker {url}: "
+                    f"{untrusted.verify_message or untrusted}; give the client the CA "
+                    "that signed it (Client(verify='ca.pem'), --ca-file, TRIOQ_CA_FILE)"
+                ) from exc
             # never reached a broker: safe to retry anything, claims included
             if len(self.urls) > 1:
                 self.follow(None)
@@ -244,6 +253,19 @@ class Caller:
         if isinstance(error, NotLeader):
             return _Retry(error, hop=self.follow(error.leader) and error.leader is not None)
         return _Retry(error)
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connection error, if that is
+    what it was (httpx wraps the ``ssl`` error, maybe more than once)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def parse_urls(urls: str | Sequence[str]) -> list[str]:

@@ -21,12 +21,14 @@ never in a broker's answer).
     ├── QueueNotFound               no queue.json where one was expected
     ├── BrokerProtocolError         malformed request or invalid field
     ├── Unauthorized                missing or wrong token
+    ├── Forbidden                   a valid token whose scope does not allow the call
     ├── JobNotFound                 no such job
     ├── LeaseLost                   job not held by this worker / attempt
     ├── PayloadTooLarge             request or payload over its limit
     ├── NotLeader                   this broker does not lead (``leader`` says who)
     ├── BrokerUnreachable           no broker answered (client side)
     ├── QueueFull                   queued-job or document-size cap reached
+    ├── Overloaded                  too many connections or waiting long-polls
     ├── JobNotDead                  requeue of a job that is not dead
     ├── NotFound                    no such route
     ├── MethodNotAllowed            the route does not take this method
@@ -146,6 +148,13 @@ class Unauthorized(TrioqError):
     status = 401
 
 
+class Forbidden(TrioqError):
+    """The token is valid, but its scope (producer, worker) does not allow the call."""
+
+    tag = "Forbidden"
+    status = 403
+
+
 class JobNotFound(TrioqError):
     """No job with that id exists (or it has left the dedup window)."""
 
@@ -208,6 +217,15 @@ class QueueFull(TrioqError):
     """The queued-job count or the document size cap has been reached."""
 
     tag = "QueueFull"
+    status = 503
+
+
+class Overloaded(TrioqError):
+    """The broker is at a capacity limit that is not the queue's: too many open
+    connections, or too many long-poll claims waiting. Retry after a pause (the
+    answer carries ``Retry-After``); nothing was changed."""
+
+    tag = "Overloaded"
     status = 503
 
 

@@ -32,7 +32,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import random
+import ssl
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from typing import Any, Protocol, Self
 import httpx
 import orjson
 import trio
+from pydantic import SecretStr
 
 from ._calls import DEFAULT_URL as DEFAULT_URL
 from ._calls import STARTING_RETRY_MAX as STARTING_RETRY_MAX
@@ -50,6 +53,7 @@ from ._calls import error_from_response as error_from_response
 from ._calls import parse_urls as parse_urls
 from ._coalescer import BULK_BYTES, MAX_BULK, Coalescer
 from ._errors import NotLeader, PayloadTooLarge, QueueFull, TrioqError
+from ._tokens import secret_value, ssl_context
 from ._wire import (
     MAX_BATCH,
     MAX_WAIT_MS,
@@ -165,7 +169,12 @@ class Client:
 
     Parameters:
         urls: one broker URL, a comma-separated list, or a sequence of URLs.
-        token: bearer token, if the broker requires one.
+        token: bearer token, if the broker requires one (a ``str`` or a pydantic
+            ``SecretStr``).
+        verify: how the broker's certificate is checked on ``https://`` URLs: True
+            (the system's CAs), a path to a CA bundle (PEM), an ``ssl.SSLContext``,
+            or False (no check: tests only). A certificate that fails the check
+            raises :class:`~trioq.BrokerUnreachable` at once, without retries.
         timeout: per-request timeout in seconds (long-poll claims add their wait).
         retry_deadline: overall time a call keeps retrying connection errors and
             503 answers before it raises (``claim`` and ``stats`` take a per-call
@@ -176,14 +185,16 @@ class Client:
             in-process broker, see :mod:`trioq.testing`).
         rng: randomness for the retry jitter (tests pass a seeded one).
 
-    Raises ValueError for a URL that is not ``http://`` or ``https://``.
+    Raises ValueError for a URL that is not ``http://`` or ``https://``, or a CA
+    bundle that cannot be loaded.
     """
 
     def __init__(
         self,
         urls: str | Sequence[str] = DEFAULT_URL,
         *,
-        token: str | None = None,
+        token: str | SecretStr | None = None,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         timeout: float = 10.0,
         retry_deadline: float = 30.0,
         backoff_base: float = 0.05,
@@ -194,12 +205,14 @@ class Client:
         self.token = token
         self.retry_deadline = retry_deadline
         """Seconds a call keeps retrying by default (see ``retry_deadline`` above)."""
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        plain = secret_value(token)
+        headers = {"Authorization": f"Bearer {plain}"} if plain else {}
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=timeout,
             transport=transport,
             limits=_POOL_LIMITS,
+            verify=ssl_context(os.fspath(verify) if isinstance(verify, os.PathLike) else verify),
         )
         self._caller = Caller(
             parse_urls(urls),

@@ -10,8 +10,10 @@
 - :mod:`~trioq.broker._json`: JSON decoding with the exact-integer check;
 - :mod:`trioq._wire`: the schema every request is validated with.
 
-Here: auth, the standby's ``NotLeader`` before any leader-only route looks at its
-request, and the translation of every error into a ``{"_tag", "message"}`` body.
+Here: auth (a bearer token, then its scope against the route's: 401
+``Unauthorized``, then 403 ``Forbidden``), the standby's ``NotLeader`` before any
+leader-only route looks at its request, and the translation of every error into a
+``{"_tag", "message"}`` body.
 
 The app owns no background task: the engine's commit loop belongs to the broker's
 nursery (or a test's), so the app can also be driven in-process, without a
@@ -21,12 +23,12 @@ lifespan, through ``httpx.ASGITransport``.
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
 from collections.abc import Callable
 
 import orjson
 import trio
+from pydantic import SecretStr
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug import exceptions as http_exceptions
@@ -34,6 +36,7 @@ from werkzeug.routing import BaseConverter
 
 from .._errors import (
     BrokerProtocolError,
+    Forbidden,
     InternalError,
     MethodNotAllowed,
     NotFound,
@@ -41,17 +44,17 @@ from .._errors import (
     TrioqError,
     Unauthorized,
 )
+from .._tokens import Scope, TokenTable, secret_value
 from ._api import BrokerApi
 from ._connections import BrokerApp, make_websocket_refusals_safe
 from ._openapi import build_openapi
 from ._routes import ROUTES, RestHandlers, error_response, json_response
-from ._websocket import WebSocketEndpoint
+from ._websocket import WebSocketEndpoint, forbidden_message
 
 log = logging.getLogger("trioq.http")
 
-_CheckAuth = Callable[[str, str | None], None]
-
 _PUBLIC_PATHS = frozenset(route.path for route in ROUTES if route.public)
+_SCOPES = {route.name: route.scopes for route in ROUTES}
 _LEADER_ONLY = frozenset(route.name for route in ROUTES if route.leader_only)
 """Endpoints only the leader serves: a standby answers them with NotLeader before it
 looks at the request, whatever the request holds."""
@@ -68,12 +71,17 @@ class _JobIdConverter(BaseConverter):
 def create_app(
     api: BrokerApi,
     *,
-    token: str | None = None,
+    token: str | SecretStr | None = None,
+    tokens: TokenTable | Callable[[], TokenTable] | None = None,
     max_request_bytes: int = 8 * 1024 * 1024,
     metrics_public: bool = False,
     closing: trio.Event | None = None,
 ) -> QuartTrio:
     """Build the broker's ASGI app over ``api``.
+
+    Auth: ``token`` is one admin token; ``tokens`` every token by scope, or a
+    function that gives the current table (asked on every request, so a reload takes
+    effect at once). Neither: auth is off and every caller is admin.
 
     ``closing``, once set, makes every WebSocket stop reading, finish the calls it
     has in flight and close (1001, going away): the server's graceful shutdown
@@ -87,12 +95,15 @@ def create_app(
     app.config["RESPONSE_TIMEOUT"] = None
     app.url_map.converters["job_id"] = _JobIdConverter
     public = _PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
-    _guard(app, api, _token_check(token, public))
+    auth = _Auth(_token_source(token, tokens), frozenset(public))
+    _guard(app, api, auth)
     _handle_errors(app, max_request_bytes)
     handlers = RestHandlers(api, functools.cache(_openapi_bytes))
     for route in ROUTES:
         app.add_url_rule(route.path, route.name, handlers.handler(route), methods=[route.method])
-    endpoint = WebSocketEndpoint(api, max_request_bytes=max_request_bytes, closing=closing)
+    endpoint = WebSocketEndpoint(
+        api, max_request_bytes=max_request_bytes, closing=closing, authorize=auth.scope
+    )
     app.add_websocket("/v1/ws", "ws", endpoint.serve)
     return app
 
@@ -103,32 +114,67 @@ def _openapi_bytes() -> bytes:
     return orjson.dumps(build_openapi(__version__))
 
 
-def _token_check(token: str | None, public: frozenset[str]) -> _CheckAuth:
-    expected = None if token is None else token.encode()
+def _token_source(
+    token: str | SecretStr | None, tokens: TokenTable | Callable[[], TokenTable] | None
+) -> Callable[[], TokenTable]:
+    """One way to ask for the current token table, whichever way it was given."""
+    if callable(tokens):
+        return tokens
+    table = tokens if tokens is not None else TokenTable()
+    plain = secret_value(token)
+    if plain is not None:
+        given = {scope: [t.decode() for t, s in table.tokens if s is scope] for scope in Scope}
+        given[Scope.ADMIN].append(plain)
+        table = TokenTable.build(given)
+    return lambda: table
 
-    def check(path: str, header: str | None) -> None:
-        if expected is None or path in public:
-            return
+
+class _Auth:
+    """Who is calling: the scope of the request's bearer token."""
+
+    def __init__(self, tokens: Callable[[], TokenTable], public: frozenset[str]) -> None:
+        self.tokens = tokens
+        self.public = public
+
+    def scope(self, header: str | None) -> Scope:
+        """The scope of the token in an ``Authorization`` header; admin when auth
+        is off. Raises :class:`Unauthorized` (the message never echoes the header)."""
+        table = self.tokens()
+        if not table:
+            return Scope.ADMIN
         # the scheme is case-insensitive (RFC 9110 11.1); the token is not, and is
-        # compared in constant time
+        # compared in constant time with every token
         scheme, _, credentials = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.encode(), expected):
+        scope = table.scope_of(credentials.encode()) if scheme.lower() == "bearer" else None
+        if scope is None:
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        return scope
 
-    return check
+    def check(self, path: str, endpoint: str | None, header: str | None) -> None:
+        """Raise :class:`Unauthorized` or :class:`Forbidden` unless the request may
+        go on. A path no route serves (``endpoint`` None) needs a valid token of any
+        scope, and is then answered 404 or 405 by the router."""
+        if path in self.public:
+            return
+        scope = self.scope(header)
+        allowed = _SCOPES.get(endpoint or "")
+        if allowed is not None and scope not in allowed:
+            raise Forbidden(forbidden_message(scope, f"{request.method} {path}"))
 
 
-def _guard(app: QuartTrio, api: BrokerApi, check_auth: _CheckAuth) -> None:
+def _guard(app: QuartTrio, api: BrokerApi, auth: _Auth) -> None:
     @app.before_request
     async def _auth() -> None:
         # answered before the body is read: BrokerApp keeps the connection usable
-        check_auth(request.path, request.headers.get("Authorization"))
+        auth.check(request.path, request.endpoint, request.headers.get("Authorization"))
         if request.endpoint in _LEADER_ONLY:
             api.assert_leader()
 
     @app.before_websocket
     async def _ws_auth() -> None:
-        check_auth(websocket.path, websocket.headers.get("Authorization"))
+        # any valid token opens the socket; each call is checked against its scope
+        if websocket.path not in auth.public:
+            auth.scope(websocket.headers.get("Authorization"))
 
 
 def _handle_errors(app: QuartTrio, max_request_bytes: int) -> None:

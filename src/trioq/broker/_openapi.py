@@ -5,7 +5,9 @@
 Request bodies are documented in pydantic's validation mode, answers in its
 serialization mode; every error status refers to one :class:`~trioq._wire.ErrorBody`
 schema. The WebSocket's methods are listed under ``x-websocket-methods`` of
-``GET /v1/ws`` (OpenAPI has no words for them). The document is built once per app.
+``GET /v1/ws`` (OpenAPI has no words for them). Each operation and WebSocket method
+states the token scopes that may call it in ``x-trioq-scopes`` (public routes: none,
+and an empty ``security``). The document is built once per app.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from .._tokens import Scope
 from .._wire import ErrorBody, JobId, ListQuery
 from ._routes import JSON, ROUTES, Route
 from ._websocket import METHODS
@@ -27,10 +30,12 @@ _ERRORS = {
     400: "BrokerProtocolError: malformed JSON, or a field that breaks its rule (the "
     "message names it)",
     401: "Unauthorized: a token is configured and the request lacks it",
+    403: "Forbidden: the token is valid but its scope does not allow this operation",
     404: "JobNotFound: no such job (or it left the dedup window)",
     413: "PayloadTooLarge: the request or a payload is over its limit",
-    503: "NotLeader (``leader`` names the leader, ``role`` this broker's role), QueueFull "
-    "or StorageUnavailable",
+    503: "NotLeader (``leader`` names the leader, ``role`` this broker's role), QueueFull, "
+    "Overloaded (too many connections or waiting long-polls: retry after Retry-After) or "
+    "StorageUnavailable",
 }
 
 
@@ -85,7 +90,9 @@ def build_openapi(version: str) -> dict[str, Any]:
             "version": version,
             "description": "osqueue's REST contract, with additive extensions. A token, "
             "when the broker has one, goes in 'Authorization: Bearer <token>'; "
-            "/healthz, /readyz and /openapi.json need none.",
+            "/healthz, /readyz and /openapi.json need none. Each token has a scope "
+            "(producer, worker or admin); x-trioq-scopes on each operation lists the "
+            "scopes that may call it (admin may call everything).",
         },
         "paths": paths,
         "components": {
@@ -110,7 +117,14 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     operation["responses"] = _responses(route, schemas)
     if route.public:
         operation["security"] = []
+    else:
+        operation["x-trioq-scopes"] = scope_names(route.scopes)
     return operation
+
+
+def scope_names(scopes: frozenset[Scope]) -> list[str]:
+    """Scopes as the document lists them: in the order producer, worker, admin."""
+    return [scope.value for scope in Scope if scope in scopes]
 
 
 def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
@@ -140,6 +154,7 @@ def _responses(route: Route, schemas: _Schemas) -> dict[str, Any]:
         or route.query is not None
         or "{id}" in openapi_path(route.path),
         401: not route.public,
+        403: not route.public and route.scopes != frozenset(Scope),
         404: "{id}" in openapi_path(route.path),
         409: bool(route.conflicts),
         413: route.body is not None,
@@ -158,6 +173,7 @@ def _websocket(schemas: _Schemas) -> dict[str, Any]:
             "summary": m.summary,
             "params": None if m.params is None else schemas[m.params],
             "result": None if m.result is None else schemas[m.result],
+            "x-trioq-scopes": scope_names(m.scopes),
         }
         for m in METHODS
     }
@@ -166,7 +182,10 @@ def _websocket(schemas: _Schemas) -> dict[str, Any]:
         "summary": "WebSocket: JSON-RPC messages {id, method, params}",
         "description": "Each message is answered by {id, ok: true, result} or "
         "{id, ok: false, error: {_tag, message}}; calls run concurrently (up to 64 in "
-        "flight). The methods are listed in x-websocket-methods.",
+        "flight). The methods are listed in x-websocket-methods. The handshake takes "
+        "any valid token; a call its scope does not allow (x-trioq-scopes) is answered "
+        "with a Forbidden error.",
+        "x-trioq-scopes": [scope.value for scope in Scope],
         "responses": {
             "101": {"description": "Switching Protocols: the WebSocket is open"},
             "400": {"description": _ERRORS[400], "content": {JSON: {"schema": schemas[ErrorBody]}}},

@@ -19,6 +19,7 @@ from quart import Response, request
 
 from .. import _wire
 from .._errors import TrioqError
+from .._tokens import Scope
 from .._wire import (
     BatchAnswer,
     BulkAnswer,
@@ -58,6 +59,13 @@ from ._metrics import render_metrics
 
 JSON = "application/json"
 
+ADMIN = frozenset({Scope.ADMIN})
+"""Who may call what no other scope is given: the default of a route or method."""
+PRODUCER = frozenset({Scope.PRODUCER, Scope.ADMIN})
+WORKER = frozenset({Scope.WORKER, Scope.ADMIN})
+ANY_SCOPE = frozenset(Scope)
+"""Every valid token (a job by id: producers poll their jobs, workers look theirs up)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -80,6 +88,9 @@ class Route:
     leader_only: bool = True
     public: bool = False
     """Served without a token (``/healthz``, ``/readyz``, ``/openapi.json``)."""
+    scopes: frozenset[Scope] = ADMIN
+    """The scopes whose tokens may call it (admin always may; a token of another
+    scope gets 403 Forbidden). Not declared: admin only."""
     conflicts: str = ""
     """What a 409 means here (empty: the route answers no 409)."""
 
@@ -89,52 +100,53 @@ _ID = "/v1/jobs/<job_id>"
 
 ROUTES: tuple[Route, ...] = (
     Route("healthz", "GET", "/healthz", "Liveness: which broker answers, its role and epoch",
-          answer=Health, leader_only=False, public=True),
+          answer=Health, leader_only=False, public=True, scopes=ANY_SCOPE),
     Route("readyz", "GET", "/readyz", "Readiness: 200 on the leader, 503 NotLeader elsewhere",
-          answer=Ready, leader_only=False, public=True),
+          answer=Ready, leader_only=False, public=True, scopes=ANY_SCOPE),
     Route("openapi", "GET", "/openapi.json", "This document (OpenAPI 3.1)",
-          answer=dict[str, Any], leader_only=False, public=True),
+          answer=dict[str, Any], leader_only=False, public=True, scopes=ANY_SCOPE),
     Route("metrics", "GET", "/metrics", "Prometheus metrics (text format 0.0.4)",
-          answer=str, content_type=METRICS_CONTENT_TYPE, leader_only=False),
+          answer=str, content_type=METRICS_CONTENT_TYPE, leader_only=False, scopes=ADMIN),
     Route("state", "GET", "/state", "The raw queue document (last commit)",
-          answer=dict[str, Any]),
-    Route("submit", "POST", "/v1/jobs", "Submit a job", body=NewJob, answer=SubmitAnswer),
+          answer=dict[str, Any], scopes=ADMIN),
+    Route("submit", "POST", "/v1/jobs", "Submit a job", body=NewJob, answer=SubmitAnswer,
+          scopes=PRODUCER),
     Route("submit_batch", "POST", "/v1/jobs/batch", "Submit jobs atomically (all or none)",
-          body=SubmitBatch, answer=BatchAnswer),
+          body=SubmitBatch, answer=BatchAnswer, scopes=PRODUCER),
     Route("submit_bulk", "POST", "/v1/jobs/bulk",
           "Submit jobs each on its own: a result per job (a bad job fails alone)",
-          body=SubmitBulk, answer=BulkAnswer),
+          body=SubmitBulk, answer=BulkAnswer, scopes=PRODUCER),
     Route("claim", "POST", "/v1/jobs/claim",
           "Claim jobs; without max, osqueue's shape (one job or {})",
-          body=ClaimRequest, answer=ClaimedJob | EmptyClaim | ClaimMany),
+          body=ClaimRequest, answer=ClaimedJob | EmptyClaim | ClaimMany, scopes=WORKER),
     Route("exchange", "POST", "/v1/jobs/exchange",
           "A worker's round trip in one commit: heartbeats, completes, fails and "
           "releases (a result each), then a claim",
-          body=ExchangeRequest, answer=ExchangeAnswer),
+          body=ExchangeRequest, answer=ExchangeAnswer, scopes=WORKER),
     Route("heartbeat", "POST", f"{_ID}/heartbeat", "Renew a job's lease",
-          body=HeldJob, conflicts=_HELD),
+          body=HeldJob, conflicts=_HELD, scopes=WORKER),
     Route("complete", "POST", f"{_ID}/complete", "Complete a job",
-          body=HeldJob, conflicts=_HELD),
+          body=HeldJob, conflicts=_HELD, scopes=WORKER),
     Route("fail", "POST", f"{_ID}/fail", "Fail an attempt (retry later, or dead-letter)",
-          body=FailRequest, answer=FailAnswer, conflicts=_HELD),
+          body=FailRequest, answer=FailAnswer, conflicts=_HELD, scopes=WORKER),
     Route("release", "POST", f"{_ID}/release",
           "Give a job back at once without counting the attempt",
-          body=HeldJob, conflicts=_HELD),
+          body=HeldJob, conflicts=_HELD, scopes=WORKER),
     Route("cancel", "POST", f"{_ID}/cancel", "Cancel a job",
-          body=NoBody, body_optional=True, answer=JobStatus),
+          body=NoBody, body_optional=True, answer=JobStatus, scopes=ADMIN),
     Route("get_job", "GET", "/v1/jobs/<job_id:job_id>", "A job's record (finished jobs too)",
-          answer=JobView),
+          answer=JobView, scopes=ANY_SCOPE),
     Route("list_jobs", "GET", "/v1/jobs", "Queue stats and a page of queued jobs",
-          query=ListQuery, answer=JobsPage),
+          query=ListQuery, answer=JobsPage, scopes=ADMIN),
     Route("list_dead", "GET", "/v1/dead", "A page of the dead-letter list",
-          query=ListQuery, answer=DeadPage),
+          query=ListQuery, answer=DeadPage, scopes=ADMIN),
     Route("requeue", "POST", "/v1/dead/<job_id>/requeue",
           "Move a dead job back to the queue, attempts reset",
           body=NoBody, body_optional=True, answer=JobStatus,
-          conflicts="the job exists but is not dead (JobNotDead)"),
-    Route("stats", "GET", "/v1/stats", "Queue counters", answer=Stats),
+          conflicts="the job exists but is not dead (JobNotDead)", scopes=ADMIN),
+    Route("stats", "GET", "/v1/stats", "Queue counters", answer=Stats, scopes=WORKER),
     Route("throttle_stats", "GET", "/v1/throttle-stats", "Storage throttle counters",
-          answer=ThrottleStats),
+          answer=ThrottleStats, scopes=ADMIN),
 )  # fmt: skip
 """Every REST route (the WebSocket is :mod:`trioq.broker._websocket`)."""
 

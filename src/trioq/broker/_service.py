@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -17,6 +19,7 @@ from hypercorn.trio import serve
 
 from .._errors import DocumentInvalid, QueueNotFound, StorageUnavailable
 from .._signals import run_until_signalled
+from .._tokens import Scope
 from ..core._engine import Candidacy, Engine, Role
 from ..storage._faulty import FaultyStorage
 from ..storage._file import FileStorage
@@ -24,6 +27,7 @@ from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage
 from ..storage._throttled import ThrottledStorage
 from ._api import BrokerApi
+from ._connections import ConnectionGuard, guard_connections
 from ._faults import FaultCollector, describe_faults, failures_paused, faults_in, with_faults
 from ._http import create_app
 from ._metrics import metrics_registry
@@ -36,12 +40,14 @@ PROBE_TIMEOUT = 0.5
 PROBE_FAILURES = 2
 
 
-def build_storage(settings: BrokerSettings) -> Storage:
+def build_storage(settings: BrokerSettings, *, bare: bool = False) -> Storage:
     """The backend the settings name, with faults if ``--fault-*`` turn them on
-    (innermost: they are the store's), throttled if limits are set."""
+    (innermost: they are the store's), throttled if limits are set. ``bare``: the
+    backend alone, and a missing data directory stays missing (for ``trioq
+    inspect``, which only looks)."""
     storage: Storage
     if settings.storage == "file":
-        storage = FileStorage(settings.data_dir)
+        storage = FileStorage(settings.data_dir, create_directory=not bare)
     elif settings.storage == "s3":
         from ..storage._s3 import S3Storage
 
@@ -54,6 +60,8 @@ def build_storage(settings: BrokerSettings) -> Storage:
         )
     else:
         storage = MemoryStorage()
+    if bare:
+        return storage
     storage = with_faults(storage, settings)
     if settings.max_reads_per_minute > 0 or settings.max_writes_per_minute > 0:
         storage = ThrottledStorage(
@@ -87,14 +95,39 @@ def is_new_location(storage: Storage, key: str) -> bool:
     return False
 
 
+def _in_main_thread() -> bool:
+    """Whether signals can be received here (only the main thread gets them)."""
+    return threading.current_thread() is threading.main_thread()
+
+
 def _advertised(settings: BrokerSettings, binds: Sequence[str]) -> str:
     if settings.advertise_url:
         return settings.advertise_url.rstrip("/")
-    bound = binds[0] if binds else f"http://{settings.host}:{settings.port}"
+    # hypercorn names its binds https:// when it serves TLS
+    scheme = "https" if settings.tls else "http"
+    bound = binds[0] if binds else f"{scheme}://{settings.host}:{settings.port}"
     if "0.0.0.0" in bound or "[::]" in bound:
         port = bound.rsplit(":", 1)[1]
-        return f"http://{socket.gethostname()}:{port}"
+        return f"{scheme}://{socket.gethostname()}:{port}"
     return bound
+
+
+def _warn_if_few_descriptors(max_connections: int) -> None:
+    """Log a warning when the process may run out of file descriptors before it
+    reaches ``--max-connections`` (each connection holds one; storage and logs a few)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return  # no such limit here (Windows)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + 64:
+        log.warning(
+            "--max-connections is %d but the open-file limit is %d: raise it (ulimit -n) "
+            "or lower --max-connections, or new connections fail once the files run out",
+            max_connections,
+            soft,
+        )
 
 
 class _InFlight:
@@ -165,13 +198,22 @@ class Broker:
             throttle = self.storage.stats
         self.api = BrokerApi(self.engine, throttle_stats=throttle)
         self._shutdown = trio.Event()
+        self.tokens = settings.token_table()
+        """The tokens the broker accepts (never logged: only their count by scope)."""
         self.app = create_app(
             self.api,
-            token=settings.token,
+            # asked on every request: a reload (SIGHUP) takes effect at once
+            tokens=lambda: self.tokens,
             max_request_bytes=settings.max_request_bytes,
             metrics_public=settings.metrics_public,
             closing=self._shutdown,
         )
+        # limits (docs/limits.md): a request body must arrive within the client
+        # timeout, and long-poll claims waiting at once are bounded
+        self.app.config["BODY_TIMEOUT"] = settings.client_timeout
+        self.engine.book.max_waiting = settings.max_waiting_claims
+        self.connections = ConnectionGuard(settings.max_connections, settings.client_timeout)
+        """The bounds of the HTTP server's connections, and how many are open."""
         if self.faults is not None:
             metrics_registry(self.api).register(FaultCollector(self.faults))
         self.url: str | None = None
@@ -184,10 +226,16 @@ class Broker:
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         settings = self.settings
-        if settings.token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        if not self.tokens and settings.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "binding %s without a token: anyone who can reach it can use the queue",
                 settings.host,
+            )
+        if self.tokens:
+            # how many, never which
+            log.info(
+                "auth on: %s",
+                ", ".join(f"{self.tokens.count(s)} {s} token(s)" for s in Scope),
             )
         if self.faults is not None:
             log.warning(
@@ -201,7 +249,14 @@ class Broker:
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = settings.shutdown_grace_s
         config.websocket_max_message_size = settings.max_request_bytes
-        config.h11_max_incomplete_size = 64 * 1024
+        config.h11_max_incomplete_size = 64 * 1024  # a longer request head: 431, closed
+        # an idle connection closes after this; a request head must arrive within it
+        config.keep_alive_timeout = settings.keep_alive_timeout
+        guard_connections(config, self.connections)
+        _warn_if_few_descriptors(settings.max_connections)
+        if settings.certfile is not None and settings.keyfile is not None:
+            config.certfile = settings.certfile
+            config.keyfile = settings.keyfile
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(self._serve, config)
             self.url = _advertised(settings, binds)
@@ -220,6 +275,8 @@ class Broker:
                 await nursery.start(self._run_engine)
             if settings.failover_probe:
                 nursery.start_soon(self._probe_leader)
+            if settings.tokens_file is not None and _in_main_thread():
+                await nursery.start(self._reload_tokens_on_sighup)
             task_status.started(self.url)
 
     async def _serve(
@@ -242,6 +299,36 @@ class Broker:
             with trio.move_on_after(self.settings.shutdown_grace_s):
                 await app.wait_idle()
             nursery.cancel_scope.cancel()
+
+    def reload_tokens(self) -> bool:
+        """Read ``--tokens-file`` again (with the flag and variable tokens): the new
+        table answers the next request. On an error the old table stays, and the
+        error (which never quotes a token) is logged."""
+        try:
+            tokens = self.settings.token_table()
+        except ValueError as exc:
+            log.error("tokens not reloaded, the previous ones stay in force: %s", exc)
+            return False
+        self.tokens = tokens
+        log.info("tokens reloaded: %s", ", ".join(f"{tokens.count(s)} {s} token(s)" for s in Scope))
+        return True
+
+    async def _reload_tokens_on_sighup(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Rotation without a restart: each SIGHUP reloads the tokens file, until
+        the broker shuts down."""
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+
+                async def stop_at_shutdown() -> None:
+                    await self._shutdown.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_at_shutdown)
+                async for _ in hangups:
+                    await trio.to_thread.run_sync(self.reload_tokens)  # reads a file
 
     async def _run_engine(
         self, *, task_status: trio.TaskStatus[Role] = trio.TASK_STATUS_IGNORED
@@ -266,7 +353,11 @@ class Broker:
         engine = self.engine
         failures = 0
         version_at_first: str | None = None
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
+        # the leader's certificate is verified (--ca-file for a private CA): a probe
+        # answered by an impostor would hold a takeover back
+        async with httpx.AsyncClient(
+            timeout=PROBE_TIMEOUT, verify=self.settings.probe_verify()
+        ) as client:
             while not self._stop_probe and not self._shutdown.is_set():
                 with trio.move_on_after(PROBE_INTERVAL):
                     await self._shutdown.wait()
@@ -279,6 +370,9 @@ class Broker:
                     continue
                 try:
                     version = await engine.storage.version(engine.key)
+                except DocumentInvalid:
+                    failures = 0  # a damaged document: the standby loop halts on it
+                    continue
                 except StorageUnavailable as exc:
                     log.warning("probe: cannot read the version of %s: %s", engine.key, exc)
                     failures = 0
@@ -340,6 +434,12 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.broker")
         if isinstance(cause, OSError):
             print(
                 f"trioq broker: cannot serve on {settings.host}:{settings.port}: {cause}",
+                file=sys.stderr,
+            )
+        elif isinstance(cause, DocumentInvalid):
+            print(
+                f"trioq broker: refusing to lead: {cause}; it was left unchanged (show it "
+                "with `trioq inspect` and the same storage options; docs/storage.md)",
                 file=sys.stderr,
             )
         else:

@@ -9,6 +9,7 @@ here, milliseconds only in the ``-ms`` flags and ``_MS`` variables.
 from __future__ import annotations
 
 import argparse
+import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, Self
@@ -16,11 +17,29 @@ from typing import Annotated, Literal, Self
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from .._settings import LegacyName, Public, Settings, SettingsError
+from .._tokens import (
+    Scope,
+    Secret,
+    TokenTable,
+    check_token,
+    read_tokens_file,
+    split_tokens,
+    ssl_context,
+)
 from ..core._archive import DEDUP_CAP
 from ..core._config import EngineConfig
+from ..core._pending import MAX_WAITING
 from ..core._state import Limits
+from ._connections import MAX_CONNECTIONS
 
-__all__ = ["BrokerSettings", "SettingsError", "StorageBackend", "parse_settings"]
+__all__ = [
+    "STORAGE_FIELDS",
+    "BrokerSettings",
+    "SettingsError",
+    "StorageBackend",
+    "add_storage_arguments",
+    "parse_settings",
+]
 
 StorageBackend = Literal["file", "s3", "memory"]
 
@@ -131,8 +150,49 @@ class BrokerSettings(Settings):
         ),
     ] = 10.0
     token: Annotated[
+        Secret | None,
+        Public(
+            "--token",
+            "TRIOQ_TOKEN",
+            "an admin token: require Authorization: Bearer <token> (see docs/security.md)",
+        ),
+    ] = None
+    tokens_file: Annotated[
         str | None,
-        Public("--token", "TRIOQ_TOKEN", "require Authorization: Bearer <token>"),
+        Public(
+            "--tokens-file",
+            "TRIOQ_TOKENS_FILE",
+            "file of '<scope> <token>' lines (scopes: producer, worker, admin)",
+        ),
+    ] = None
+    admin_tokens: Annotated[
+        Secret | None,
+        Public("--admin-tokens", "TRIOQ_ADMIN_TOKENS", "admin tokens, comma-separated"),
+    ] = None
+    worker_tokens: Annotated[
+        Secret | None,
+        Public("--worker-tokens", "TRIOQ_WORKER_TOKENS", "worker tokens, comma-separated"),
+    ] = None
+    producer_tokens: Annotated[
+        Secret | None,
+        Public("--producer-tokens", "TRIOQ_PRODUCER_TOKENS", "producer tokens, comma-separated"),
+    ] = None
+    certfile: Annotated[
+        str | None,
+        Public("--certfile", "TRIOQ_CERTFILE", "serve HTTPS with this certificate chain (PEM)"),
+    ] = None
+    keyfile: Annotated[
+        str | None,
+        Public("--keyfile", "TRIOQ_KEYFILE", "the private key of --certfile (PEM)"),
+    ] = None
+    ca_file: Annotated[
+        str | None,
+        Public(
+            "--ca-file",
+            "TRIOQ_CA_FILE",
+            "CA bundle (PEM) that verifies other brokers' certificates in failover probes",
+            shown_default="the system's CAs",
+        ),
     ] = None
     max_writes_per_minute: Annotated[
         float,
@@ -185,6 +245,45 @@ class BrokerSettings(Settings):
             "docs/performance.md)",
         ),
     ] = DEDUP_CAP
+    max_connections: Annotated[
+        int,
+        Field(gt=0),
+        Public(
+            "--max-connections",
+            "TRIOQ_MAX_CONNECTIONS",
+            "open client connections served at once; one more is answered 503 Overloaded "
+            "and closed (keep it under the process's open-file limit)",
+        ),
+    ] = MAX_CONNECTIONS
+    max_waiting_claims: Annotated[
+        int,
+        Field(gt=0),
+        Public(
+            "--max-waiting-claims",
+            "TRIOQ_MAX_WAITING_CLAIMS",
+            "long-poll claims waiting at once; one more is answered 503 Overloaded",
+        ),
+    ] = MAX_WAITING
+    client_timeout: Annotated[
+        float,
+        Field(gt=0, allow_inf_nan=False),
+        Public(
+            "--client-timeout-s",
+            "TRIOQ_CLIENT_TIMEOUT_S",
+            "a request body must arrive within this (408 beyond), and a client must take "
+            "each 64 KiB of an answer within this (the connection is closed beyond)",
+        ),
+    ] = 30.0
+    keep_alive_timeout: Annotated[
+        float,
+        Field(gt=0, allow_inf_nan=False),
+        Public(
+            "--keep-alive-timeout-s",
+            "TRIOQ_KEEP_ALIVE_TIMEOUT_S",
+            "an idle connection is closed after this; a request's line and headers must "
+            "arrive within it (keep it above the clients' idle expiry: httpx's is 5 s)",
+        ),
+    ] = 10.0
     metrics_public: Annotated[
         bool, Public("--metrics-public", "TRIOQ_METRICS_PUBLIC", "serve /metrics without the token")
     ] = False
@@ -212,6 +311,15 @@ class BrokerSettings(Settings):
         Field(ge=0),
         Public("--shutdown-grace-s", "TRIOQ_SHUTDOWN_GRACE_S", "bound on the graceful stop"),
     ] = 10.0
+    storage_wait: Annotated[
+        float,
+        Field(ge=0, allow_inf_nan=False),
+        Public(
+            "--storage-wait-s",
+            "TRIOQ_STORAGE_WAIT_S",
+            "at startup, wait this long for an unreachable store before exiting",
+        ),
+    ] = 30.0
     fault_error_rate: Annotated[
         float,
         Field(ge=0, le=1, allow_inf_nan=False),
@@ -337,6 +445,8 @@ class BrokerSettings(Settings):
             )
         if self.max_payload_bytes > self.max_request_bytes:
             raise ValueError("--max-payload-bytes must not exceed --max-request-bytes")
+        self.token_table()  # ValueError: a bad, empty or ambiguous token
+        self._check_tls()
         self.engine_config().validate()  # ValueError: the timings do not fit together
         return self
 
@@ -345,12 +455,58 @@ class BrokerSettings(Settings):
         when built and when assigned; this checks again)."""
         type(self).load(self.model_dump(), environ={})
 
+    def token_table(self) -> TokenTable:
+        """Every token these settings accept, by scope (reads ``--tokens-file``);
+        ValueError, never quoting a token, if one is empty, malformed or given two
+        scopes. Empty: auth is off."""
+        given: dict[Scope, list[str]] = {scope: [] for scope in Scope}
+        if self.token is not None:
+            check_token(self.token.get_secret_value(), self.public_name("token"))
+            given[Scope.ADMIN].append(self.token.get_secret_value())
+        for name, scope in (
+            ("admin_tokens", Scope.ADMIN),
+            ("worker_tokens", Scope.WORKER),
+            ("producer_tokens", Scope.PRODUCER),
+        ):
+            listed: Secret | None = getattr(self, name)
+            if listed is not None:
+                where = self.public_name(name)
+                given[scope] += split_tokens(listed.get_secret_value(), where)
+        if self.tokens_file is not None:
+            for scope, tokens in read_tokens_file(self.tokens_file).items():
+                given[scope] += tokens
+        return TokenTable.build(given)
+
+    def _check_tls(self) -> None:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("--certfile and --keyfile go together: give both or neither")
+        if self.certfile is not None and self.keyfile is not None:
+            try:
+                server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                server.load_cert_chain(self.certfile, self.keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"cannot load --certfile {self.certfile} with --keyfile {self.keyfile}: {exc}"
+                ) from None
+        if self.ca_file is not None:
+            ssl_context(self.ca_file)  # ValueError: unreadable
+
+    @property
+    def tls(self) -> bool:
+        """Whether the broker serves HTTPS (``--certfile`` and ``--keyfile``)."""
+        return self.certfile is not None
+
+    def probe_verify(self) -> ssl.SSLContext | bool:
+        """How the failover probe verifies another broker's certificate."""
+        return True if self.ca_file is None else ssl_context(self.ca_file)
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             group_commit_interval=self.group_commit_interval,
             broker_heartbeat_interval=self.broker_heartbeat_interval,
             broker_heartbeat_timeout=self.broker_heartbeat_timeout,
             shutdown_timeout=self.shutdown_grace,
+            startup_storage_wait=self.storage_wait,
         )
 
     def storage_faults(self) -> dict[str, float]:
@@ -376,6 +532,21 @@ class BrokerSettings(Settings):
             dedup_window_ms=_ms(self.dedup_window),
             dedup_cap=self.dedup_cap,
         )
+
+
+STORAGE_FIELDS = ("storage", "data_dir", "bucket", "prefix", "region", "endpoint_url", "key")
+"""The settings that say where the queue is stored: what a command that reads the
+stored document without a broker (``trioq inspect``) takes."""
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """The broker's flags for :data:`STORAGE_FIELDS` only, the same flags with the
+    same help; parse with ``BrokerSettings.load(args=parser.parse_args(...))``."""
+    every = argparse.ArgumentParser(add_help=False)
+    BrokerSettings.add_arguments(every)
+    for action in every._actions:  # argparse has no public way to copy one flag
+        if action.dest in STORAGE_FIELDS:
+            parser._add_action(action)
 
 
 def parse_settings(

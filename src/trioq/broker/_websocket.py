@@ -3,7 +3,10 @@ answered by ``{id, ok, result}`` or ``{id, ok: false, error}``.
 
 The methods are tabled in :data:`METHODS` (``/openapi.json`` lists them too): each
 parses its params with the wire schema (:mod:`trioq._wire`) and calls the
-:class:`~trioq.broker._api.BrokerApi` operation its REST twin calls.
+:class:`~trioq.broker._api.BrokerApi` operation its REST twin calls. The handshake
+takes any valid token; each call is then checked against the token's scope (a method
+its scope does not allow is answered with a ``Forbidden`` error, and the connection
+stays open).
 
 Calls on one connection run concurrently, up to :data:`WS_MAX_IN_FLIGHT`: a nursery
 per connection holds them, and a long-poll claim does not hold up the calls behind
@@ -23,7 +26,8 @@ import orjson
 import trio
 from quart import websocket
 
-from .._errors import BrokerProtocolError, InternalError, PayloadTooLarge, TrioqError
+from .._errors import BrokerProtocolError, Forbidden, InternalError, PayloadTooLarge, TrioqError
+from .._tokens import Scope
 from .._wire import (
     BatchAnswer,
     BulkAnswer,
@@ -56,6 +60,7 @@ from .._wire import (
 )
 from ._api import BrokerApi
 from ._json import decode_object
+from ._routes import ADMIN, ANY_SCOPE, PRODUCER, WORKER
 
 log = logging.getLogger("trioq.http")
 
@@ -68,6 +73,8 @@ class Method:
     """One WebSocket method: how its params are read and which operation it calls.
 
     ``params`` and ``result`` are schemas, for ``/openapi.json`` (``None``: none).
+    ``scopes``: the scopes whose tokens may call it, those of its REST twin (not
+    declared: admin only).
     """
 
     name: str
@@ -76,6 +83,7 @@ class Method:
     call: Callable[[BrokerApi, Any], Awaitable[Any]]
     params: Any
     result: Any
+    scopes: frozenset[Scope] = ADMIN
 
 
 async def _stats(api: BrokerApi, _: None) -> dict[str, Any]:
@@ -88,38 +96,38 @@ def _nothing(params: dict[str, Any]) -> None:
 
 METHODS: tuple[Method, ...] = (
     Method("submitJob", "as POST /v1/jobs", parse_new_job,
-           BrokerApi.submit, NewJob, SubmitAnswer),
+           BrokerApi.submit, NewJob, SubmitAnswer, scopes=PRODUCER),
     Method("submitJobs", "as POST /v1/jobs/batch", parse_batch,
-           BrokerApi.submit_batch, SubmitBatch, BatchAnswer),
+           BrokerApi.submit_batch, SubmitBatch, BatchAnswer, scopes=PRODUCER),
     Method("submitBulk", "as POST /v1/jobs/bulk", parse_bulk,
-           BrokerApi.submit_bulk, SubmitBulk, BulkAnswer),
+           BrokerApi.submit_bulk, SubmitBulk, BulkAnswer, scopes=PRODUCER),
     Method("claimJob", "osqueue's claim: one job or {} (max is ignored)",
            partial(parse, ClaimRequest), partial(BrokerApi.claim, many=False),
-           ClaimRequest, ClaimedJob | EmptyClaim),
+           ClaimRequest, ClaimedJob | EmptyClaim, scopes=WORKER),
     Method("claimJobs", "claim up to max jobs (default 1)",
            partial(parse, ClaimRequest), partial(BrokerApi.claim, many=True),
-           ClaimRequest, ClaimMany),
+           ClaimRequest, ClaimMany, scopes=WORKER),
     Method("exchange", "as POST /v1/jobs/exchange", parse_exchange,
-           BrokerApi.exchange, ExchangeRequest, ExchangeAnswer),
+           BrokerApi.exchange, ExchangeRequest, ExchangeAnswer, scopes=WORKER),
     Method("heartbeat", "as POST /v1/jobs/{id}/heartbeat", partial(parse, HeldJobCall),
-           lambda api, p: api.heartbeat(p.job_id, p), HeldJobCall, None),
+           lambda api, p: api.heartbeat(p.job_id, p), HeldJobCall, None, scopes=WORKER),
     Method("completeJob", "as POST /v1/jobs/{id}/complete", partial(parse, HeldJobCall),
-           lambda api, p: api.complete(p.job_id, p), HeldJobCall, None),
+           lambda api, p: api.complete(p.job_id, p), HeldJobCall, None, scopes=WORKER),
     Method("failJob", "as POST /v1/jobs/{id}/fail", partial(parse, FailCall),
-           lambda api, p: api.fail(p.job_id, p), FailCall, FailAnswer),
+           lambda api, p: api.fail(p.job_id, p), FailCall, FailAnswer, scopes=WORKER),
     Method("releaseJob", "as POST /v1/jobs/{id}/release", partial(parse, HeldJobCall),
-           lambda api, p: api.release(p.job_id, p), HeldJobCall, None),
+           lambda api, p: api.release(p.job_id, p), HeldJobCall, None, scopes=WORKER),
     Method("cancelJob", "as POST /v1/jobs/{id}/cancel", partial(parse, JobRef),
-           lambda api, p: api.cancel(p.job_id), JobRef, JobStatus),
+           lambda api, p: api.cancel(p.job_id), JobRef, JobStatus, scopes=ADMIN),
     Method("getJob", "as GET /v1/jobs/{id}", partial(parse, JobRef),
-           lambda api, p: api.get_job(p.job_id), JobRef, JobView),
-    Method("getStats", "as GET /v1/stats", _nothing, _stats, None, Stats),
+           lambda api, p: api.get_job(p.job_id), JobRef, JobView, scopes=ANY_SCOPE),
+    Method("getStats", "as GET /v1/stats", _nothing, _stats, None, Stats, scopes=WORKER),
     Method("listJobs", "as GET /v1/jobs", partial(parse, ListQuery),
-           BrokerApi.list_jobs, ListQuery, JobsPage),
+           BrokerApi.list_jobs, ListQuery, JobsPage, scopes=ADMIN),
     Method("listDead", "as GET /v1/dead", partial(parse, ListQuery),
-           BrokerApi.list_dead, ListQuery, DeadPage),
+           BrokerApi.list_dead, ListQuery, DeadPage, scopes=ADMIN),
     Method("requeueDead", "as POST /v1/dead/{id}/requeue", partial(parse, JobRef),
-           lambda api, p: api.requeue(p.job_id), JobRef, JobStatus),
+           lambda api, p: api.requeue(p.job_id), JobRef, JobStatus, scopes=ADMIN),
 )  # fmt: skip
 """Every WebSocket method."""
 
@@ -127,17 +135,32 @@ _BY_NAME = {method.name: method for method in METHODS}
 
 
 class WebSocketEndpoint:
-    """The ``/v1/ws`` handler over ``api``: :meth:`serve` runs one connection."""
+    """The ``/v1/ws`` handler over ``api``: :meth:`serve` runs one connection.
+
+    ``authorize`` maps the handshake's ``Authorization`` header to the token's scope
+    (raising ``Unauthorized``); None: auth is off, every call is allowed.
+    """
 
     def __init__(
-        self, api: BrokerApi, *, max_request_bytes: int, closing: trio.Event | None
+        self,
+        api: BrokerApi,
+        *,
+        max_request_bytes: int,
+        closing: trio.Event | None,
+        authorize: Callable[[str | None], Scope] | None = None,
     ) -> None:
         self.api = api
         self.max_request_bytes = max_request_bytes
         self.closing = closing
+        self.authorize = authorize
 
     async def serve(self) -> None:
         """Accept, then answer messages until the client goes or the broker closes."""
+        scope = Scope.ADMIN
+        if self.authorize is not None:
+            # the handshake was checked already (before_websocket); this learns the
+            # scope every call of the connection is checked against
+            scope = self.authorize(websocket.headers.get("Authorization"))
         await websocket.accept()
         send_lock = trio.Lock()
         slots = trio.Semaphore(WS_MAX_IN_FLIGHT)
@@ -152,7 +175,7 @@ class WebSocketEndpoint:
                     if raw is None:
                         raw = b""
                     await slots.acquire()
-                    calls.start_soon(self._answer, raw, send_lock, slots)
+                    calls.start_soon(self._answer, raw, send_lock, slots, scope)
             # the broker is closing: the calls in flight finish (the nursery waits)
         await websocket.close(1001, "the broker is shutting down")
 
@@ -161,16 +184,19 @@ class WebSocketEndpoint:
         await self.closing.wait()
         reading.cancel()
 
-    async def _answer(self, raw: str | bytes, send_lock: trio.Lock, slots: trio.Semaphore) -> None:
+    async def _answer(
+        self, raw: str | bytes, send_lock: trio.Lock, slots: trio.Semaphore, scope: Scope
+    ) -> None:
         try:
-            reply = await self.reply(raw)
+            reply = await self.reply(raw, scope=scope)
         finally:
             slots.release()
         async with send_lock:
             await websocket.send(orjson.dumps(reply).decode())
 
-    async def reply(self, raw: str | bytes) -> dict[str, Any]:
-        """The reply to one message, errors included."""
+    async def reply(self, raw: str | bytes, *, scope: Scope) -> dict[str, Any]:
+        """The reply to one message from a connection whose token has ``scope``,
+        errors included."""
         request_id: Any = None
         try:
             if len(raw) > self.max_request_bytes:
@@ -183,6 +209,8 @@ class WebSocketEndpoint:
             method = _BY_NAME.get(envelope.method)
             if method is None:
                 raise BrokerProtocolError(f"unknown method {envelope.method!r}")
+            if scope not in method.scopes:
+                raise Forbidden(forbidden_message(scope, envelope.method))
             params = method.read(envelope.params or {})
             result = await method.call(self.api, params)
             return {"id": request_id, "ok": True, "result": result}
@@ -192,6 +220,11 @@ class WebSocketEndpoint:
             log.exception("unexpected error in a WebSocket call")
             error = InternalError(f"internal error: {exc!r}")
             return {"id": request_id, "ok": False, "error": error.to_body()}
+
+
+def forbidden_message(scope: Scope, what: str) -> str:
+    """What a ``Forbidden`` answer says (the same over REST and the WebSocket)."""
+    return f"a {scope} token may not call {what} (see docs/security.md)"
 
 
 def _echoed_id(value: object) -> Any:

@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .._backoff import backoff_delay
 from .._errors import (
+    BucketNotFound,
     CASConflict,
     DocumentInvalid,
     QueueNotFound,
+    StorageAuthError,
     StorageUnavailable,
     WriteOutcomeUnknown,
 )
@@ -48,6 +51,9 @@ class Campaign:
         vanished, and is never replaced by an empty one."""
         self.request: TakeoverRequest | None = None
         self._wake = trio.Event()
+        self._failing: str | None = None
+        """The storage error a standby's polls keep meeting (logged once, when it
+        starts; a standby with read-only credentials meets it at every poll)."""
 
     def request_takeover(self, expected_version: str | None) -> None:
         self.request = TakeoverRequest(expected_version)
@@ -87,30 +93,44 @@ class Campaign:
         """At start: lead (create or take over) or stand by; QueueNotFound when
         there is no queue this engine may create."""
         engine = self.engine
+        outage: _StartupOutage | None = None
         while True:
-            got = await engine.storage.read(engine.key)
-            now = trio.current_time()
-            self.sighting = sighting = self._sighted(got, now)
-            verdict = self._decide(sighting, starting=True, now=now)
-            if verdict is Verdict.CREATE:
-                if await self._create():
-                    return
-            elif verdict is Verdict.TAKE_OVER:
-                if await self._take_over(sighting.version):
-                    return
-            elif verdict is Verdict.REFUSE:
-                raise self.missing()
-            else:
-                engine.role = Role.STANDBY
-                leader = sighting.leader
-                assert leader is not None
-                log.info(
-                    "broker %s stands by; %s leads (epoch %d)",
-                    engine.broker_id,
-                    leader.url or leader.broker_id,
-                    leader.epoch,
-                )
+            try:
+                got = await engine.storage.read(engine.key)
+                if outage is not None:
+                    log.info(
+                        "broker %s reached storage after %.1f s", engine.broker_id, outage.waited
+                    )
+                    outage = None
+                now = trio.current_time()
+                self.sighting = sighting = self._sighted(got, now)
+                verdict = self._decide(sighting, starting=True, now=now)
+                if verdict is Verdict.CREATE and not await self._create():
+                    continue
+                if verdict is Verdict.TAKE_OVER and not await self._take_over(sighting.version):
+                    continue
+            except (BucketNotFound, StorageAuthError):
+                raise  # configuration errors: waiting does not fix them
+            except StorageUnavailable as exc:
+                # each round starts from a fresh read, so a round cut short by the
+                # store (even an ambiguous takeover write) is simply tried again
+                outage = outage or _StartupOutage(engine, trio.current_time())
+                await outage.wait_or_raise(exc)
+                continue
+            if verdict in (Verdict.CREATE, Verdict.TAKE_OVER):
                 return
+            if verdict is Verdict.REFUSE:
+                raise self.missing()
+            engine.role = Role.STANDBY
+            leader = sighting.leader
+            assert leader is not None
+            log.info(
+                "broker %s stands by; %s leads (epoch %d)",
+                engine.broker_id,
+                leader.url or leader.broker_id,
+                leader.epoch,
+            )
+            return
 
     async def stand_by(self) -> None:
         """Watch the document until this engine leads, stops, or meets a document
@@ -129,13 +149,23 @@ class Campaign:
         if engine.stopping:
             return True
         try:
-            return await self._poll()
+            done = await self._poll()
         except DocumentInvalid as exc:
             engine.halt(exc)
             return True
         except StorageUnavailable as exc:
-            log.warning("standby %s cannot reach storage: %s", engine.broker_id, exc)
+            if self._failing is None:
+                log.warning(
+                    "standby %s cannot use storage (it keeps standing by and polling): %s",
+                    engine.broker_id,
+                    exc,
+                )
+            self._failing = str(exc)
             return False
+        if self._failing is not None:
+            log.info("standby %s can use storage again", engine.broker_id)
+            self._failing = None
+        return done
 
     async def _poll(self) -> bool:
         """Look at the document's version (its header when it changed) and act on
@@ -236,3 +266,34 @@ class Campaign:
             old_epoch + 1,
         )
         return True
+
+
+class _StartupOutage:
+    """An unreachable store met by the election at startup: waited out with backoff
+    for ``startup_storage_wait`` seconds (logged once), then the error is raised."""
+
+    def __init__(self, engine: Engine, since: float) -> None:
+        self.engine = engine
+        self.since = since
+        self.attempts = 0
+
+    @property
+    def waited(self) -> float:
+        return trio.current_time() - self.since
+
+    async def wait_or_raise(self, error: StorageUnavailable) -> None:
+        engine, limit = self.engine, self.engine.config.startup_storage_wait
+        left = limit - self.waited
+        if left <= 0 or engine.stopping:
+            raise error
+        if self.attempts == 0:
+            log.warning(
+                "broker %s cannot reach storage at startup, retrying for up to %.0f s: %s",
+                engine.broker_id,
+                limit,
+                error,
+            )
+        self.attempts += 1
+        # jitter from the module's generator: a seeded engine's ids stay as they were
+        delay = backoff_delay(self.attempts, base=0.2, cap=2.0)
+        await trio.sleep(min(delay, left))

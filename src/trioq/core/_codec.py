@@ -149,7 +149,10 @@ def decode_header(data: bytes, *, name: str) -> tuple[int, LeaderInfo | None]:
     decode). The header fields are written before ``jobs``, and inside a JSON string
     a quote is escaped, so the first ``,"jobs":`` is the key."""
     cut = data.find(b',"jobs":')
-    raw = _checked_header(_parse(data[:cut] + b"}" if cut > 0 else data), name)
+    parsed = _parse(data[:cut] + b"}" if cut > 0 else data)
+    if isinstance(parsed, orjson.JSONDecodeError) and cut > 0:
+        parsed = _parse(data)  # say where the whole object breaks, not the cut header
+    raw = _checked_header(parsed, name, data)
     try:
         return _nonneg(raw["seq"]), _leader_from(raw.get("leader"))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -223,9 +226,12 @@ def _header_and_records(
     layout = yield from _split_records(data)
     if layout is not None:
         header, spans = layout
-        return _checked_header(_parse(header), name), [_records(data, s) for s in spans]
+        parsed = _parse(header)
+        if isinstance(parsed, orjson.JSONDecodeError):
+            parsed = yield data  # say where the whole object breaks, not the header
+        return _checked_header(parsed, name, data), [_records(data, s) for s in spans]
     parsed = yield data
-    raw = _checked_header(parsed, name)
+    raw = _checked_header(parsed, name, data)
     try:
         return raw, [list(raw["jobs"]), list(raw["dead"]), list(raw["finished"])]
     except (KeyError, TypeError) as exc:
@@ -325,18 +331,133 @@ def _parse(data: bytes) -> object:
         return exc
 
 
-def _checked_header(raw: object, name: str) -> dict[str, Any]:
-    if isinstance(raw, orjson.JSONDecodeError):
-        raise DocumentInvalid(f"{name} is not valid JSON: {raw}")
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise DocumentInvalid(f"{name} is not a trioq queue document (no format {FORMAT!r})")
-    version = raw.get("formatVersion")
-    if version != FORMAT_VERSION:
-        raise DocumentInvalid(
-            f"{name} has format version {version!r}; this trioq reads version "
-            f"{FORMAT_VERSION} only and will not overwrite it"
-        )
+def _checked_header(raw: object, name: str, data: bytes) -> dict[str, Any]:
+    """``raw`` (``data`` parsed) if it is a format-1 header; else DocumentInvalid
+    naming the object and saying what is wrong (:func:`header_problem`)."""
+    problem = header_problem(raw, data)
+    if problem is not None:
+        raise DocumentInvalid(f"{name} {problem.text}")
+    assert isinstance(raw, dict)
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What is wrong with a stored object, as the words that follow its name."""
+
+    text: str
+    at: int | None = None
+    """The byte offset of the fault, when it is at one place (bad JSON)."""
+
+
+def header_problem(raw: object, data: bytes) -> Problem | None:
+    """Why ``data``, parsed as ``raw`` (or the ``JSONDecodeError`` of parsing it),
+    is not a document this trioq may read and write, or ``None`` if its marker and
+    version are this trioq's. The records are not looked at (a full decode does)."""
+    if isinstance(raw, orjson.JSONDecodeError):
+        return _json_problem(raw, data)
+    if not isinstance(raw, dict):
+        return Problem(f"is not a trioq queue document: it is {_kind(raw)}, not an object")
+    if "format" not in raw:
+        keys = ", ".join(repr(key) for key in list(raw)[:5]) or "none"
+        more = ", ..." if len(raw) > 5 else ""
+        return Problem(
+            f"is not a trioq queue document: no 'format' field (a JSON object with keys "
+            f"{keys}{more})"
+        )
+    if raw["format"] != FORMAT:
+        return Problem(
+            f"is not a trioq queue document: its 'format' is {_short(raw['format'])}, "
+            f"not {FORMAT!r}"
+        )
+    version = raw.get("formatVersion")
+    if version == FORMAT_VERSION and not isinstance(version, bool | float):
+        return None
+    if "formatVersion" not in raw:
+        return Problem("is a trioq queue document without a 'formatVersion' field (damaged)")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        return Problem(
+            f"has format version {version}, newer than this broker supports "
+            f"({FORMAT_VERSION}): upgrade trioq to use it (it is never overwritten)"
+        )
+    return Problem(
+        f"has format version {_short(version)}, which no trioq writes (this broker reads "
+        f"format version {FORMAT_VERSION})"
+    )
+
+
+def _json_problem(exc: orjson.JSONDecodeError, data: bytes) -> Problem:
+    """Bad JSON, said the way an operator can act on: empty, binary, cut short, or
+    broken at a byte."""
+    if not data.strip():
+        what = "is empty (0 bytes)" if not data else f"holds only whitespace ({len(data)} bytes)"
+        return Problem(f"{what}: not valid JSON, not a trioq queue document", 0)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return Problem(
+            f"is not valid JSON: binary data, not UTF-8 text (first invalid byte at byte "
+            f"{bad.start} of {len(data)})",
+            bad.start,
+        )
+    message = exc.msg.split(": line ")[0]
+    if exc.pos >= len(data.rstrip()) or "end of data" in message:
+        return Problem(
+            f"is not valid JSON: truncated JSON at byte {len(data)} (the object ends in "
+            f"the middle of a value: cut short?)",
+            len(data),
+        )
+    return Problem(
+        f"is not valid JSON: {message} at byte {exc.pos} (line {exc.lineno}, column {exc.colno})",
+        exc.pos,
+    )
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, str):
+        return "a JSON string"
+    if isinstance(value, bool) or value is None:
+        return f"the JSON literal {orjson.dumps(value).decode()}"
+    return "a JSON number"
+
+
+def _short(value: object) -> str:
+    """``value`` as JSON, cut to 40 characters (it is foreign data in a message)."""
+    text = orjson.dumps(value).decode() if _jsonable(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def json_error_at(data: bytes) -> int | None:
+    """Where ``data`` stops being valid JSON (a byte offset), or ``None`` if it is."""
+    parsed = _parse(data)
+    if isinstance(parsed, orjson.JSONDecodeError):
+        return _json_problem(parsed, data).at
+    return None
+
+
+def describe_object(storage: object, key: str) -> str:
+    """``key`` and where it is stored, for messages: the backend's ``locate(key)``
+    (a file path; ``s3://bucket/key`` and the endpoint) when it has one, under any
+    throttling or fault-injecting wrappers; else ``key in <storage.describe()>``."""
+    inner = storage
+    while hasattr(inner, "inner"):
+        inner = inner.inner
+    locate = getattr(inner, "locate", None)
+    if callable(locate):
+        return str(locate(key))
+    describe = getattr(storage, "describe", None)
+    where = describe() if callable(describe) else repr(storage)
+    return f"{key} in {where}"
 
 
 def _leader_from(leader: Any) -> LeaderInfo | None:

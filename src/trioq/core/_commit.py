@@ -78,6 +78,8 @@ class Committer:
         self.last_commit_wall = 0
         self.last_commit_seconds = 0.0
         self.last_batch_size = 0
+        self.failed_in_a_row = 0
+        """Commits that could not be written since the last one that was (logged once)."""
         self.retry_rng = random.Random(engine.rng.getrandbits(64))
         """The write retries' jitter: a stream of its own (seeded from the engine's),
         so retries do not shift the ids a seeded engine generates, nor ids the waits."""
@@ -182,6 +184,7 @@ class Committer:
         """
         engine, book = self.engine, self.engine.book
         if self.needs_reload and (failed := await self._reload()) is not None:
+            self.failed_in_a_row += 1  # logged by the failure that needed the reload
             book.fail_batch(lambda _: failed.error())
             return True
         state = engine.state
@@ -267,6 +270,9 @@ class Committer:
         self.last_commit_seconds = trio.current_time() - started
         if failed is None:
             assert self.version is not None
+            if self.failed_in_a_row:
+                log.warning("commits succeed again after %d failed", self.failed_in_a_row)
+                self.failed_in_a_row = 0
             self.hold(state, self.version, data)
             self.last_commit_wall = now
             engine.metrics["commits"] += 1
@@ -312,7 +318,11 @@ class Committer:
                 )
                 await trio.sleep(delay)
         self.needs_reload = True
-        log.warning("commit %d failed: %s", seq, last_error)
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row == 1:  # once per outage: the leader keeps committing
+            log.warning(
+                "commit %d failed (later failures in a row are not logged): %s", seq, last_error
+            )
         return NotWritten(
             _fixed(StorageUnavailable(f"the commit could not be written: {last_error}"))
         )

@@ -26,6 +26,12 @@ class EngineConfig:
     write_retries: int = 3
     """Attempts of one commit's write when the store is unreachable."""
     write_retry_delay: float = 0.1
+    startup_storage_wait: float = 30.0
+    """How long the election waits out an unreachable store at startup (retrying with
+    backoff, logged once) before it gives up with the storage error: a broker
+    restarted during a network blip or a store's restart comes up when the store
+    does, as a supervisor would otherwise make it. Missing buckets and refused
+    credentials are not waited out: they are configuration errors."""
     shutdown_timeout: float = 10.0
     """Bound on the last commit (pending mutations + lease release) at stop."""
     max_pending: int = 100_000
@@ -37,6 +43,8 @@ class EngineConfig:
 
     def validate(self) -> None:
         """Raise ValueError on settings that cannot work together."""
+        if self.startup_storage_wait < 0:
+            raise ValueError("the startup storage wait must be >= 0")
         if self.group_commit_interval < 0:
             raise ValueError("group commit interval must be >= 0")
         if self.broker_heartbeat_interval <= 0:

@@ -39,7 +39,7 @@ import trio
 from .._errors import DocumentInvalid, NotLeader, TrioqError
 from ..storage._protocol import Storage
 from ._campaign import Campaign
-from ._codec import LeaderInfo, load
+from ._codec import LeaderInfo, describe_object, load
 from ._commit import Committer
 from ._config import EngineConfig
 from ._election import Candidacy, Candidate
@@ -376,6 +376,11 @@ class Engine:
                     await self._campaign.stand_by()
                 if self._fatal is not None:
                     raise self._fatal
+        except DocumentInvalid as exc:
+            # met in a storage call (a damaged file) rather than in decoding: never
+            # write again, not even the last commit that would release the lease
+            self.halt(exc)
+            raise
         finally:
             with trio.move_on_after(self.config.shutdown_timeout, shield=True):
                 if self.role is Role.LEADER:
@@ -415,18 +420,20 @@ class Engine:
         self._became_leader.set()
         self._became_leader = trio.Event()
 
-    def step_down(self, leader: LeaderInfo | None) -> None:
+    def step_down(self, leader: LeaderInfo | None, *, quiet: bool = False) -> None:
         """Another broker (``leader``, if known) holds the document: answer every
-        pending mutation with NotLeader and stand by."""
+        pending mutation with NotLeader and stand by (``quiet``: without the log
+        line, when the caller reports why)."""
         if self.role is not Role.LEADER:
             return
         self.metrics["stepDowns"] += 1
-        log.warning(
-            "broker %s lost leadership of %s to %s",
-            self.broker_id,
-            self.key,
-            None if leader is None else (leader.url or leader.broker_id),
-        )
+        if not quiet:
+            log.warning(
+                "broker %s lost leadership of %s to %s",
+                self.broker_id,
+                self.key,
+                None if leader is None else (leader.url or leader.broker_id),
+            )
         self.leader = leader
         self.role = Role.STANDBY
         self._campaign.forget()
@@ -434,9 +441,11 @@ class Engine:
 
     def halt(self, error: DocumentInvalid) -> None:
         """The document cannot be read: never overwrite it; :meth:`run` ends with
-        ``error`` (after stepping down, if leading)."""
+        ``error`` (after stepping down, if leading). Nothing is logged here: the
+        error, which names the object and what is wrong, is the one line to read,
+        and whoever runs the engine reports it (the broker's ``main`` prints it)."""
         self._fatal = error
-        self.step_down(None)
+        self.step_down(None, quiet=True)
 
     # --------------------------------------------------------------- decoding
 
@@ -457,4 +466,4 @@ class Engine:
         return QueueState.decode_header(data, name=self._name())[1]
 
     def _name(self) -> str:
-        return f"{self.key} in {self.storage.describe()}"
+        return describe_object(self.storage, self.key)

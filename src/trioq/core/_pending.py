@@ -24,7 +24,10 @@ error, except a claim fulfilled from the waiting list, which goes back to WAITIN
 - APPLIED: applied to the in-memory state; the write that makes it durable is under
   way. Its answer (the result, or the mutation's own error) is held until then.
 - WAITING: a long-poll claim that found no job, until a later commit hands it one
-  (it joins that commit as APPLIED) or its deadline passes (answered ``[]``). A
+  (it joins that commit as APPLIED) or its deadline passes (answered ``[]``). At
+  most ``max_waiting`` claims wait: :meth:`PendingBook.park` answers one more at once
+  with :class:`~trioq.Overloaded` (a 503 its client retries after a pause; an empty
+  answer would send a well-behaved worker straight back, a busy loop). A
   mutation that carries an op as well as a claim (an exchange with reports) never
   waits: parked after its op was applied, it could be answered at its deadline,
   which writes nothing, before its op was written.
@@ -56,8 +59,14 @@ from typing import Any
 
 import trio
 
-from .._errors import QueueFull, TrioqError
+from .._errors import Overloaded, QueueFull, TrioqError
 from ._state import QueueState
+
+MAX_WAITING = 4096
+"""Default bound on the long-poll claims parked at once (``--max-waiting-claims``)."""
+
+OVERLOADED_RETRY_SECONDS = 1
+"""The pause an :class:`~trioq.Overloaded` answer advises (its ``Retry-After``)."""
 
 Operation = Callable[[QueueState, int], Any]
 """A mutation of the state at a (wall-clock, ms) time; raises TrioqError to reject."""
@@ -188,9 +197,13 @@ class Reader:
 class PendingBook:
     """Every unanswered mutation and waiting read of one engine, by stage."""
 
-    def __init__(self, max_pending: int, *, owner: str = "the engine") -> None:
+    def __init__(
+        self, max_pending: int, *, owner: str = "the engine", max_waiting: int = MAX_WAITING
+    ) -> None:
         self.max_pending = max_pending
         self.owner = owner
+        self.max_waiting = max_waiting
+        """How many claims may wait at once (see :meth:`park`)."""
         self._queued: deque[Mutation] = deque()
         self._batch: list[Mutation] = []  # GATHERED or APPLIED: the commit under way
         self._waiting: list[Mutation] = []
@@ -271,7 +284,21 @@ class PendingBook:
         mutation.stage = Stage.APPLIED
 
     def park(self, mutation: Mutation) -> None:
-        """GATHERED -> WAITING: a claim that found nothing waits for a later commit."""
+        """GATHERED -> WAITING: a claim that found nothing waits for a later commit;
+        GATHERED -> ANSWERED with :class:`~trioq.Overloaded` when ``max_waiting``
+        claims wait already (it took no job: nothing is lost by answering it now).
+
+        A refused claim that waited before (its fulfilling write failed) is not
+        refused: :meth:`fail_batch` puts those back without coming here.
+        """
+        if len(self._waiting) >= self.max_waiting:
+            mutation._answer(
+                error=Overloaded(
+                    f"{self.owner} has {len(self._waiting)} long-poll claims waiting, its "
+                    f"limit: retry in {OVERLOADED_RETRY_SECONDS} s"
+                )
+            )
+            return
         mutation.stage = Stage.WAITING
         mutation.waited = True
         self._waiting.append(mutation)

@@ -69,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -77,12 +78,19 @@ import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, NamedTuple, TypeVar
+from typing import Final, NamedTuple, NoReturn, TypeVar
 
 import trio
 
 from .._backoff import backoff_delay
-from .._errors import BucketNotFound, CASConflict, StorageUnavailable, WriteOutcomeUnknown
+from .._errors import (
+    BucketNotFound,
+    CASConflict,
+    DocumentInvalid,
+    StorageUnavailable,
+    WriteOutcomeUnknown,
+)
+from ._outage import WriteOutage
 from ._protocol import Versioned
 
 if sys.platform != "win32":
@@ -101,6 +109,20 @@ _MAX_NAME: Final = 200
 _CUT_NAME: Final = 150
 
 _DEFAULT_THREADS: Final = 4
+
+log = logging.getLogger("trioq.storage")
+
+_CANNOT_WRITE: Final = {
+    errno.ENOSPC: "no space left on device (ENOSPC)",
+    errno.EDQUOT: "disk quota exceeded (EDQUOT)",
+    errno.EFBIG: "file too large (EFBIG: a file size limit)",
+    errno.EROFS: "read-only file system (EROFS)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted (EPERM)",
+}
+"""The errors that say the store cannot take a write until someone frees space or
+grants permission: each is a :class:`~trioq.StorageUnavailable` (nothing changed;
+retry later), logged once per outage by :class:`WriteOutage`."""
 _LOCK_POLL_FIRST: Final = 0.001
 _LOCK_POLL_MAX: Final = 0.05
 
@@ -123,6 +145,12 @@ def _key_to_name(key: str) -> str:
     if len(name) > _MAX_NAME:
         name = name[:_CUT_NAME] + "~" + hashlib.sha256(raw).hexdigest()
     return name
+
+
+def _cannot_write(exc: StorageUnavailable) -> bool:
+    """Whether ``exc`` comes from a store that refuses writes (full, read-only)."""
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno in _CANNOT_WRITE
 
 
 def _encode_header(version: str, data: bytes) -> bytes:
@@ -165,11 +193,17 @@ class FileStorage:
             key's lock before giving up with :class:`~trioq.StorageUnavailable`.
         max_threads: How many worker threads this storage uses at once.
 
-    Errors: a failed precondition raises :class:`~trioq.CASConflict`; a missing
-    directory :class:`~trioq.BucketNotFound`; permission and other I/O problems,
-    a lock held too long, or a damaged file :class:`~trioq.StorageUnavailable`;
-    a failure after the new document was published (the directory ``fsync``)
-    :class:`~trioq.WriteOutcomeUnknown`. Each message names the path and cause.
+    Errors: a failed precondition raises :class:`~trioq.CASConflict` (a ``write``
+    over a damaged or foreign file too: it is not at ``if_match``); a missing
+    directory :class:`~trioq.BucketNotFound`; a full disk, a quota, a read-only
+    file system, permission and other I/O problems, or a lock held too long
+    :class:`~trioq.StorageUnavailable` (write failures of the first kinds are
+    logged once per outage: :class:`WriteOutage`); a failure after the new
+    document was published (the directory ``fsync``)
+    :class:`~trioq.WriteOutcomeUnknown`. A ``read`` or ``version`` of a file that
+    is damaged (size or CRC-32 wrong) or that trioq did not write (no header)
+    raises :class:`~trioq.DocumentInvalid`: that does not pass by retrying, and
+    nothing overwrites it. Each message names the path and cause.
     """
 
     def __init__(
@@ -189,6 +223,7 @@ class FileStorage:
         self._directory_ready = False
         self._lock_timeout = lock_timeout
         self._limiter = trio.CapacityLimiter(max_threads)
+        self._outage = WriteOutage(self.describe())
 
     @property
     def directory(self) -> Path:
@@ -202,6 +237,11 @@ class FileStorage:
     def path(self, key: str) -> Path:
         """The file that stores ``key`` (no I/O). Raises :class:`ValueError` on a bad key."""
         return self._directory / _key_to_name(key)
+
+    def locate(self, key: str) -> str:
+        """``key`` and its file, for messages: ``queue.json at /data/queue.json (file
+        storage)``."""
+        return f"{key} at {self.path(key)} (file storage)"
 
     # -- public async API -----------------------------------------------------------------
 
@@ -245,10 +285,16 @@ class FileStorage:
         deadline = time.monotonic() + self._lock_timeout
         retries = 0
         while True:
-            outcome = await trio.to_thread.run_sync(
-                self._try_locked_sync, name, fn, limiter=self._limiter
-            )
+            try:
+                outcome = await trio.to_thread.run_sync(
+                    self._try_locked_sync, name, fn, limiter=self._limiter
+                )
+            except StorageUnavailable as exc:
+                if _cannot_write(exc):
+                    self._outage.failed(exc)
+                raise
             if not isinstance(outcome, _LockBusy):
+                self._outage.succeeded()
                 return outcome
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -272,7 +318,7 @@ class FileStorage:
             self._directory.is_dir()
         ):
             return self._missing_directory()
-        reason = "permission denied" if isinstance(exc, PermissionError) else "I/O error"
+        reason = _CANNOT_WRITE.get(exc.errno or 0, "I/O error")
         return StorageUnavailable(f"{self.describe()}: {reason} while {action} {path}: {exc}")
 
     def _missing_directory(self) -> BucketNotFound:
@@ -291,20 +337,39 @@ class FileStorage:
             raise self._fail("creating directory", self._directory, exc) from exc
         self._directory_ready = True
 
-    def _corrupt(self, path: Path, problem: str) -> StorageUnavailable:
-        return StorageUnavailable(f"{self.describe()}: {path} is damaged: {problem}")
+    def _corrupt(self, path: Path, problem: str) -> DocumentInvalid:
+        return DocumentInvalid(f"{path} (file storage) is damaged: {problem}")
 
     def _parse_header(self, path: Path, raw: bytes, file_size: int) -> _Header:
         match = _HEADER_RE.fullmatch(raw)
         if match is None:
-            raise self._corrupt(path, "not a TRIOQ-FILE/1 document (bad header)")
+            return self._foreign(path, raw, file_size)
         header = _Header(match[1].decode("ascii"), int(match[2], 16), int(match[3], 16))
         if file_size != _HEADER_SIZE + header.size:
+            cut = " (truncated)" if file_size < _HEADER_SIZE + header.size else ""
             raise self._corrupt(
                 path,
-                f"file is {file_size} bytes, header says {_HEADER_SIZE + header.size}",
+                f"the file is {file_size} bytes, its header says {_HEADER_SIZE + header.size}{cut}",
             )
         return header
+
+    def _foreign(self, path: Path, raw: bytes, file_size: int) -> NoReturn:
+        """A file without our header: cut short inside it, or not written by trioq."""
+        if file_size == 0:
+            raise DocumentInvalid(
+                f"{path} (file storage) is empty (0 bytes): a file trioq "
+                "never writes (its files start with a TRIOQ-FILE/1 header)"
+            )
+        if raw.startswith(_MAGIC[: len(raw)]) and file_size < _HEADER_SIZE:
+            raise self._corrupt(
+                path, f"bad header: the file is {file_size} bytes, cut inside its header"
+            )
+        start = raw[:24]
+        raise DocumentInvalid(
+            f"{path} (file storage) has a bad header: not a TRIOQ-FILE/1 "
+            f"file, so not written by trioq's file backend ({file_size} bytes starting "
+            f"{start!r}{'...' if file_size > len(start) else ''})"
+        )
 
     def _open_header(self, path: Path) -> tuple[int, _Header] | None:
         """Open ``path`` and parse its header; ``None`` if absent. Returns (fd, header)."""
@@ -356,7 +421,7 @@ class FileStorage:
         if len(data) != header.size:
             raise self._corrupt(path, f"body is {len(data)} bytes, header says {header.size}")
         if zlib.crc32(data) != header.crc:
-            raise self._corrupt(path, "CRC-32 of the body does not match the header")
+            raise self._corrupt(path, "the CRC-32 of the body does not match the header")
         return Versioned(data, header.version)
 
     def _try_locked_sync(self, name: str, fn: Callable[[], _T]) -> _T | _LockBusy:
@@ -396,7 +461,11 @@ class FileStorage:
             else:
                 raise CASConflict(f"{self.describe()}: {target} already exists")
         else:
-            opened = self._open_header(target)
+            try:
+                opened = self._open_header(target)
+            except DocumentInvalid as exc:
+                # never replace what cannot be read: it is not at if_match either
+                raise CASConflict(f"{self.describe()}: {exc.message}") from exc
             if opened is None:
                 raise CASConflict(
                     f"{self.describe()}: {target} does not exist (if_match={if_match!r})"

@@ -65,7 +65,10 @@ operation, ``s3://bucket/key``, the endpoint and the cause.
 - ``NoSuchBucket`` → :class:`~trioq.BucketNotFound`;
 - ``InvalidAccessKeyId``, ``SignatureDoesNotMatch``, ``AccessDenied``, expired or
   invalid tokens, any other 403, and no credentials found at all →
-  :class:`~trioq.StorageAuthError`;
+  :class:`~trioq.StorageAuthError` (a :class:`~trioq.StorageUnavailable`: nothing
+  was written; a PUT refused with ``AccessDenied``, read-only credentials or a
+  read-only bucket, says so, and a run of refused PUTs is logged once, when it
+  starts, and once when a PUT succeeds again);
 - connection refused, DNS failure, connect timeout, and for reads also a TLS
   error, a read timeout or a dropped connection → :class:`~trioq.StorageUnreachable`;
 - anything else the store answers (a 5xx to a read, a 400, ...) →
@@ -110,6 +113,7 @@ from .._errors import (
     TrioqError,
     WriteOutcomeUnknown,
 )
+from ._outage import WriteOutage
 from ._protocol import Versioned
 
 if TYPE_CHECKING:
@@ -261,6 +265,7 @@ class S3Storage:
         self._clients_lock = threading.Lock()
         self._clients: _Clients | None = None
         self._closed = False
+        self._outage = WriteOutage(f"S3 storage s3://{bucket}/{self._prefix}")
 
     # -- public API ---------------------------------------------------------------------
 
@@ -282,6 +287,11 @@ class S3Storage:
         if not key:
             raise ValueError("key must not be empty")
         return self._prefix + key
+
+    def locate(self, key: str) -> str:
+        """``key``, its object and the endpoint, for messages: ``queue.json at
+        s3://bucket/prefix/queue.json (S3 at http://127.0.0.1:8333)``."""
+        return f"{key} at s3://{self._bucket}/{self.object_key(key)} (S3 at {self._endpoint()})"
 
     def describe(self) -> str:
         """``s3://bucket/prefix`` and the endpoint, for messages and logs."""
@@ -407,13 +417,19 @@ class S3Storage:
         try:
             # abandon_on_cancel=False (the default): a conditional PUT has side
             # effects, so trio waits for its answer even when cancelled.
-            return await trio.to_thread.run_sync(
+            etag = await trio.to_thread.run_sync(
                 self._put_sync, object_key, data, if_match, limiter=self._limiter
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             if not _outcome_unknown(exc):
-                raise self._translate(op, object_key, exc) from exc
+                error = self._translate(op, object_key, exc)
+                if isinstance(error, StorageAuthError):
+                    # read-only credentials or bucket: every commit meets it
+                    self._outage.failed(error)
+                raise error from exc
             return await self._resolve_unknown(op, key, data, exc)
+        self._outage.succeeded()
+        return etag
 
     async def _resolve_unknown(self, op: _Operation, key: str, data: bytes, exc: Exception) -> str:
         """Read the object back after a PUT with no answer: did our bytes land?"""
@@ -447,6 +463,11 @@ class S3Storage:
                 return CASConflict(f"{where}: If-Match on a missing object ({cause})")
             if code == "NoSuchBucket":
                 return BucketNotFound(f"{where}: bucket {self._bucket!r} does not exist ({cause})")
+            if is_put and code == "AccessDenied":
+                return StorageAuthError(
+                    f"{where}: the store refused the write ({cause}): read-only "
+                    "credentials or a read-only bucket policy? Nothing was written"
+                )
             if code in _AUTH_CODES or status == 403:
                 return StorageAuthError(f"{where}: the store rejected our credentials ({cause})")
             return StorageUnavailable(f"{where}: the store answered an error ({cause})")

@@ -10,6 +10,7 @@ a usage error (bad target, bad option).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 
 import trio
 
-from .._errors import TrioqError
+from .._errors import NotLeader, TrioqError
 from .._settings import SettingsError
 from .._signals import run_until_signalled
 from ..client import Client
@@ -147,21 +148,31 @@ async def _run_until_signalled(worker: Worker) -> int:
     async def serve() -> int:
         if not await _broker_usable(worker.settings):
             return 1
-        async with trio.open_nursery() as nursery:
-            await nursery.start(worker.run)
-            print(describe(worker), flush=True)  # the ready line: claiming now
+        async with contextlib.AsyncExitStack() as stack:
+            if worker._client is None:
+                # the worker's own client would not know --ca-file: hand it one that
+                # does (the worker leaves a client it was given open; the stack closes it)
+                worker._client = await stack.enter_async_context(_client(worker.settings))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run)
+                print(describe(worker), flush=True)  # the ready line: claiming now
         return 0
 
     return await run_until_signalled(serve, drain=worker.drain, abort=worker.abort, log=log)
 
 
 async def _broker_usable(settings: WorkerSettings) -> bool:
-    """Whether the broker answers (within :data:`PROBE_DEADLINE`); if not, says why."""
-    async with Client(
-        settings.broker_url, token=settings.token, retry_deadline=PROBE_DEADLINE
-    ) as probe:
+    """Whether the broker answers (within :data:`PROBE_DEADLINE`); if not, says why.
+
+    A broker that answers ``NotLeader`` is usable: the brokers are electing (the
+    leader just died, a standby waits out its lease), and the worker's claims wait
+    for the new leader as they do after any failover. What fails the start is what
+    waiting does not fix: no broker answering (a wrong URL), a refused token."""
+    async with _client(settings, retry_deadline=PROBE_DEADLINE) as probe:
         try:
             await probe.stats()
+        except NotLeader as exc:
+            log.warning("no broker leads yet (%s); starting, claims wait for a leader", exc)
         except TrioqError as exc:
             print(
                 f"trioq worker: broker {settings.broker_url} is not usable: "
@@ -170,3 +181,16 @@ async def _broker_usable(settings: WorkerSettings) -> bool:
             )
             return False
     return True
+
+
+def _client(settings: WorkerSettings, *, retry_deadline: float | None = None) -> Client:
+    """A client of the settings' broker, with their token and CA bundle (and the
+    client's default retry deadline unless told)."""
+    if retry_deadline is None:
+        return Client(settings.broker_url, token=settings.token, verify=settings.verify)
+    return Client(
+        settings.broker_url,
+        token=settings.token,
+        verify=settings.verify,
+        retry_deadline=retry_deadline,
+    )

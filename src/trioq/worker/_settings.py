@@ -9,11 +9,14 @@ in the ``-ms`` flags and ``_MS`` variables.
 
 from __future__ import annotations
 
-from typing import Annotated
+import hmac
+import ssl
+from typing import Annotated, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .._settings import Public, Settings
+from .._tokens import Secret, check_token, read_token_file, ssl_context
 from ..client import DEFAULT_URL, parse_urls
 
 
@@ -65,7 +68,28 @@ class WorkerSettings(Settings):
             "--shutdown-grace-s", "TRIOQ_SHUTDOWN_GRACE_S", "grace for running jobs at shutdown"
         ),
     ] = 30.0
-    token: Annotated[str | None, Public("--token", "TRIOQ_TOKEN", "bearer token")] = None
+    token: Annotated[
+        Secret | None, Public("--token", "TRIOQ_TOKEN", "bearer token (a worker-scope token)")
+    ] = None
+    """Masked in every repr; ``token.get_secret_value()`` is the text."""
+    token_file: Annotated[
+        str | None,
+        Public(
+            "--token-file",
+            "TRIOQ_TOKEN_FILE",
+            "file holding the bearer token (instead of --token: it stays out of ps and "
+            "the environment)",
+        ),
+    ] = None
+    ca_file: Annotated[
+        str | None,
+        Public(
+            "--ca-file",
+            "TRIOQ_CA_FILE",
+            "CA bundle (PEM) that verifies an https:// broker's certificate",
+            shown_default="the system's CAs",
+        ),
+    ] = None
     worker_id: Annotated[
         str | None,
         Public(
@@ -95,3 +119,29 @@ class WorkerSettings(Settings):
     def _urls(cls, urls: str) -> str:
         parse_urls(urls)  # a typo is an error now, not a retry loop later
         return urls
+
+    @model_validator(mode="after")
+    def _token_and_tls(self) -> Self:
+        if self.token_file is not None:
+            token = read_token_file(self.token_file, "--token-file (TRIOQ_TOKEN_FILE)")
+            # constant time: a token is never compared otherwise
+            if self.token is not None and not hmac.compare_digest(
+                self.token.get_secret_value().encode(), token.encode()
+            ):
+                raise ValueError(
+                    "--token (TRIOQ_TOKEN) and --token-file (TRIOQ_TOKEN_FILE) are both "
+                    "set, to different tokens: give one"
+                )
+            # set without validation: this validator runs on assignment too
+            object.__setattr__(self, "token", Secret(token))
+        elif self.token is not None:
+            check_token(self.token.get_secret_value(), "--token (TRIOQ_TOKEN)")
+        if self.ca_file is not None:
+            ssl_context(self.ca_file)  # ValueError: unreadable, not a CA bundle
+        return self
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """How the worker checks an ``https://`` broker's certificate (``Client``'s
+        ``verify``): the ``--ca-file`` bundle, else the system's CAs."""
+        return True if self.ca_file is None else ssl_context(self.ca_file)

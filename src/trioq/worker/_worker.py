@@ -243,7 +243,9 @@ class Worker:
         if not self.handlers:
             raise ValueError("no handlers registered: use @worker.job('type')")
         settings = self.settings
-        client = self._client or Client(settings.broker_url, token=settings.token)
+        client = self._client or Client(
+            settings.broker_url, token=settings.token, verify=settings.verify
+        )
         owns_client = self._client is None
         outage = Outage(", ".join(client.urls))
         try:
