@@ -771,6 +771,18 @@ def explain_overlap(h: Harness, first: Run, second: Run) -> str:
             "first worker SIGSTOPped past its lease; the lease expired "
             "and the job went to another worker"
         )
+    # or it was frozen past the lease just before: a long-poll claim answered before
+    # the freeze and read after it (a worker cannot tell how long a long-poll's
+    # answer waited unread; a claim riding on an exchange it does not start then)
+    frozen_before = [
+        (b, e) for pid, b, e in h.stops
+        if pid == first[2] and e - b > lease and 0 <= first[0] - e < 1.0
+    ]  # fmt: skip
+    if frozen_before:
+        return (
+            "first worker SIGSTOPped past the lease just before it started the job: "
+            "its long-poll claim was read after the lease had expired"
+        )
     # or it started within 1 s of a leader frozen past the job lease being resumed:
     # the claim's answer (of a write that landed before the freeze) reached the worker
     # after the job's lease had expired

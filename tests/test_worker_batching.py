@@ -35,6 +35,9 @@ class Exchanges(httpx.AsyncBaseTransport):
         self.out = {False: 0, True: 0}  # by "is a long poll"
         self.peak = {False: 0, True: 0}
         self.spoil: Callable[[dict[str, Any]], str | None] | None = None
+        self.late: Callable[[dict[str, Any]], float] | None = None
+        """Seconds an exchange's answer is held back after the broker made it (a
+        reader that is frozen or starved)."""
         self.worker: trioq.Worker | None = None
         self.held: list[int] = []
 
@@ -52,6 +55,8 @@ class Exchanges(httpx.AsyncBaseTransport):
             response = await self.inner.handle_async_request(request)
         finally:
             self.out[poll] -= 1
+        if self.late is not None:
+            await trio.sleep(self.late(body))
         how = self.spoil(body) if self.spoil is not None else None
         if how is None:
             return response
@@ -187,6 +192,33 @@ async def test_a_lost_lease_cancels_its_handler_through_the_shared_exchange(
     assert times["doomed cancelled"] == pytest.approx(start + 1, abs=EXACT)
     assert "kept cancelled" not in times
     assert (worker.counts["lost"], worker.counts["completed"]) == (1, 1)
+
+
+async def test_a_job_whose_claim_is_read_after_its_lease_ran_out_is_not_started(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    starts: list[tuple[str, int]] = []
+    async with open_test_broker(job_lease=3) as broker:
+        exchanges = Exchanges(broker.transport)
+        worker = worker_on(broker, exchanges, concurrency=1)
+
+        @worker.job("t")
+        async def work(payload: str, ctx: trioq.JobContext) -> None:
+            starts.append((payload, ctx.attempt))
+            await trio.sleep(0.1)
+
+        # the exchange that completes "first" claims "second"; its answer is read 4 s
+        # late, past the 3 s lease: the broker may have given "second" to another
+        # worker meanwhile, so this one must not start it
+        late = [4.0]
+        exchanges.late = lambda body: late.pop() if body.get("complete") and late else 0.0
+        await broker.client.submit_many([trioq.JobSpec("t", "first"), trioq.JobSpec("t", "second")])
+        await run_until_idle(broker, worker)
+        second = await broker.client.get(next(job for (_, job) in exchanges.items("release")))
+    assert second["status"] == "completed"
+    # attempt 1 of "second" was claimed late and given back unstarted; it ran once
+    assert starts == [("first", 1), ("second", 2)]
+    assert worker.counts["lost"] == 1
 
 
 # --------------------------------------------------------------------- prefetch

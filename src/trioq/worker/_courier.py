@@ -307,6 +307,11 @@ class Courier:
                 self._bound(scope)
         answer: ExchangeAnswer | None = None
         error: TrioqError | None = None
+        # the broker's lease on a job this exchange claims starts after the send and,
+        # when the exchange does not wait (it carries reports), before the answer: the
+        # send time is then a safe start for the local lease, and one that stays true
+        # if the answer is read late (a frozen or starved process)
+        sent_at = trio.current_time()
         try:
             with scope:
                 answer = await self._send(reports, claim)
@@ -323,7 +328,8 @@ class Courier:
                 self._claim_ended.set()
             self._poke()
         if answer is not None:
-            self._answered(reports, answer)
+            # a long-poll's lease starts when a job came, up to its wait after the send
+            self._answered(reports, answer, trio.current_time() if reports is None else sent_at)
         else:
             self._failed(reports, claim, error)
 
@@ -347,7 +353,9 @@ class Courier:
             retry_deadline=self.retry_deadline,
         )
 
-    def _answered(self, reports: _Reports | None, answer: ExchangeAnswer) -> None:
+    def _answered(
+        self, reports: _Reports | None, answer: ExchangeAnswer, claimed_at: float
+    ) -> None:
         if self._failures:
             self._failures = 0
             self._outage.answered()
@@ -361,13 +369,13 @@ class Courier:
                 for report, result in zip(sent, results, strict=True):
                     report.answer(result)
         if answer.jobs:
-            self._start(answer.jobs)
+            self._start(answer.jobs, claimed_at)
 
-    def _start(self, jobs: list[Claimed]) -> None:
+    def _start(self, jobs: list[Claimed], claimed_at: float) -> None:
         """Hand claimed jobs to the host; if it takes no more, give them back."""
         assert self._deliver is not None
         self.held += len(jobs)
-        if not self._deliver(jobs, trio.current_time()):
+        if not self._deliver(jobs, claimed_at):
             self.held -= len(jobs)
             self._pending.release.extend(Report(job) for job in jobs)
 

@@ -102,6 +102,15 @@ class JobRunner:
             log.warning("%s: no handler for its type here; releasing it", label(job))
             await self._release(job, lease)
             return
+        if trio.current_time() >= lease.deadline:
+            # its claim's answer came (or was read) after the lease ran out: the broker
+            # may have given the job to another worker already, so running it here
+            # would run it twice at once
+            self.counts["lost"] += 1
+            log.warning("%s not started: its lease ran out before its claim was read", label(job))
+            lease.lost = "its lease ran out before it started"
+            await self._release(job, lease)  # sooner for someone else, if still ours
+            return
         outcome: _Outcome | None = None
         ran = False
         try:
