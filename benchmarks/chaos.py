@@ -95,6 +95,7 @@ class Slot:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     pids: list[int] = field(default_factory=list)
+    starting: bool = False
 
 
 FAULT_FLAGS = ("fault-error-rate", "fault-ambiguous-write-rate", "fault-lost-write-rate")
@@ -128,6 +129,8 @@ class Harness:
         self.fencing: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.start_failures: list[dict[str, Any]] = []  # exits during startup (restarted)
+        self.killed: set[int] = set()  # pids this harness killed
+        self.exits: list[dict[str, Any]] = []  # processes that exited on their own
         self.endpoint = server.endpoint_url
         target = urllib.parse.urlsplit(server.endpoint_url)
         self.proxy = Proxy(target.hostname or HOST, target.port or 80)
@@ -159,6 +162,7 @@ class Harness:
                 if ready in out.read_text(errors="replace"):
                     return None
                 await trio.sleep(0.05)
+        self.killed.add(process.pid)
         await trio.to_thread.run_sync(stop, process)
         lines = log_tail(out.with_suffix(".log"), 2000).strip().splitlines()
         return f"exit {process.returncode}: {lines[-1] if lines else ''}"[:400]
@@ -166,6 +170,15 @@ class Harness:
     async def _start(self, slot: Slot, argv: list[str], env: dict[str, str], ready: str) -> bool:
         """Start ``argv`` in ``slot``; as a supervisor would, start it again (1 s
         later, up to :data:`START_TRIES` times) when it exits during startup."""
+        slot.starting = True
+        try:
+            return await self._start_tries(slot, argv, env, ready)
+        finally:
+            slot.starting = False
+
+    async def _start_tries(
+        self, slot: Slot, argv: list[str], env: dict[str, str], ready: str
+    ) -> bool:
         for attempt in range(1, START_TRIES + 1):
             self._popen(slot, argv, env)
             problem = await self._ready(slot, ready)
@@ -232,6 +245,33 @@ class Harness:
         for slot in self.all_slots():  # workers first: they report to the brokers
             if slot.process is not None:
                 stop(slot.process)
+
+    async def supervise(self) -> None:
+        """As a supervisor would: a broker or worker that exited on its own (not
+        killed by this harness, not while starting) is recorded and started again.
+        Any such exit fails the run: trioq's processes do not exit by themselves."""
+        groups = ((self.brokers, self.start_broker), (self.workers, self.start_worker))
+        while True:
+            await trio.sleep(0.5)
+            for slots, starter in groups:
+                for i, slot in enumerate(slots):
+                    process = slot.process
+                    if (
+                        process is None
+                        or slot.starting
+                        or process.poll() is None
+                        or process.pid in self.killed
+                    ):
+                        continue
+                    self.killed.add(process.pid)  # noted once
+                    lines = log_tail(self.rundir / f"{slot.name}-{slot.starts - 1}.log", 2000)
+                    last = lines.strip().splitlines()[-1:] or [""]
+                    self.exits.append(
+                        {"t": time.time(), "slot": slot.name, "pid": process.pid,
+                         "code": process.returncode, "last_line": last[0][:300]}
+                    )  # fmt: skip
+                    self.event("exited_by_itself", slot=slot.name, code=process.returncode)
+                    await starter(i)
 
     # --------------------------------------------------------------- health
 
@@ -353,6 +393,7 @@ class Harness:
             if n % 3 == 0:
                 await self.stop_leader(i, process, answer)
                 continue
+            self.killed.add(process.pid)
             process.send_signal(signal.SIGKILL)
             process.wait()
             self.event("kill_leader", broker=i, pid=process.pid, epoch=answer.get("epoch"))
@@ -406,6 +447,7 @@ class Harness:
             i = self.rng.choice(choices)
             process = self.workers[i].process
             assert process is not None
+            self.killed.add(process.pid)
             process.send_signal(signal.SIGKILL)
             process.wait()
             self.kill_times[process.pid] = time.time()
@@ -452,6 +494,7 @@ class Harness:
             producers = self.start_producers()
             with trio.move_on_after(a.duration):
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.supervise)
                     nursery.start_soon(self.leader_faults)
                     nursery.start_soon(self.worker_kills)
                     nursery.start_soon(self.worker_stops)
@@ -597,6 +640,7 @@ def check(h: Harness, result: dict[str, Any]) -> dict[str, Any]:
         "completedTotal == distinct completed ids": completed_total == len(completed_ids),
         "overlaps all explained by a lease expiry": not unexplained,
         "SIGSTOPped leaders fenced": not fencing_failed,
+        "no process exited by itself": not h.exits,
         "no harness errors": not h.errors,
     }
     return {
@@ -611,6 +655,7 @@ def check(h: Harness, result: dict[str, Any]) -> dict[str, Any]:
         "submit_errors": dict(h.submit_errors),
         "harness_errors": h.errors,
         "start_failures": h.start_failures,
+        "exits": h.exits,
         "leader_stops": h.leader_stops,
     }
 
@@ -670,6 +715,7 @@ def figures(h: Harness, result: dict[str, Any], f: Found) -> dict[str, Any]:
             f.get("stepped_down_after_s", "no takeover") for f in h.fencing
         ],
         "processes that exited at startup (started again)": len(h.start_failures),
+        "processes that exited by themselves later (started again)": len(h.exits),
         "worker kill -9": f.kinds["kill_worker"],
         "worker SIGSTOP": f.kinds["sigstop_worker"],
         "storage cuts (connections dropped)": f"{f.kinds['cut_storage']} ({h.proxy.dropped})",
@@ -808,7 +854,7 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"| {name} | {'ok' if ok else 'FAILED'} |")
     for o in report["overlaps"]:
         print(f"overlap: job {o['job']}: {o['why']}")
-    for name in ("lost", "unknown", "completed_without_end", "harness_errors"):
+    for name in ("lost", "unknown", "completed_without_end", "harness_errors", "exits"):
         if report[name]:
             print(f"{name}: {report[name][:10]}")
 
