@@ -78,6 +78,16 @@ class Freezable:
         await self._door()
         return await self.inner.create(key, data)
 
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        await self._door()
+        return await self.inner.list_keys(prefix, start_after=start_after, limit=limit)
+
+    async def delete_key(self, key: str) -> None:
+        await self._door()
+        await self.inner.delete_key(key)
+
 
 async def produce(engine: Engine, broker_id: str, counter: list[int]) -> None:
     while True:

@@ -533,6 +533,14 @@ class SwitchedStorage:
     async def create(self, key: str, data: bytes) -> str:
         return await self.writer.create(key, data)
 
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        return await self.reader.list_keys(prefix, start_after=start_after, limit=limit)
+
+    async def delete_key(self, key: str) -> None:
+        await self.writer.delete_key(key)
+
 
 async def test_a_leader_whose_bucket_turns_read_only_fails_commits_and_recovers(
     seaweedfs: S3Server, seaweedfs_bucket: str, caplog: pytest.LogCaptureFixture

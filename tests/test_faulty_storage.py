@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 
@@ -64,6 +65,12 @@ async def test_passes_through_when_no_fault_is_configured(
     assert storage.injected == {}
     assert storage.faults == []
     assert storage.calls == {"read": 2, "version": 2, "create": 2, "write": 2}
+    assert await storage.list_keys("") == [KEY]
+    await storage.delete_key(KEY)
+    assert await storage.list_keys("", limit=5) == []
+    assert storage.calls["list_keys"] == 2
+    assert storage.calls["delete_key"] == 1
+    assert storage.injected == {}
     assert trio.current_time() == 0.0
 
 
@@ -261,7 +268,9 @@ async def test_a_call_cancelled_during_its_delay_never_reaches_the_store(
         ("bogus", {}, "unknown fault kind"),
         ("error", {"count": 0}, "count"),
         ("conflict", {"ops": ["read"]}, "write and create only"),
-        ("ambiguous", {"ops": ["version", "write"]}, "write and create only"),
+        ("ambiguous", {"ops": ["version", "write"]}, "write, create and delete_key only"),
+        ("ambiguous_lost", {"ops": ["list_keys"]}, "write, create and delete_key only"),
+        ("conflict", {"ops": ["delete_key"]}, "write and create only"),
         ("ambiguous_lost", {"ops": ["delete"]}, "subset"),
         ("error", {"ops": []}, "subset"),
         ("latency", {}, "needs delay"),
@@ -470,3 +479,81 @@ async def test_an_injected_latency_replaces_the_spike(
 def test_rejects_invalid_spikes(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FaultyStorage(MemoryStorage(), **kwargs)  # type: ignore[arg-type]
+
+
+# -- listing and deleting --------------------------------------------------------------
+
+
+async def test_injected_error_on_list_and_delete() -> None:
+    storage, inner, version = await _seeded()
+    storage.inject("error", ops=["list_keys"])
+    storage.inject("error", ops=["delete_key"], error=BucketNotFound)
+    with pytest.raises(StorageUnreachable, match="injected error on list_keys 'log/'"):
+        await storage.list_keys("log/")
+    with pytest.raises(BucketNotFound, match="injected error on delete_key"):
+        await storage.delete_key(KEY)
+    assert _stored(inner) == Versioned(b"v0", version)  # the delete never arrived
+    assert storage.calls == {}
+    assert storage.faults == [
+        InjectedFault("list_keys", "log/", "error", "inject"),
+        InjectedFault("delete_key", KEY, "error", "inject"),
+    ]
+    assert await storage.list_keys("") == [KEY]  # served, the next calls pass
+
+
+async def test_ambiguous_delete_lands_and_lost_delete_does_not() -> None:
+    storage, inner, _ = await _seeded()
+    await inner.create("other", b"x")
+    storage.inject("ambiguous_lost", ops=["delete_key"])
+    with pytest.raises(WriteOutcomeUnknown, match="request was lost"):
+        await storage.delete_key(KEY)
+    assert _stored(inner) is not None
+    storage.inject("ambiguous")  # the default ops include delete_key
+    with pytest.raises(WriteOutcomeUnknown, match="the delete landed"):
+        await storage.delete_key(KEY)
+    assert _stored(inner) is None
+    # an ambiguous delete whose own answer was an error: still unknown
+    storage.inject("ambiguous")
+    storage.inner = FaultyStorage(inner, error_rate=1.0)
+    with pytest.raises(WriteOutcomeUnknown, match="the delete failed"):
+        await storage.delete_key("other")
+    assert storage.injected == {"ambiguous_lost": 1, "ambiguous": 2}
+
+
+async def test_latency_applies_to_list_and_delete(autojump_clock: trio.testing.MockClock) -> None:
+    storage, _, _ = await _seeded()
+    storage.inject("latency", delay=2.0, count=2)
+    start = trio.current_time()
+    assert await storage.list_keys("") == [KEY]
+    await storage.delete_key(KEY)
+    assert trio.current_time() - start == 4.0
+    assert storage.injected == {"latency": 2}
+
+
+async def test_rates_apply_to_list_and_delete_by_kind() -> None:
+    """Errors reach every call; unknown outcomes reach deletes, never listings;
+    conflicts reach neither (a delete has no precondition)."""
+    storage, inner, _ = await _seeded(
+        seed=11, error_rate=0.2, conflict_rate=0.2, ambiguous_write_rate=0.2
+    )
+    listed: collections.Counter[str] = collections.Counter()
+    for _ in range(500):
+        try:
+            await storage.list_keys("")
+        except StorageUnreachable:
+            listed["error"] += 1
+    assert set(storage.injected) == {"error"}
+    assert 60 <= listed["error"] == storage.injected["error"] <= 140
+    deleted: collections.Counter[str] = collections.Counter()
+    for _ in range(500):
+        try:
+            await storage.delete_key(KEY)
+        except WriteOutcomeUnknown:
+            deleted["unknown"] += 1
+        except StorageUnreachable:
+            deleted["error"] += 1
+    assert "conflict" not in storage.injected
+    assert deleted["unknown"] == storage.injected["ambiguous"]
+    assert 60 <= deleted["unknown"] <= 140
+    assert 60 <= deleted["error"] <= 140
+    assert inner.peek(KEY) is None

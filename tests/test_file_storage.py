@@ -448,3 +448,145 @@ async def test_sigkill_mid_write_never_tears_the_document(tmp_path: Path) -> Non
 def test_exported() -> None:
     assert trioq.FileStorage is FileStorage
     assert isinstance(FileStorage("."), trioq.Storage)
+
+
+# -- listing and deleting ------------------------------------------------------------------
+
+
+async def test_list_never_returns_lock_temp_or_foreign_files(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    await storage.create(KEY, b"one")
+    await storage.create(".hidden/x", b"two")  # stored as %2Ehidden%2Fx
+    assert lock_path(storage, KEY).exists()
+    temp_path(storage, KEY).write_bytes(b"a killed writer's leftover")
+    for foreign in ("notes.txt~", "bad%zz", "lower%2f", "%41", "sp ace", "%FF"):
+        (tmp_path / foreign).write_bytes(b"not ours")
+    (tmp_path / "subdir").mkdir()
+    assert await storage.list_keys("") == [".hidden/x", KEY]
+    assert await storage.list_keys("queues/") == [KEY]
+
+
+async def test_keys_with_hashed_names_are_stored_but_not_listed(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    long_key = "log/" + "x" * 300
+    await storage.create(long_key, b"long")
+    await storage.create("log/short", b"short")
+    assert "~" in storage.path(long_key).name
+    assert await storage.list_keys("log/") == ["log/short"]
+    await storage.delete_key(long_key)  # still deletable by its key
+    assert await storage.read(long_key) is None
+
+
+async def test_two_directories_do_not_see_each_other(tmp_path: Path) -> None:
+    one, two = FileStorage(tmp_path / "one"), FileStorage(tmp_path / "two")
+    await one.create("log/1", b"1")
+    await two.create("log/2", b"2")
+    assert await one.list_keys("") == ["log/1"]
+    assert await two.list_keys("") == ["log/2"]
+    await one.delete_key("log/2")  # not there: nothing happens to two's
+    assert await two.read("log/2") is not None
+
+
+async def test_list_of_a_missing_directory(tmp_path: Path) -> None:
+    assert await FileStorage(tmp_path / "new").list_keys("") == []
+    assert (tmp_path / "new").is_dir()
+    strict = FileStorage(tmp_path / "absent", create_directory=False)
+    with pytest.raises(BucketNotFound, match="does not exist"):
+        await strict.list_keys("")
+
+
+async def test_delete_removes_document_temp_and_lock_files(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    await storage.create(KEY, b"one")
+    temp_path(storage, KEY).write_bytes(b"leftover")
+    await storage.delete_key(KEY)
+    assert sorted(os.listdir(tmp_path)) == []
+    await storage.delete_key(KEY)  # missing: fine, and leaves nothing behind
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+async def test_delete_waits_for_the_keys_lock(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path, lock_timeout=0.3)
+    version = await storage.create(KEY, b"one")
+    with hold_lock(lock_path(storage, KEY)):
+        with pytest.raises(StorageUnavailable, match="still held"):
+            await storage.delete_key(KEY)
+        assert await storage.read(KEY) == (b"one", version)  # a writer holds it: untouched
+    await storage.delete_key(KEY)
+    assert await storage.read(KEY) is None
+
+
+async def test_a_lock_taken_on_a_deleted_lock_file_is_not_trusted(tmp_path: Path) -> None:
+    """A process that opened the lock file before a delete removed it, and locks it
+    after, gets the lock at once (nobody else uses that file any more) while the
+    key's next writer locks a fresh file: the check refuses the stale one."""
+    storage = FileStorage(tmp_path, lock_timeout=0.3)
+    await storage.create(KEY, b"one")
+    path = lock_path(storage, KEY)
+    stale = os.open(path, os.O_RDWR)  # opened before the delete
+    try:
+        await storage.delete_key(KEY)
+        fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # and locked after it
+        assert not storage._lock_is_current(path, stale)
+        # The stale lock does not hold up the key's writers: they lock a fresh file.
+        await storage.create(KEY, b"two")
+        assert await storage.read(KEY) is not None
+        assert not os.path.samestat(os.fstat(stale), os.stat(path))
+    finally:
+        os.close(stale)
+
+
+def test_a_lock_on_an_unlinked_file_is_refused(tmp_path: Path) -> None:
+    """_lock_is_current, the check itself: a locked file that is no longer (or no
+    longer the file) at the lock path is refused."""
+    storage = FileStorage(tmp_path)
+    path = lock_path(storage, KEY)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        assert storage._lock_is_current(path, fd)
+        os.unlink(path)
+        assert not storage._lock_is_current(path, fd)
+        path.write_bytes(b"")  # a new file at the path
+        assert not storage._lock_is_current(path, fd)
+    finally:
+        os.close(fd)
+
+
+async def test_creates_and_deletes_race_on_one_key(tmp_path: Path) -> None:
+    """Handles (separate lock file descriptions, as separate processes have) create
+    and delete one key at once, so deletes remove lock files others are about to
+    lock: every create either wins or conflicts, readers never see a torn file,
+    and each create that won is what the key holds until the next delete. (Without
+    the lock file check of _lock_is_current, 4 runs of 10 failed when tried.)"""
+    handles = [FileStorage(tmp_path, lock_timeout=5.0) for _ in range(6)]
+    outcomes = {"created": 0, "conflict": 0, "deleted": 0}
+
+    async def creator(index: int) -> None:
+        for round_number in range(100):
+            data = f"{index}:{round_number}".encode()
+            try:
+                version = await handles[index].create(KEY, data)
+            except CASConflict:
+                outcomes["conflict"] += 1
+                continue
+            outcomes["created"] += 1
+            current = await handles[index].read(KEY)
+            # gone (a deleter came first) or ours; nobody else could create over it
+            assert current is None or current == (data, version)
+
+    async def deleter(index: int) -> None:
+        for _ in range(100):
+            await handles[index].delete_key(KEY)
+            outcomes["deleted"] += 1
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for index in range(4):
+                nursery.start_soon(creator, index)
+            for index in (4, 5):
+                nursery.start_soon(deleter, index)
+    assert outcomes["created"] + outcomes["conflict"] == 400
+    assert outcomes["created"] >= 1
+    assert outcomes["deleted"] == 200
+    await handles[0].delete_key(KEY)
+    assert os.listdir(tmp_path) == []

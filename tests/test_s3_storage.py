@@ -589,3 +589,138 @@ async def test_proxy_forwards_unchanged(
     assert await storage.read(KEY) == Versioned(b'{"seq": 1}', version)
     assert await proxied.read(KEY) == Versioned(b'{"seq": 1}', version)
     assert await proxied.version(KEY) == version
+
+
+# -- listing and deleting -----------------------------------------------------------------
+
+
+async def test_list_is_relative_to_the_prefix_and_isolated(
+    s3_server: S3Server, bucket: str
+) -> None:
+    one = _storage(s3_server, bucket, prefix="tenants/one")
+    two = _storage(s3_server, bucket, prefix="/tenants/two/")
+    plain = _storage(s3_server, bucket)
+    try:
+        await one.create("log/1", b"1")
+        await one.create("log/2", b"2")
+        await two.create("log/1", b"1")
+        await two.create("log/3", b"3")
+        assert await one.list_keys("") == ["log/1", "log/2"]
+        assert await one.list_keys("log/", start_after="log/1") == ["log/2"]
+        assert await two.list_keys("log/") == ["log/1", "log/3"]
+        # start_after sorting before / after every key of the prefix (outside it)
+        assert await two.list_keys("log/", start_after="") == ["log/1", "log/3"]
+        assert await two.list_keys("log/", start_after="a") == ["log/1", "log/3"]
+        assert await two.list_keys("log/", start_after="m") == []
+        # the bucket-wide view sees both, with their prefixes
+        assert await plain.list_keys("tenants/") == [
+            "tenants/one/log/1",
+            "tenants/one/log/2",
+            "tenants/two/log/1",
+            "tenants/two/log/3",
+        ]
+        await one.delete_key("log/1")
+        assert await one.list_keys("") == ["log/2"]
+        assert await two.read("log/1") is not None  # same key, other prefix: untouched
+    finally:
+        for made in (one, two, plain):
+            made.close()
+
+
+async def test_list_pages_with_a_small_page_size(s3_server: S3Server, bucket: str) -> None:
+    """The paging loop over many pages (the contract suite pages over 1,100 keys at
+    S3's real page size of 1000)."""
+    storage = _storage(s3_server, bucket, prefix="p")
+    storage._list_page_size = 3
+    keys = [f"log/{n:02d}" for n in range(10)]
+    try:
+        for key in keys:
+            await storage.create(key, b"x")
+        assert await storage.list_keys("log/") == keys
+        assert await storage.list_keys("log/", limit=7) == keys[:7]
+        assert await storage.list_keys("log/", start_after=keys[1], limit=5) == keys[2:7]
+        assert await storage.list_keys("log/", start_after=keys[1]) == keys[2:]
+        assert await storage.list_keys("log/0", start_after=keys[8]) == [keys[9]]
+    finally:
+        storage.close()
+
+
+async def test_list_skips_a_folder_marker_at_the_prefix(s3_server: S3Server, bucket: str) -> None:
+    storage = _storage(s3_server, bucket, prefix="p")
+    client = s3_server.client()
+    try:
+        client.put_object(Bucket=bucket, Key="p/", Body=b"")  # what console tools create
+        await storage.create("a", b"x")
+        assert await storage.list_keys("") == ["a"]
+    finally:
+        client.close()
+        storage.close()
+
+
+async def test_delete_and_list_of_a_missing_bucket(s3_server: S3Server) -> None:
+    storage = _storage(s3_server, "trioq-no-such-bucket")
+    try:
+        with trio.fail_after(FAST):
+            with pytest.raises(BucketNotFound, match="list_keys of s3://trioq-no-such-bucket/log/"):
+                await storage.list_keys("log/")
+            with pytest.raises(BucketNotFound, match="delete_key of s3://trioq-no-such-bucket/"):
+                await storage.delete_key(KEY)
+    finally:
+        storage.close()
+
+
+async def test_list_and_delete_of_a_closed_port_are_unreachable_or_unknown() -> None:
+    storage = S3Storage(
+        "bucket",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region="us-east-1",
+        access_key_id="a",
+        secret_access_key="b",
+        connect_timeout=1,
+        read_timeout=1,
+    )
+    try:
+        with trio.fail_after(FAST):
+            with pytest.raises(StorageUnreachable):
+                await storage.list_keys("")
+            # Connection refused: the request was never sent, so the outcome is known.
+            with pytest.raises(StorageUnreachable) as caught:
+                await storage.delete_key(KEY)
+            assert not isinstance(caught.value, WriteOutcomeUnknown)
+    finally:
+        storage.close()
+
+
+async def test_wrong_credentials_on_list_and_delete_raise_auth_error(
+    seaweedfs: S3Server, seaweedfs_bucket: str
+) -> None:
+    storage = S3Storage(
+        seaweedfs_bucket,
+        endpoint_url=seaweedfs.endpoint_url,
+        region="us-east-1",
+        access_key_id="wrong",
+        secret_access_key="wrong",
+    )
+    try:
+        with trio.fail_after(FAST):
+            with pytest.raises(StorageAuthError):
+                await storage.list_keys("")
+            with pytest.raises(StorageAuthError):
+                await storage.delete_key(KEY)
+    finally:
+        storage.close()
+
+
+async def test_unanswered_delete_is_an_unknown_outcome(silent_endpoint: str) -> None:
+    storage = S3Storage(
+        "bucket", endpoint_url=silent_endpoint, region="us-east-1", read_timeout=0.5
+    )
+    try:
+        with trio.fail_after(FAST):
+            # The DELETE was sent and never answered: it may have happened.
+            with pytest.raises(WriteOutcomeUnknown, match="deleting again is safe"):
+                await storage.delete_key(KEY)
+            with pytest.raises(StorageUnreachable, match="ReadTimeoutError"):
+                await storage.list_keys("")
+    finally:
+        storage.close()

@@ -296,3 +296,21 @@ def test_constructed_outside_trio() -> None:
     trio.run(use, clock=trio.testing.MockClock(autojump_threshold=0))
     assert storage.stats()["totalReads"] == 2
     assert storage.stats()["totalReadDelayMs"] == 6000.0
+
+
+async def test_list_is_a_read_and_delete_is_a_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    storage, inner, _ = await _seeded(max_reads_per_minute=60, max_writes_per_minute=60)
+    start = trio.current_time()
+    assert await storage.list_keys("") == [KEY]
+    assert await storage.list_keys("", limit=1) == [KEY]  # waits a second for its token
+    assert trio.current_time() - start == 1.0
+    await storage.delete_key(KEY)  # the write bucket is full: no wait
+    assert trio.current_time() - start == 1.0
+    await storage.delete_key(KEY)  # waits a second in the write bucket
+    assert trio.current_time() - start == 2.0
+    assert inner.peek(KEY) is None
+    stats = storage.stats()
+    assert (stats["totalReads"], stats["throttledReads"]) == (2, 1)
+    assert (stats["totalWrites"], stats["throttledWrites"]) == (2, 1)

@@ -1,7 +1,7 @@
 """Storage backends: the protocol the engine writes through, and its implementations.
 
 - :class:`Storage` / :class:`Versioned`: the protocol (read, version, write with a
-  compare-and-set, create if absent).
+  compare-and-set, create if absent, list keys by prefix, delete).
 - :class:`MemoryStorage` (tests), :class:`FileStorage` (the embedded default),
   :class:`S3Storage` (boto3 in threads; imported on first use).
 - :class:`ThrottledStorage` and :class:`FaultyStorage` wrap any of them.

@@ -13,23 +13,25 @@ fail the ways a real object store fails. Faults come from two sources:
 The fault kinds (:data:`FaultKind`):
 
 ``"conflict"``
-    ``write`` / ``create`` raise :class:`~trioq.CASConflict` without calling the
+    ``write`` / ``create`` (the calls with a precondition) raise :class:`~trioq.CASConflict` without calling the
     wrapped store, as if another writer had got there first. The store is untouched.
 ``"error"``
     Any call raises :class:`~trioq.StorageUnreachable` (or the configured
     :class:`~trioq.StorageUnavailable` subclass) without calling the wrapped store:
     the request never arrived.
 ``"ambiguous"``
-    ``write`` / ``create`` perform the call on the wrapped store, so the write really
-    lands, and *then* raise :class:`~trioq.WriteOutcomeUnknown`, as if the response
-    had been lost on the way back. This is the case that turns into a false conflict
-    when a caller retries blindly; resolve it by reading back. (If the wrapped store
-    rejects the write with a conflict, that answer is lost too and the caller still
-    sees :class:`~trioq.WriteOutcomeUnknown`.)
+    ``write`` / ``create`` / ``delete_key`` perform the call on the wrapped store, so
+    the write (or delete) really lands, and *then* raise
+    :class:`~trioq.WriteOutcomeUnknown`, as if the response had been lost on the way
+    back. This is the case that turns into a false conflict when a caller retries a
+    write blindly; resolve it by reading back. (If the wrapped store rejects the
+    write with a conflict, or fails the call, that answer is lost too and the caller
+    still sees :class:`~trioq.WriteOutcomeUnknown`.) A delete is idempotent, so
+    deleting again resolves it.
 ``"ambiguous_lost"``
-    ``write`` / ``create`` raise :class:`~trioq.WriteOutcomeUnknown` without calling
-    the wrapped store: the other half of an unknown outcome, the request was lost on
-    the way out. Reading back finds the old document.
+    ``write`` / ``create`` / ``delete_key`` raise :class:`~trioq.WriteOutcomeUnknown`
+    without calling the wrapped store: the other half of an unknown outcome, the
+    request was lost on the way out. Reading back finds the old document.
 ``"latency"``
     The call is delayed with :func:`trio.sleep` before it is passed on (or before
     another fault is raised). Under :class:`trio.testing.MockClock` the delay is
@@ -59,13 +61,23 @@ from ._protocol import Storage, Versioned
 FaultKind = Literal["conflict", "error", "ambiguous", "ambiguous_lost", "latency"]
 """The kinds of fault :class:`FaultyStorage` can inject (see the module docstring)."""
 
-StorageOp = Literal["read", "version", "write", "create"]
+StorageOp = Literal["read", "version", "write", "create", "list_keys", "delete_key"]
 """The storage calls a fault can target."""
 
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 STORAGE_OPS: tuple[StorageOp, ...] = get_args(StorageOp)
-_WRITE_OPS: tuple[StorageOp, ...] = ("write", "create")
-_WRITE_ONLY_KINDS: frozenset[FaultKind] = frozenset({"conflict", "ambiguous", "ambiguous_lost"})
+_CAS_OPS: tuple[StorageOp, ...] = ("write", "create")
+"""The calls with a precondition: the only ones a ``"conflict"`` applies to."""
+_WRITE_OPS: tuple[StorageOp, ...] = ("write", "create", "delete_key")
+"""The calls that change the store: the ones an unknown outcome applies to."""
+_KIND_OPS: dict[FaultKind, tuple[StorageOp, ...]] = {
+    "conflict": _CAS_OPS,
+    "ambiguous": _WRITE_OPS,
+    "ambiguous_lost": _WRITE_OPS,
+    "error": STORAGE_OPS,
+    "latency": STORAGE_OPS,
+}
+"""The calls each fault kind applies to (and targets by default)."""
 
 
 class InjectedFault(NamedTuple):
@@ -113,10 +125,12 @@ class FaultyStorage:
         seed: seed of the random draws (``None``: unseeded, not reproducible).
         conflict_rate: probability that a ``write`` / ``create`` gets ``"conflict"``.
         error_rate: probability that any call gets ``"error"``.
-        ambiguous_write_rate: probability that a ``write`` / ``create`` gets
-            ``"ambiguous"`` (lands, then reports an unknown outcome).
-        ambiguous_lost_rate: probability that a ``write`` / ``create`` gets
-            ``"ambiguous_lost"`` (does not land, reports an unknown outcome).
+        ambiguous_write_rate: probability that a ``write`` / ``create`` /
+            ``delete_key`` gets ``"ambiguous"`` (lands, then reports an unknown
+            outcome).
+        ambiguous_lost_rate: probability that a ``write`` / ``create`` /
+            ``delete_key`` gets ``"ambiguous_lost"`` (does not land, reports an
+            unknown outcome).
         latency: seconds every call is delayed by, or a ``(low, high)`` range to draw
             each call's delay from uniformly (a seeded draw of its own, so latency does
             not change which faults the rates pick).
@@ -205,9 +219,11 @@ class FaultyStorage:
             kind: the fault to inject (see the module docstring).
             count: how many calls get it; ``None`` means every matching call until
                 :meth:`clear` (an outage).
-            ops: the calls it targets. Defaults to ``("write", "create")`` for the
-                kinds that only make sense on a write (``"conflict"``, ``"ambiguous"``,
-                ``"ambiguous_lost"``) and to every op for ``"error"`` and ``"latency"``.
+            ops: the calls it targets. Defaults to every call the kind applies to:
+                ``("write", "create")`` for ``"conflict"``, ``("write", "create",
+                "delete_key")`` for ``"ambiguous"`` and ``"ambiguous_lost"``, every
+                op for ``"error"`` and ``"latency"``. Naming a call the kind does not
+                apply to raises :class:`ValueError`.
             delay: for ``"latency"`` only (and required there): seconds to delay.
             error: for ``"error"`` only: the exception class to raise instead of
                 ``error_type``.
@@ -226,15 +242,17 @@ class FaultyStorage:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
         if count is not None and count < 1:
             raise ValueError(f"count must be >= 1 or None, got {count!r}")
+        applicable = _KIND_OPS[kind]
         if ops is None:
-            targets = frozenset(_WRITE_OPS if kind in _WRITE_ONLY_KINDS else STORAGE_OPS)
+            targets = frozenset(applicable)
         else:
             targets = frozenset(ops)
             unknown = targets - set(STORAGE_OPS)
             if unknown or not targets:
                 raise ValueError(f"ops must be a non-empty subset of {STORAGE_OPS}, got {ops!r}")
-            if kind in _WRITE_ONLY_KINDS and not targets <= set(_WRITE_OPS):
-                raise ValueError(f"{kind!r} applies to write and create only, got {ops!r}")
+            if not targets <= set(applicable):
+                names = f"{', '.join(applicable[:-1])} and {applicable[-1]}"
+                raise ValueError(f"{kind!r} applies to {names} only, got {ops!r}")
         if kind == "latency":
             if delay is None:
                 raise ValueError("a 'latency' injection needs delay= (seconds)")
@@ -290,6 +308,26 @@ class FaultyStorage:
             raise self._unknown("create", key, "the create was rejected") from exc
         raise self._unknown("create", key, f"the create landed as version {version!r}")
 
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        # Faults on a listing are recorded with the prefix as their key.
+        await self._before("list_keys", prefix)
+        self.calls["list_keys"] += 1
+        return await self.inner.list_keys(prefix, start_after=start_after, limit=limit)
+
+    async def delete_key(self, key: str) -> None:
+        ambiguous = await self._before("delete_key", key)
+        self.calls["delete_key"] += 1
+        if not ambiguous:
+            await self.inner.delete_key(key)
+            return
+        try:
+            await self.inner.delete_key(key)
+        except StorageUnavailable as exc:
+            raise self._unknown("delete_key", key, "the delete failed") from exc
+        raise self._unknown("delete_key", key, "the delete landed")
+
     # -- internals ---------------------------------------------------------------------
 
     def _take_injection(self, op: StorageOp, *, latency: bool) -> _Injection | None:
@@ -304,9 +342,10 @@ class FaultyStorage:
 
     def _draw(self, op: StorageOp) -> FaultKind | None:
         rates: list[tuple[FaultKind, float]] = [("error", self.error_rate)]
+        if op in _CAS_OPS:
+            rates.append(("conflict", self.conflict_rate))
         if op in _WRITE_OPS:
             rates += [
-                ("conflict", self.conflict_rate),
                 ("ambiguous", self.ambiguous_write_rate),
                 ("ambiguous_lost", self.ambiguous_lost_rate),
             ]

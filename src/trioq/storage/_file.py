@@ -12,7 +12,7 @@ A key is mapped to one flat file name in the directory (keys may contain ``/``;
 no sub-directories are created)::
 
     <name>          the document (what readers open)
-    .<name>.lock    the per-key lock file, locked with flock(LOCK_EX); never removed
+    .<name>.lock    the per-key lock file, locked with flock(LOCK_EX)
     .<name>.tmp     the temp file a writer fills before the rename
 
 ``<name>`` is the key's UTF-8 bytes with every byte outside ``A-Z a-z 0-9 _ - .``
@@ -21,6 +21,20 @@ document names never start with a dot, so they cannot collide with the lock and
 temp files. A name longer than 200 characters is cut to 150 and followed by
 ``~`` and the SHA-256 of the key. Keys that are empty, absolute (leading ``/``)
 or contain a ``.`` or ``..`` segment are rejected with :class:`ValueError`.
+
+Listing
+-------
+
+``list_keys`` reads the directory (one ``os.scandir`` per call), turns each file
+name back into its key and sorts the keys. It skips every name that is not the
+exact encoding of a valid key: the lock and temp files (they start with a dot),
+files that trioq did not name (a ``%`` not followed by two upper-case hex
+digits, a byte outside the safe set, bytes that are not UTF-8), sub-directories,
+and the hashed names of keys longer than the limit above, which cannot be turned
+back into their key (a hashed name is the only kind that holds a literal ``~``).
+So a key whose name is hashed is stored, read and deleted like any other but
+never listed: keep listed keys below 200 encoded characters (the log layout's
+keys are a few dozen).
 
 Stored format
 -------------
@@ -52,6 +66,18 @@ at any point leaves either the old or the new complete document under
 ``<name>``; readers never look at temp files, and the next writer of the key
 removes a leftover one. Locks die with their process, so a killed writer never
 blocks the others.
+
+``delete_key`` takes the same lock, removes ``<name>``, a leftover temp file and
+then the lock file itself (while it still holds the lock), and ``fsync``s the
+directory. Removing a lock file that others may hold open is safe because every
+locker checks, once it holds the lock, that its file is still the one at
+``.<name>.lock`` (same device and inode): a process that opened the file before
+the delete removed it and locked it afterwards holds a lock nobody else will
+ever take, so it lets go and retries on a fresh file, as if the lock were busy.
+Without that check, it and a process that created the new lock file would both
+believe they hold the key's lock. (A trioq without the check, sharing the
+directory, could be fooled that way; deletes exist for the log layout, which
+older versions do not read.)
 
 The lock is taken without blocking (``LOCK_NB``) in a worker thread and retried
 with a short backoff on the event loop, for at most ``lock_timeout`` seconds of
@@ -91,7 +117,7 @@ from .._errors import (
     WriteOutcomeUnknown,
 )
 from ._outage import WriteOutage
-from ._protocol import Versioned
+from ._protocol import Versioned, check_limit
 
 if sys.platform != "win32":
     import fcntl
@@ -147,6 +173,31 @@ def _key_to_name(key: str) -> str:
     return name
 
 
+def _name_to_key(name: str) -> str | None:
+    """The key stored in the file ``name``, or ``None`` if ``name`` is not the
+    exact encoding of a key (lock and temp files, foreign files, hashed names)."""
+    if name.startswith(".") or "~" in name:
+        return None
+    raw = bytearray()
+    index = 0
+    try:
+        while index < len(name):
+            char = name[index]
+            if char == "%":
+                raw.append(int(name[index + 1 : index + 3], 16))
+                index += 3
+            else:
+                raw += char.encode("ascii")
+                index += 1
+        key = raw.decode("utf-8")
+        # The round trip rejects what decodes but is not our encoding: lower-case or
+        # short escapes, escaped safe bytes, characters outside the safe set, keys
+        # that _key_to_name refuses.
+        return key if _key_to_name(key) == name else None
+    except (ValueError, UnicodeError):  # bad escape, not ASCII, not UTF-8, bad key
+        return None
+
+
 def _cannot_write(exc: StorageUnavailable) -> bool:
     """Whether ``exc`` comes from a store that refuses writes (full, read-only)."""
     cause = exc.__cause__
@@ -189,8 +240,8 @@ class FileStorage:
         create_directory: Create ``directory`` (and its parents) on first use if
             missing. If false, a missing directory raises
             :class:`~trioq.BucketNotFound`.
-        lock_timeout: Seconds (real time) a ``write`` or ``create`` waits for the
-            key's lock before giving up with :class:`~trioq.StorageUnavailable`.
+        lock_timeout: Seconds (real time) a ``write``, ``create`` or ``delete_key``
+            waits for the key's lock before giving up with :class:`~trioq.StorageUnavailable`.
         max_threads: How many worker threads this storage uses at once.
 
     Errors: a failed precondition raises :class:`~trioq.CASConflict` (a ``write``
@@ -274,6 +325,40 @@ class FileStorage:
         """
         name = _key_to_name(key)
         return await self._locked(name, lambda: self._commit_sync(name, data, None))
+
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """The keys starting with ``prefix``, in ascending (UTF-8 byte) order.
+
+        Reads the whole directory on every call and never returns lock or temp
+        files, foreign files, or keys stored under a hashed name (see the module
+        docstring, "Listing"). A missing directory is created (``create_directory``)
+        and lists as empty, or raises :class:`~trioq.BucketNotFound`; other I/O
+        errors raise :class:`~trioq.StorageUnavailable`.
+        """
+        check_limit(limit)
+        keys = await trio.to_thread.run_sync(self._list_sync, limiter=self._limiter)
+        # Python orders str by code point, which is the byte order of UTF-8.
+        selected = sorted(
+            key
+            for key in keys
+            if key.startswith(prefix) and (start_after is None or key > start_after)
+        )
+        return selected if limit is None else selected[:limit]
+
+    async def delete_key(self, key: str) -> None:
+        """Remove the object (and its lock and temp files); a missing one is fine.
+
+        Takes the key's lock, so it never interleaves with a ``write`` or
+        ``create`` of the same key. Raises :class:`~trioq.StorageUnavailable` as
+        ``write`` does (a lock held too long, I/O errors), and
+        :class:`~trioq.WriteOutcomeUnknown` if the file was removed but the
+        directory ``fsync`` failed (the removal may not survive a crash). Once
+        started, it is not abandoned on cancellation.
+        """
+        name = _key_to_name(key)
+        await self._locked(name, lambda: self._delete_sync(name))
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -439,11 +524,62 @@ class FileStorage:
             except OSError as exc:
                 raise self._fail("locking", lock_path, exc) from exc
             try:
+                if not self._lock_is_current(lock_path, fd):
+                    return _BUSY
                 return fn()
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _lock_is_current(self, lock_path: Path, fd: int) -> bool:
+        """Whether the locked ``fd`` is still the file at ``lock_path``: a
+        ``delete_key`` may have removed it after we opened it (module docstring,
+        "Writes"), and then our lock excludes nobody."""
+        try:
+            at_path = os.lstat(lock_path)
+            held = os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._fail("checking lock file", lock_path, exc) from exc
+        return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+
+    def _list_sync(self) -> list[str]:
+        self._prepare_directory()
+        keys: list[str] = []
+        try:
+            with os.scandir(self._directory) as entries:
+                for entry in entries:
+                    key = _name_to_key(entry.name)
+                    if key is not None and not entry.is_dir(follow_symlinks=False):
+                        keys.append(key)
+        except FileNotFoundError:
+            raise self._missing_directory() from None
+        except NotADirectoryError:
+            raise self._missing_directory() from None
+        except OSError as exc:
+            raise self._fail("listing", self._directory, exc) from exc
+        return keys
+
+    def _delete_sync(self, name: str) -> None:
+        """Remove the document, a leftover temp file and the lock file; the caller
+        holds the key's lock (whose file this removes: see ``_lock_is_current``)."""
+        target = self._directory / name
+        for path in (target, self._temp_path(name), self._lock_path(name)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise self._fail("deleting", path, exc) from exc
+        try:
+            self._fsync_directory()
+        except OSError as exc:
+            raise WriteOutcomeUnknown(
+                f"{self.describe()}: {target} was removed but fsync of the directory "
+                f"failed, so the removal may not survive a crash: {exc}"
+            ) from exc
 
     def _commit_sync(self, name: str, data: bytes, if_match: str | None) -> str:
         """Check the precondition and publish ``data``; the caller holds the key's lock.

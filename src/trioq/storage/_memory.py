@@ -7,7 +7,7 @@ import itertools
 import trio
 
 from .._errors import CASConflict
-from ._protocol import Versioned
+from ._protocol import Versioned, check_limit
 
 
 class MemoryStorage:
@@ -65,11 +65,31 @@ class MemoryStorage:
         self._objects[key] = Versioned(bytes(data), version)
         return version
 
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """The keys starting with ``prefix``, in order (code point order of Python
+        strings is the byte order of their UTF-8 encodings)."""
+        check_limit(limit)
+        await self._delay()
+        keys = sorted(
+            key
+            for key in self._objects
+            if key.startswith(prefix) and (start_after is None or key > start_after)
+        )
+        return keys if limit is None else keys[:limit]
+
+    async def delete_key(self, key: str) -> None:
+        """Remove ``key`` (after ``latency``, like every call); a missing key is fine."""
+        await self._delay()
+        self._objects.pop(key, None)
+
     def peek(self, key: str) -> Versioned | None:
         """The stored object without a checkpoint (for tests and assertions)."""
         return self._objects.get(key)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` without a checkpoint (for tests: what an operator's mistake
-        or a lifecycle rule does to a bucket)."""
+        or a lifecycle rule does to a bucket). The protocol's delete, with
+        ``latency`` and a checkpoint, is :meth:`delete_key`."""
         self._objects.pop(key, None)

@@ -1,15 +1,18 @@
 """S3 storage: the protocol on any S3-compatible object store, through boto3.
 
-:class:`S3Storage` maps the storage protocol onto four S3 requests:
+:class:`S3Storage` maps the storage protocol onto six S3 requests:
 
-============  =====================================================  ==================
-method        request                                                version returned
-============  =====================================================  ==================
-``version``   ``HeadObject``                                         the ``ETag``
-``read``      ``GetObject`` (the whole body)                         the ``ETag``
-``write``     ``PutObject`` with ``If-Match: <if_match>``            the new ``ETag``
-``create``    ``PutObject`` with ``If-None-Match: *``                the new ``ETag``
-============  =====================================================  ==================
+==============  ===================================================  ==================
+method          request                                              version returned
+==============  ===================================================  ==================
+``version``     ``HeadObject``                                       the ``ETag``
+``read``        ``GetObject`` (the whole body)                       the ``ETag``
+``write``       ``PutObject`` with ``If-Match: <if_match>``          the new ``ETag``
+``create``      ``PutObject`` with ``If-None-Match: *``              the new ``ETag``
+``list_keys``   ``ListObjectsV2`` (``Prefix``, ``StartAfter``),      (none)
+                one request per page of up to 1000 keys
+``delete_key``  ``DeleteObject`` (unconditional)                     (none)
+==============  ===================================================  ==================
 
 Versions are the ETags exactly as the store returns them (quotes included). ETags
 are content hashes: writing the same bytes twice gives the same version, so callers
@@ -24,6 +27,13 @@ the key itself is used unchanged. So ``prefix="queues/prod"`` (or
 ``"/queues/prod/"``) stores ``queue.json`` at ``queues/prod/queue.json``, and the
 empty prefix stores it at ``queue.json``.
 
+``list_keys`` lists the object keys that start with the storage's prefix joined
+with the asked prefix, and returns them with the storage's prefix cut off, so two
+storages with different prefixes on one bucket never see each other's keys (but a
+storage with prefix ``a`` does see the keys of one with prefix ``a/b``, below its
+own). An object named exactly like the prefix (``a/``, a "folder" marker some
+tools create) would be the empty key and is skipped.
+
 Threads, retries and timeouts
 -----------------------------
 
@@ -37,7 +47,9 @@ connection pool). Two clients are created once, on first use, in a worker thread
   after a random backoff of up to 1 s). A read cancelled by trio is abandoned: its
   thread finishes in the background (still holding its limiter token) and the
   result is dropped;
-- the *write* client (``PutObject``) never retries (``total_max_attempts=1``; in
+- ``ListObjectsV2`` goes through the read client too, one worker-thread call per
+  page, so a cancelled listing abandons at most the page in flight;
+- the *write* client (``PutObject``, ``DeleteObject``) never retries (``total_max_attempts=1``; in
   botocore's client config ``max_attempts`` counts *retries*, so 1 there would
   mean two attempts). A retried conditional PUT whose first attempt landed would
   fail its own precondition and report a false conflict. A write is never
@@ -74,6 +86,14 @@ operation, ``s3://bucket/key``, the endpoint and the cause.
 - anything else the store answers (a 5xx to a read, a 400, ...) →
   :class:`~trioq.StorageUnavailable`.
 
+A ``DeleteObject`` that may have been sent but got no answer (the same transport
+errors and 5xx answers as below) raises :class:`~trioq.WriteOutcomeUnknown`: it
+is not resolved by reading back, because deleting again is safe (it is
+idempotent) and is what the caller does next. It is not retried here for the same
+reason a PUT is not: a first attempt that landed, then a ``create`` of the key by
+someone else, then the retry, would remove the new object. Every other error of a
+delete or a listing is translated like a read's.
+
 A PUT that may have been sent but got no answer (read timeout, connection closed
 or reset, a TLS error, any transport error other than failing to connect), or that
 got a 5xx answer, may or may not have landed. It is resolved by reading the object
@@ -91,6 +111,16 @@ Store quirks seen in testing:
   PUT into a missing bucket answers ``412 PreconditionFailed`` and so raises
   :class:`~trioq.CASConflict`. The caller's next ``read`` raises
   :class:`~trioq.BucketNotFound`.
+- SeaweedFS keeps ``/`` as directories, and its listings walk them: when keys
+  have a ``/`` below the listed prefix, a "directory" is listed where its bare
+  name sorts (``a/b`` before ``a-b`` and ``a.b``, not between ``a.b`` and
+  ``a0``), and a ``StartAfter`` that names a directory (``a`` or ``a/b`` when
+  ``a/b/c`` exists) skips every key below it. Keys without a ``/`` below the
+  listed prefix list in byte order. Nor does it create (``If-None-Match: *``)
+  an object at ``a/b`` once ``a/b/c`` exists. (moto and AWS S3 do neither.)
+- SeaweedFS answers an empty listing when ``StartAfter`` sorts before the
+  ``Prefix`` without starting with it; :meth:`S3Storage.list_keys` never sends
+  such a ``StartAfter`` (it means "from the start" there).
 """
 
 from __future__ import annotations
@@ -114,19 +144,22 @@ from .._errors import (
     WriteOutcomeUnknown,
 )
 from ._outage import WriteOutage
-from ._protocol import Versioned
+from ._protocol import Versioned, check_limit
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _T = TypeVar("_T")
 
-_Operation = Literal["version", "read", "write", "create"]
+_Operation = Literal["version", "read", "write", "create", "list_keys", "delete_key"]
 
 # botocore's client-config ``max_attempts`` counts *retries* (0 = none);
 # ``total_max_attempts`` counts attempts including the first. We use the latter.
 _READ_ATTEMPTS = 2
 _WRITE_ATTEMPTS = 1
+
+_LIST_PAGE_SIZE = 1000
+"""Keys per ``ListObjectsV2`` request: S3's maximum (and default)."""
 
 _CAS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _AUTH_CODES = frozenset(
@@ -266,6 +299,8 @@ class S3Storage:
         self._clients: _Clients | None = None
         self._closed = False
         self._outage = WriteOutage(f"S3 storage s3://{bucket}/{self._prefix}")
+        # Keys asked for per ListObjectsV2 request; tests lower it to page over few keys.
+        self._list_page_size = _LIST_PAGE_SIZE
 
     # -- public API ---------------------------------------------------------------------
 
@@ -327,6 +362,70 @@ class S3Storage:
         :class:`~trioq.WriteOutcomeUnknown` as :meth:`write` does.
         """
         return await self._put("create", key, data, if_match=None)
+
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """The keys starting with ``prefix`` (``ListObjectsV2``), in UTF-8 byte order.
+
+        Relative to the storage's prefix, both in the arguments and in the keys
+        returned. Fetches pages of up to 1000 keys until ``limit`` keys are found
+        or the listing ends. Raises :class:`~trioq.StorageUnavailable` (or a
+        subclass: a missing bucket is :class:`~trioq.BucketNotFound`) like a read.
+        """
+        check_limit(limit)
+        full_prefix = self._prefix + prefix
+        after = None if start_after is None else self._prefix + start_after
+        if after is not None and not after.startswith(full_prefix):
+            # Outside the prefix, StartAfter is before every key under it (drop it)
+            # or after all of them (nothing to list). SeaweedFS answers an empty
+            # listing to a StartAfter that sorts before the prefix (its issue 11321).
+            if after > full_prefix:
+                return []
+            after = None
+        keys: list[str] = []
+        token: str | None = None
+        while limit is None or len(keys) < limit:
+            want = self._list_page_size
+            if limit is not None:
+                want = min(want, limit - len(keys))
+            try:
+                page, token = await trio.to_thread.run_sync(
+                    self._list_page_sync,
+                    full_prefix,
+                    after,
+                    token,
+                    want,
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
+                )
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                raise self._translate("list_keys", full_prefix + "*", exc) from exc
+            keys += [key[len(self._prefix) :] for key in page if len(key) > len(self._prefix)]
+            if token is None:
+                break
+        return keys if limit is None else keys[:limit]
+
+    async def delete_key(self, key: str) -> None:
+        """Remove the object (``DeleteObject``); a missing object is fine.
+
+        Raises :class:`~trioq.WriteOutcomeUnknown` if the request may have been sent
+        but got no answer (deleting again is safe), other
+        :class:`~trioq.StorageUnavailable` errors like a write. Never abandoned on
+        cancellation, and never retried by botocore.
+        """
+        object_key = self.object_key(key)
+        try:
+            # abandon_on_cancel=False: a delete has side effects, as a PUT does.
+            await trio.to_thread.run_sync(self._delete_sync, object_key, limiter=self._limiter)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            if _outcome_unknown(exc):
+                raise WriteOutcomeUnknown(
+                    f"{self._where('delete_key', object_key)}: the DeleteObject got no "
+                    f"answer ({_cause(exc)}); the object may or may not be deleted "
+                    "(deleting again is safe)"
+                ) from exc
+            raise self._translate("delete_key", object_key, exc) from exc
 
     def close(self) -> None:
         """Close the clients' pooled connections. The storage cannot be used afterwards."""
@@ -399,6 +498,29 @@ class S3Storage:
                 Bucket=self._bucket, Key=object_key, Body=data, IfMatch=if_match
             )
         return response["ETag"]
+
+    def _list_page_sync(
+        self, prefix: str, start_after: str | None, token: str | None, max_keys: int
+    ) -> tuple[list[str], str | None]:
+        """One ListObjectsV2 page: its keys, and the token of the next page (or None)."""
+        client = self._get_clients().reader
+        if token is not None:
+            # A continuation token carries the position; StartAfter is ignored with it.
+            response = client.list_objects_v2(
+                Bucket=self._bucket, Prefix=prefix, MaxKeys=max_keys, ContinuationToken=token
+            )
+        elif start_after is not None:
+            response = client.list_objects_v2(
+                Bucket=self._bucket, Prefix=prefix, MaxKeys=max_keys, StartAfter=start_after
+            )
+        else:
+            response = client.list_objects_v2(Bucket=self._bucket, Prefix=prefix, MaxKeys=max_keys)
+        keys = [item["Key"] for item in response.get("Contents", [])]
+        next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
+        return keys, next_token
+
+    def _delete_sync(self, object_key: str) -> None:
+        self._get_clients().writer.delete_object(Bucket=self._bucket, Key=object_key)
 
     # -- the trio boundary ----------------------------------------------------------------
 

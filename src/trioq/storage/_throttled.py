@@ -2,8 +2,9 @@
 
 Object stores bill (and some throttle) per request, so a broker can be given a budget:
 ``S3_MAX_READS_PER_MINUTE`` and ``S3_MAX_WRITES_PER_MINUTE``. :class:`ThrottledStorage`
-enforces it with two independent token buckets, one for reads (``read`` and
-``version``) and one for writes (``write`` and ``create``):
+enforces it with two independent token buckets, one for reads (``read``,
+``version`` and ``list_keys``) and one for writes (``write``, ``create`` and
+``delete_key``):
 
 - a bucket refills continuously at ``rate / 60`` tokens per second;
 - it holds at most ``max(1, rate / 60)`` tokens, so a rate below 60 a minute still
@@ -15,6 +16,10 @@ enforces it with two independent token buckets, one for reads (``read`` and
 - waiting requests are admitted in arrival (FIFO) order, and a request that is
   cancelled while it waits takes no token with it;
 - a rate of ``0`` turns that bucket off: requests pass at once but are still counted.
+
+A ``list_keys`` takes one read token per call, although S3 answers it with one
+request per page of 1000 keys: the throttle sees calls, not requests, so a listing
+of many keys costs more requests than it is charged for.
 
 Time is :func:`trio.current_time`, so the throttle runs in virtual time under
 :class:`trio.testing.MockClock`.
@@ -95,8 +100,8 @@ def _check_rate(name: str, value: float) -> float:
 class ThrottledStorage:
     """A :class:`~trioq.Storage` that delays requests to stay within per-minute budgets.
 
-    ``read`` and ``version`` draw from the read bucket, ``write`` and ``create`` from
-    the write bucket; the two are independent. A request is counted when the throttle
+    ``read``, ``version`` and ``list_keys`` draw from the read bucket, ``write``,
+    ``create`` and ``delete_key`` from the write bucket; the two are independent. A request is counted when the throttle
     admits it, whatever the wrapped store then answers; a request cancelled while it
     waits is not counted. See the module docstring for the bucket rules.
 
@@ -166,3 +171,13 @@ class ThrottledStorage:
     async def create(self, key: str, data: bytes) -> str:
         await self._writes.acquire()
         return await self.inner.create(key, data)
+
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        await self._reads.acquire()
+        return await self.inner.list_keys(prefix, start_after=start_after, limit=limit)
+
+    async def delete_key(self, key: str) -> None:
+        await self._writes.acquire()
+        await self.inner.delete_key(key)
