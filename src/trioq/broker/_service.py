@@ -27,8 +27,8 @@ from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage
 from ..storage._throttled import ThrottledStorage
 from ._api import BrokerApi
-from ._connections import ConnectionGuard, guard_connections
 from ._faults import FaultCollector, describe_faults, failures_paused, faults_in, with_faults
+from ._guard import ConnectionGuard, guard_connections
 from ._http import create_app
 from ._metrics import metrics_registry
 from ._settings import BrokerSettings, SettingsError, parse_settings

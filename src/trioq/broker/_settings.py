@@ -30,7 +30,7 @@ from ..core._archive import DEDUP_CAP
 from ..core._config import EngineConfig
 from ..core._pending import MAX_WAITING
 from ..core._state import Limits
-from ._connections import MAX_CONNECTIONS
+from ._guard import MAX_CONNECTIONS
 
 __all__ = [
     "STORAGE_FIELDS",
