@@ -118,23 +118,31 @@ class _GuardedStream:
     def __init__(self, inner: Any, guard: ConnectionGuard) -> None:
         self._inner = inner
         self._guard = guard
+        # read on every message: bound here rather than found through __getattr__
+        self.receive_some = inner.receive_some
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data) <= SEND_CHUNK:  # nearly every answer: one piece
+            await self._send_piece(data)
+            return
         view = memoryview(data)
+        for start in range(0, len(view), SEND_CHUNK):
+            await self._send_piece(view[start : start + SEND_CHUNK])
+
+    async def _send_piece(self, piece: bytes | bytearray | memoryview) -> None:
         timeout = self._guard.send_timeout
-        for start in range(0, max(len(view), 1), SEND_CHUNK):
-            # hypercorn sends shielded from cancellation: this deadline is the only
-            # one that reaches a send to a client that does not read
-            with trio.move_on_after(timeout) as scope:
-                await self._inner.send_all(view[start : start + SEND_CHUNK])
-            if scope.cancelled_caught:
-                self._guard.timed_out_sends += 1
-                # closing the socket also wakes hypercorn's reader: the connection ends
-                await trio.aclose_forcefully(self._inner)
-                raise trio.BrokenResourceError(f"the client took no data for {timeout:g} s")
+        # hypercorn sends shielded from cancellation: this deadline is the only one
+        # that reaches a send to a client that does not read
+        with trio.move_on_after(timeout) as scope:
+            await self._inner.send_all(piece)
+        if scope.cancelled_caught:
+            self._guard.timed_out_sends += 1
+            # closing the socket also wakes hypercorn's reader: the connection ends
+            await trio.aclose_forcefully(self._inner)
+            raise trio.BrokenResourceError(f"the client took no data for {timeout:g} s")
 
 
 class _GuardedTCPServer(TCPServer):
