@@ -120,6 +120,11 @@ class JobIndex:
     def unlease(self, job: Job) -> None:
         del self.leases[job.id]
 
+    def discard_lease(self, job_id: str) -> None:
+        """Forget ``job_id``'s lease if it has one (a replayed record may drop or
+        replace a job whose lease the same record has not entered yet)."""
+        self.leases.pop(job_id, None)
+
     def first_lease(self) -> Job | None:
         for job_id in self.leases:
             return self._jobs[job_id]

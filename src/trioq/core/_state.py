@@ -7,7 +7,8 @@ was. The one exception is deliberate: a worker's call on a job whose cancel was
 requested finishes the job as cancelled, then answers LeaseLost.
 
 Times are integers: milliseconds since the Unix epoch, from the injected clock. The
-queue.json codec is :mod:`trioq.core._codec`.
+queue.json codec is :mod:`trioq.core._codec`; the change tracking and log records of
+the log layout are :mod:`trioq.core._changes`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .._wire import JobReport as JobReport
 from .._wire import NewJob as NewJob
 from . import _codec
 from ._archive import DEDUP_CAP, Archive
+from ._changes import Changes, added, changed, removed
 from ._codec import LeaderInfo as LeaderInfo
 from ._index import JobIndex
 from ._jobs import DeadJob, DeadReason, FinishedJob, FinishedOutcome, Job, valid_text
@@ -138,6 +140,10 @@ class QueueState:
     job_bytes: int = field(default=0, init=False)
     """Encoded size of the queued jobs as of the last :meth:`encode` (jobs that
     entered since count with their size when they entered)."""
+    _changes: Changes | None = field(default=None, init=False, repr=False)
+    """What changed since :meth:`take_changes`, while tracking (:meth:`track_changes`)."""
+    _header_mark: tuple[int, ...] = field(default=(), init=False, repr=False)
+    """``nextOrder`` and the counters as of the last :meth:`take_changes`."""
 
     def __post_init__(self) -> None:
         self.index = JobIndex(self.jobs)
@@ -207,6 +213,40 @@ class QueueState:
             return None
         assert job.heartbeat_at is not None
         return job.heartbeat_at + self.limits.job_lease_ms
+
+    # --------------------------------------------------------- change tracking
+
+    def track_changes(self) -> None:
+        """Start noting what changes (for the log layout's records): from now on
+        :meth:`take_changes` returns it. Off by default, so that a state nobody takes
+        changes from (the single-document layout) does not collect them forever."""
+        self._changes = self.archive.changes = Changes()
+        self._header_mark = self._header()
+
+    def take_changes(self) -> Changes:
+        """What changed since tracking started or since the last call, and start
+        afresh; costs O(changes). RuntimeError unless tracking."""
+        changes = self._changes
+        if changes is None:
+            raise RuntimeError("take_changes() needs track_changes() first")
+        mark = self._header()
+        changes.header = mark != self._header_mark
+        self._changes = self.archive.changes = Changes()
+        self._header_mark = mark
+        return changes
+
+    def _header(self) -> tuple[int, ...]:
+        # comparing the eight counters when changes are taken is cheaper than a
+        # hook at every increment, and cannot miss one
+        return (self.next_order, *self.counters.values())
+
+    def _touched(self, job: Job) -> None:
+        """``job``'s stored fields changed in place: drop its cached encoding and
+        note the change. Every place that changes a job's stored field calls it
+        (claim and heartbeat inline it)."""
+        job.encoded = None
+        if self._changes is not None:
+            changed(self._changes.jobs, job.id)
 
     # -------------------------------------------------------------- mutations
 
@@ -294,7 +334,9 @@ class QueueState:
             job.attempts += 1
             job.worker_id = worker_id
             job.heartbeat_at = now
-            job.encoded = None
+            job.encoded = None  # _touched, inlined: the hottest paths
+            if self._changes is not None:
+                changed(self._changes.jobs, job.id)
             self.index.lease(job)
             claimed.append(
                 ClaimedJob(job.id, job.type, job.payload, job.attempts, self.limits.job_lease_ms)
@@ -305,7 +347,9 @@ class QueueState:
         """Renew a lease. A cancelled job answers LeaseLost and is finished here."""
         job = self._live_lease(job_id, worker_id, attempt, now)
         job.heartbeat_at = now
-        job.encoded = None
+        job.encoded = None  # _touched, inlined: the hottest paths
+        if self._changes is not None:
+            changed(self._changes.jobs, job.id)
         self.index.renew(job)
 
     def complete(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
@@ -383,7 +427,7 @@ class QueueState:
         job = self.jobs.get(job_id)
         if job is not None:
             job.cancel_requested = True
-            job.encoded = None
+            self._touched(job)
             if job.status == "unclaimed":
                 self._cancel_if_requested(job, now)
                 return "cancelled"
@@ -451,7 +495,7 @@ class QueueState:
         for job_id in self.index.leases:
             job = self.jobs[job_id]
             job.heartbeat_at = now
-            job.encoded = None
+            self._touched(job)
 
     def backoff_ms(self, attempts: int) -> int:
         """Retry delay after the ``attempts``-th failed attempt: exponential, jittered."""
@@ -559,12 +603,16 @@ class QueueState:
         self.job_bytes += job.size
         self.jobs[job.id] = job
         self.index.push(job, now)
+        if self._changes is not None:
+            added(self._changes.jobs, job.id)
 
     def _leave_queue(self, job: Job) -> None:
         del self.jobs[job.id]
         self.job_bytes -= job.size
         if job.status == "in_progress":
             self.index.unlease(job)
+        if self._changes is not None:
+            removed(self._changes.jobs, job.id)
 
     def _requeue(self, job: Job, ready_at: int, now: int) -> None:
         self.index.unlease(job)
@@ -572,7 +620,7 @@ class QueueState:
         job.worker_id = None
         job.heartbeat_at = None
         job.ready_at = ready_at
-        job.encoded = None
+        self._touched(job)
         self.index.push(job, now)
 
     def _finish(self, job: Job, outcome: FinishedOutcome, now: int) -> None:
