@@ -203,6 +203,7 @@ class Harness:
             "--broker-heartbeat-timeout-ms", str(a.broker_timeout_ms),
             "--dedup-cap", "1000000", "--dedup-window-s", "86400",
             "--max-queued", "1000000", "--shutdown-grace-s", "3",
+            "--layout", a.layout,
         ]  # fmt: skip
         if create:
             argv.append("--create")
@@ -877,6 +878,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cut-every", type=float, default=20.0, help="0: no proxy, no cuts")
     parser.add_argument("--cut-seconds", type=float, default=3.0)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--layout", choices=("document", "log"), default="document")
     for name in FAULT_FLAGS:
         parser.add_argument(f"--{name}", type=float, default=0.0, help="passed to the brokers")
     parser.add_argument("--json", type=Path, default=None)

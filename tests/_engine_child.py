@@ -117,13 +117,16 @@ async def commands(storage: Freezable) -> None:
                 storage.open.set()
 
 
-async def main(directory: str, broker_id: str, heartbeat_ms: int, timeout_ms: int) -> None:
+async def main(
+    directory: str, broker_id: str, heartbeat_ms: int, timeout_ms: int, layout: str
+) -> None:
     storage = Freezable(trioq.FileStorage(directory))
     config = EngineConfig(
         group_commit_interval=0.010,
         broker_heartbeat_interval=heartbeat_ms / 1000,
         broker_heartbeat_timeout=timeout_ms / 1000,
         standby_poll_interval=0.050,
+        layout=layout,
     )
     engine = Engine(storage, broker_id=broker_id, url=f"http://{broker_id}", config=config)
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
@@ -151,5 +154,5 @@ async def main(directory: str, broker_id: str, heartbeat_ms: int, timeout_ms: in
 
 
 if __name__ == "__main__":
-    directory, broker_id, heartbeat_ms, timeout_ms = sys.argv[1:]
-    trio.run(main, directory, broker_id, int(heartbeat_ms), int(timeout_ms))
+    directory, broker_id, heartbeat_ms, timeout_ms, layout = sys.argv[1:]
+    trio.run(main, directory, broker_id, int(heartbeat_ms), int(timeout_ms), layout)

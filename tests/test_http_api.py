@@ -58,9 +58,10 @@ def seaweedfs_storage(seaweedfs: S3Server) -> Iterator[tuple[S3Server, str, S3St
     storage.close()
 
 
-@pytest.fixture(params=["file", "seaweedfs"])
+@pytest.fixture(params=["file", "seaweedfs", "seaweedfs-log"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFactory:
-    """Settings and storage of a broker on each backend, with a fresh queue."""
+    """Settings and storage of a broker on each backend, with a fresh queue (and on
+    SeaweedFS in the log layout too)."""
     if request.param == "file":
 
         def file_backend() -> tuple[BrokerSettings, Storage]:
@@ -84,6 +85,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFactory:
             key=f"{uuid.uuid4().hex}/queue.json",
             group_commit_interval_ms=COMMIT_INTERVAL_MS,
             create=True,  # a new key in a shared bucket
+            layout="log" if request.param == "seaweedfs-log" else "document",
         )
         return settings, storage
 

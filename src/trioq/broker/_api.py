@@ -69,12 +69,9 @@ class BrokerApi:
         self._leader_state()
         return {"status": "ready", "brokerId": self.engine.broker_id, "epoch": self.engine.epoch}
 
-    def raw_state(self) -> bytes:
+    async def raw_state(self) -> bytes:
         self._leader_state()
-        document = self.engine.document
-        if document is None:
-            raise self.engine.not_leader()
-        return document
+        return await self.engine.stored_document()
 
     # ------------------------------------------------------------------ submit
 

@@ -196,7 +196,7 @@ class RestHandlers:
         return Response(render_metrics(self.api), content_type=METRICS_CONTENT_TYPE)
 
     async def state(self) -> Response:
-        return Response(self.api.raw_state(), content_type=JSON)
+        return Response(await self.api.raw_state(), content_type=JSON)
 
     async def submit(self) -> Response:
         return json_response(await self.api.submit(parse_new_job(await _body())))

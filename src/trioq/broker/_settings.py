@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 StorageBackend = Literal["file", "s3", "memory"]
+StorageLayout = Literal["document", "log"]
 
 _S3_ONLY = ("bucket", "prefix", "region", "endpoint_url")
 
@@ -104,6 +105,15 @@ class BrokerSettings(Settings):
         ),
     ] = None
     key: Annotated[str, Public("--key", "TRIOQ_KEY", "the document's key")] = "queue.json"
+    layout: Annotated[
+        StorageLayout,
+        Public(
+            "--layout",
+            "TRIOQ_LAYOUT",
+            "how the queue is stored: document (one object rewritten by every commit) or "
+            "log (one object a commit; docs/log-layout.md)",
+        ),
+    ] = "document"
     broker_id: Annotated[
         str | None,
         Public("--broker-id", "TRIOQ_BROKER_ID", "this broker's id", shown_default="random"),
@@ -507,6 +517,7 @@ class BrokerSettings(Settings):
             broker_heartbeat_timeout=self.broker_heartbeat_timeout,
             shutdown_timeout=self.shutdown_grace,
             startup_storage_wait=self.storage_wait,
+            layout=self.layout,
         )
 
     def storage_faults(self) -> dict[str, float]:

@@ -1,13 +1,14 @@
 """How an engine comes to lead: the election at start, the standby's watch, and the
-writes that create or take over the document.
+writes that create or take over the queue.
 
-Every decision is :func:`~trioq.core._election.decide`'s; this module does the I/O
-around it. A starting engine reads the whole document once; a standby polls its
-version (a cheap HEAD) every ``standby_poll_interval`` and reads the header only when
-the version changed, measuring staleness on its own monotonic clock from that moment.
-A takeover is a CAS write over the version the standby saw that bumps the epoch and
-restarts every job lease; a lost race (a conflict, or an unknown outcome whose bytes
-are not stored) leaves the engine where it was, to look again.
+Every decision is :func:`~trioq.core._election.decide`'s; the storage I/O is the
+engine's layout's (:mod:`trioq.core._layout`). A starting engine looks at what is
+stored once; a standby takes the layout's cheap look every ``standby_poll_interval``
+(the document's version, or the next log record) and measures staleness on its own
+monotonic clock from the moment what is stored last changed. A takeover is one
+conditional write that bumps the epoch and restarts every job lease; a lost race (a
+conflict, or an unknown outcome whose bytes are not stored) leaves the engine where
+it was, to look again.
 """
 
 from __future__ import annotations
@@ -20,17 +21,12 @@ import trio
 from .._backoff import backoff_delay
 from .._errors import (
     BucketNotFound,
-    CASConflict,
     DocumentInvalid,
     QueueNotFound,
     StorageAuthError,
     StorageUnavailable,
-    WriteOutcomeUnknown,
 )
-from ..storage._protocol import Versioned
-from ._codec import LeaderInfo
 from ._election import Sighting, TakeoverRequest, Verdict, decide
-from ._state import QueueState
 from ._status import Role
 
 if TYPE_CHECKING:
@@ -96,18 +92,16 @@ class Campaign:
         outage: _StartupOutage | None = None
         while True:
             try:
-                got = await engine.storage.read(engine.key)
+                sighting = await self._sight(None)
                 if outage is not None:
                     log.info(
                         "broker %s reached storage after %.1f s", engine.broker_id, outage.waited
                     )
                     outage = None
-                now = trio.current_time()
-                self.sighting = sighting = self._sighted(got, now)
-                verdict = self._decide(sighting, starting=True, now=now)
+                verdict = self._decide(sighting, starting=True, now=trio.current_time())
                 if verdict is Verdict.CREATE and not await self._create():
                     continue
-                if verdict is Verdict.TAKE_OVER and not await self._take_over(sighting.version):
+                if verdict is Verdict.TAKE_OVER and not await self._take_over(sighting):
                     continue
             except (BucketNotFound, StorageAuthError):
                 raise  # configuration errors: waiting does not fix them
@@ -168,36 +162,29 @@ class Campaign:
         return done
 
     async def _poll(self) -> bool:
-        """Look at the document's version (its header when it changed) and act on
-        the verdict; True once this engine leads."""
+        """Look at what is stored (the layout's cheap look; the whole when it changed)
+        and act on the verdict; True once this engine leads."""
         engine = self.engine
-        version = await engine.storage.version(engine.key)
-        now = trio.current_time()
-        sighting = self.sighting
-        if sighting is None or version != sighting.version:
-            before = sighting
-            if version is None:
-                sighting = Sighting(present=False, since=now)
-            else:
-                sighting = self._sighted(await engine.storage.read(engine.key), now)
-            self.sighting = sighting
-            if before is not None and before.present and not sighting.present:
-                log.error("%s", self.missing())
-        verdict = self._decide(sighting, starting=False, now=now)
+        before = self.sighting
+        sighting = await self._sight(before)
+        if before is not None and before.present and not sighting.present:
+            log.error("%s", self.missing())
+        verdict = self._decide(sighting, starting=False, now=trio.current_time())
         if verdict is Verdict.TAKE_OVER:
-            return await self._take_over(sighting.version)
+            return await self._take_over(sighting)
         if verdict in (Verdict.CREATE, Verdict.REFUSE):
             await self.elect()
             return engine.role is Role.LEADER
         return False
 
-    def _sighted(self, got: Versioned | None, now: float) -> Sighting:
-        """What ``got`` (a read of the document) shows, noted as seen at ``now``."""
-        if got is None:
-            return Sighting(present=False, since=now)
-        leader = self.engine.decode_header(got.data)
-        self.engine.leader = leader
-        return Sighting(present=True, version=got.version, leader=leader, since=now)
+    async def _sight(self, before: Sighting | None) -> Sighting:
+        """Look at what is stored (afresh without ``before``) and note what was seen."""
+        layout = self.engine.layout
+        sighting = await (layout.sight() if before is None else layout.poll(before))
+        if sighting is not before and sighting.present:
+            self.engine.leader = sighting.leader
+        self.sighting = sighting
+        return sighting
 
     def missing(self) -> QueueNotFound:
         engine = self.engine
@@ -217,53 +204,33 @@ class Campaign:
     # --------------------------------------------------------------- writing
 
     async def _create(self) -> bool:
-        """Create the document as its first leader; False if another broker created
-        it first, or the outcome is unknown (the caller looks again)."""
+        """Create the queue as its first leader; False if another broker created it
+        first, or the outcome is unknown (the caller looks again)."""
         engine = self.engine
-        state = QueueState(limits=engine.limits, rng=engine.rng)
-        state.seq = 1
-        state.leader = LeaderInfo(engine.broker_id, engine.url, 1, engine.wall_clock())
-        data = state.encode()
-        try:
-            version = await engine.storage.create(engine.key, data)
-        except (CASConflict, WriteOutcomeUnknown):
-            # another broker created it first, or we cannot tell whether our create
-            # landed: look again (our own document is then taken over)
+        took = await engine.layout.create()
+        if took is None:
             return False
-        engine.become_leader(state, version, data)
+        engine.become_leader(took.state, took.version, took.data)
         log.info("broker %s created %s and leads (epoch 1)", engine.broker_id, engine.key)
         return True
 
-    async def _take_over(self, expected_version: str | None) -> bool:
-        """CAS the document from ``expected_version`` to one we lead; True if we do."""
+    async def _take_over(self, sighting: Sighting) -> bool:
+        """Take over from what ``sighting`` saw (stored at its version); True if we
+        lead now."""
         engine = self.engine
-        got = await engine.storage.read(engine.key)
-        if got is None or got.version != expected_version:
+        took = await engine.layout.take_over(sighting)
+        if took is None:
             return False
-        state = await engine.decode(got.data)
-        now = engine.wall_clock()
-        old_epoch = 0 if state.leader is None else state.leader.epoch
-        state.leader = LeaderInfo(engine.broker_id, engine.url, old_epoch + 1, now)
-        state.renew_all_leases(now)
-        state.seq += 1
-        data = state.encode()
-        try:
-            version = await engine.storage.write(engine.key, data, if_match=got.version)
-        except CASConflict:
-            return False
-        except WriteOutcomeUnknown:
-            check = await engine.storage.read(engine.key)
-            if check is None or check.data != data:
-                return False
-            version = check.version
         engine.metrics["takeovers"] += 1
-        engine.become_leader(state, version, data)
+        engine.become_leader(took.state, took.version, took.data)
+        assert took.state.leader is not None
+        epoch = took.state.leader.epoch
         log.warning(
             "broker %s took over %s (epoch %d -> %d)",
             engine.broker_id,
             engine.key,
-            old_epoch,
-            old_epoch + 1,
+            epoch - 1,
+            epoch,
         )
         return True
 

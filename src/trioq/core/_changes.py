@@ -156,7 +156,15 @@ class RecordHeader:
     leader: LeaderInfo
 
 
-def apply_record(state: QueueState, data: bytes, *, name: str = "log record") -> RecordHeader:
+def read_record_header(data: bytes, *, name: str = "log record") -> RecordHeader:
+    """A log record's number and leader, checked (:class:`~trioq.DocumentInvalid`
+    naming ``name`` otherwise); its ops are not looked at."""
+    return _checked_header(_parse(data, name), name)
+
+
+def apply_record(
+    state: QueueState, data: bytes, *, name: str = "log record", seq: int | None = None
+) -> RecordHeader:
     """Replay the log record ``data`` onto ``state``; returns its header.
 
     The whole record is checked before anything is applied: a malformed one raises
@@ -171,9 +179,13 @@ def apply_record(state: QueueState, data: bytes, *, name: str = "log record") ->
     ready heaps and the delayed heap (:meth:`~trioq.core._state.QueueState.pop_due`
     drops the entries already due), leases added by the record join the lease order
     sorted by (heartbeat, enqueue order). A state that tracks its changes notes them.
+    With ``seq``, a record of another number is refused (``DocumentInvalid``) before
+    anything is applied.
     """
     raw = _parse(data, name)
     header = _checked_header(raw, name)
+    if seq is not None and header.seq != seq:
+        raise DocumentInvalid(f"{name} is damaged: its seq is {header.seq}, not {seq}")
     actions = [_checked_op(op, i, name) for i, op in enumerate(raw["ops"])]
     counters = _checked_counters(raw, state.counters, name)
     leased: list[Job] = []

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 FORMAT = "trioq.queue"
 FORMAT_VERSION = 1
+LOG_FORMAT_VERSION = 2
+"""The marker of the log layout (``docs/log-layout.md``): its objects are read by
+:mod:`trioq.core._log_layout`, never by this module's decoder."""
 
 
 @dataclass(slots=True)
@@ -375,6 +378,12 @@ def header_problem(raw: object, data: bytes) -> Problem | None:
         return None
     if "formatVersion" not in raw:
         return Problem("is a trioq queue document without a 'formatVersion' field (damaged)")
+    if version == LOG_FORMAT_VERSION and raw.get("layout") == "log":
+        return Problem(
+            f"marks a queue in the log layout (format version {LOG_FORMAT_VERSION}), which "
+            "this broker does not read with --layout document: start it with --layout log "
+            "(the object is never overwritten)"
+        )
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         return Problem(
             f"has format version {version}, newer than this broker supports "

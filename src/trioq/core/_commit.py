@@ -38,6 +38,7 @@ from .._errors import (
     TrioqError,
     WriteOutcomeUnknown,
 )
+from ._codec import LeaderInfo
 from ._election import Fence, judge_stored
 from ._pending import Mutation
 from ._state import QueueState
@@ -203,7 +204,7 @@ class Committer:
             state.seq += 1
             state.leader.lease_at = now
             state.leader.released = release
-            data = state.encode()
+            data = engine.layout.encode(state)
         except Exception as exc:
             # a bug, not bad input: the state may be half-changed, so reload it
             log.exception("commit failed unexpectedly; reloading %s", engine.key)
@@ -293,13 +294,14 @@ class Committer:
         last_error: StorageUnavailable | None = None
         for attempt in range(1, cfg.write_retries + 1):
             try:
-                self.version = await engine.storage.write(engine.key, data, if_match=self.version)
+                self.version = await engine.layout.write(data, seq, self.version)
                 return None
-            except CASConflict:
+            except CASConflict as exc:
                 engine.metrics["conflicts"] += 1
                 verdict = await self._resolve(data, seq, ambiguous=False)
-                assert verdict is not Fence.RETRY
-                return verdict
+                if verdict is not Fence.RETRY:
+                    return verdict
+                last_error = StorageUnavailable(f"a conflict with nothing stored: {exc}")
             except WriteOutcomeUnknown as exc:
                 engine.metrics["writeErrors"] += 1
                 last_error = exc
@@ -334,29 +336,33 @@ class Committer:
         (:func:`judge_stored`), act on the verdict. None if our write landed;
         RETRY if it did not and may be written again."""
         engine = self.engine
+        assert self.version is not None
         try:
-            got = await engine.storage.read(engine.key)
+            got = await engine.layout.read_back(seq, self.version)
         except StorageUnavailable as exc:
             self.needs_reload = True
             return NotWritten(_fixed(StorageUnavailable(f"commit outcome unknown: {exc}")))
-        if got is None:
+        if got.data is None:
+            if got.unchanged:
+                # the log layout: nothing at our record's number, so the write did not
+                # land (an unknown outcome, or a conflict the store made up)
+                return Fence.RETRY
             self.needs_reload = True
             log.error("%s vanished from %s", engine.key, engine.storage.describe())
             return NotWritten(_fixed(StorageUnavailable(f"{engine.key} vanished")))
         same = got.data == data
         try:
-            stored = None if same else engine.decode_header(got.data)
+            stored = None if same else engine.layout.leader_of(got.data)
             fence = judge_stored(
                 stored,
                 same_bytes=same,
                 broker_id=engine.broker_id,
                 epoch=engine.epoch,
                 ambiguous=ambiguous,
-                version_unchanged=got.version == self.version,
+                version_unchanged=got.unchanged,
             )
-            if fence is Fence.ADOPT:
-                # our own earlier write landed after all: adopt what is stored
-                adopted = await engine.decode(got.data)
+            # our own earlier write landed after all: adopt what is stored
+            adopted = await engine.layout.adopt(got) if fence is Fence.ADOPT else None
         except DocumentInvalid as exc:
             engine.halt(exc)
             return NotWritten(engine.not_leader)
@@ -367,8 +373,14 @@ class Committer:
             engine.step_down(stored)
             return NotWritten(engine.not_leader)
         if fence is Fence.ADOPT:
-            log.warning("adopting stored %s at seq %d (ours was %d)", engine.key, adopted.seq, seq)
-            self.hold(adopted, got.version, got.data)
+            if adopted is None:
+                log.warning("an earlier commit of %s landed at seq %d; reloading", engine.key, seq)
+                self.needs_reload = True
+            else:
+                log.warning(
+                    "adopting stored %s at seq %d (ours was %d)", engine.key, adopted.state.seq, seq
+                )
+                self.hold(adopted.state, adopted.version, adopted.data)
             return NotWritten(
                 _fixed(StorageUnavailable("commit raced with an earlier write; retry"))
             )
@@ -378,11 +390,8 @@ class Committer:
         """Re-read the document before a commit; None if it is still ours (and is
         now the state), else what to answer the batch with."""
         engine = self.engine
-        try:
-            got = await engine.storage.read(engine.key)
-            if got is None:
-                raise StorageUnavailable(f"{engine.key} vanished from {engine.storage.describe()}")
-            stored = engine.decode_header(got.data)
+
+        def keep(stored: LeaderInfo | None) -> bool:
             fence = judge_stored(
                 stored,
                 same_bytes=False,
@@ -391,10 +400,13 @@ class Committer:
                 ambiguous=False,
                 version_unchanged=False,
             )
-            if fence is Fence.STEP_DOWN:
+            return fence is not Fence.STEP_DOWN
+
+        try:
+            stored, took = await engine.layout.reload(keep)
+            if took is None:
                 engine.step_down(stored)
                 return NotWritten(engine.not_leader)
-            state = await engine.decode(got.data)
         except StorageUnavailable as exc:
             error = StorageUnavailable(f"cannot reload the queue: {exc}")
             engine.book.answer_readers(None, error)
@@ -402,7 +414,7 @@ class Committer:
         except DocumentInvalid as exc:
             engine.halt(exc)
             return NotWritten(engine.not_leader)
-        self.hold(state, got.version, got.data)
+        self.hold(took.state, took.version, took.data)
         return None
 
 

@@ -36,6 +36,10 @@ class EngineConfig:
     """Bound on the last commit (pending mutations + lease release) at stop."""
     max_pending: int = 100_000
     """Mutations waiting for a commit beyond which new ones are refused (QueueFull)."""
+    layout: str = "document"
+    """How the state is stored: ``"document"`` (format 1, one document rewritten by
+    every commit) or ``"log"`` (format 2, one log record a commit; see
+    ``docs/log-layout.md``)."""
     freeze_loaded_state: bool = False
     """Pause the garbage collector while a document loads and ``gc.freeze()`` what
     was loaded (the broker process turns this on; a library user's process may not
@@ -65,5 +69,7 @@ class EngineConfig:
             raise ValueError("write retries must be >= 1 (the first attempt counts)")
         if self.write_retry_delay < 0 or self.shutdown_timeout < 0:
             raise ValueError("write retry delay and shutdown timeout must be >= 0")
+        if self.layout not in ("document", "log"):
+            raise ValueError(f"layout must be 'document' or 'log', not {self.layout!r}")
         if self.max_pending < 1:
             raise ValueError("max pending must be >= 1")

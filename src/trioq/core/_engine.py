@@ -43,6 +43,8 @@ from ._codec import LeaderInfo, describe_object, load
 from ._commit import Committer
 from ._config import EngineConfig
 from ._election import Candidacy, Candidate
+from ._layout import DocumentLayout, Layout
+from ._log_layout import LogLayout
 from ._pending import ClaimRequest, Mutation, Operation, PendingBook, Reader
 from ._state import (
     ClaimedJob,
@@ -138,7 +140,7 @@ class Engine:
         """The leader's applied state: ahead of what is stored while a commit is in
         flight or after one failed; read it through :meth:`read`."""
         self.document: bytes | None = None
-        """The last document this engine committed."""
+        """The bytes of this engine's last commit (the document, or a log record)."""
         self.leader: LeaderInfo | None = None
         """The leader as last seen in the document (ours when leading)."""
         self.metrics: dict[str, int] = dict.fromkeys(ENGINE_COUNTERS, 0)
@@ -149,6 +151,10 @@ class Engine:
         """The document's counters as last committed."""
         self.book = PendingBook(self.config.max_pending, owner=f"broker {self.broker_id}")
         """Every mutation and read this engine owes an answer (see :mod:`._pending`)."""
+        self.layout: Layout = (
+            LogLayout(self) if self.config.layout == "log" else DocumentLayout(self)
+        )
+        """Where the state is stored (``config.layout``): see :mod:`._layout`."""
         self._campaign = Campaign(self)
         self._committer = Committer(self)
         self._stop_requested = False
@@ -220,6 +226,10 @@ class Engine:
             leader=leader,
             role=self.role.value,
         )
+
+    async def stored_document(self) -> bytes:
+        """The committed state as a format-1 document (``GET /state``)."""
+        return await self.read(self.layout.document)
 
     async def read(self, fn: Callable[[QueueState], T]) -> T:
         """``fn(state)`` over the last committed state, never over a batch that is
