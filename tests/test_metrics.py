@@ -30,6 +30,8 @@ ENGINE_METRICS = {
     "trioq_failed_batches_total": "counter",
     "trioq_takeovers_total": "counter",
     "trioq_step_downs_total": "counter",
+    "trioq_checkpoints_total": "counter",
+    "trioq_collected_objects_total": "counter",
     "trioq_last_commit_seconds": "gauge",
     "trioq_last_batch_size": "gauge",
     "trioq_pending_mutations": "gauge",

@@ -36,6 +36,11 @@ _ENGINE_COUNTERS = {
     "failedBatches": ("trioq_failed_batches_total", "Batches answered with an error."),
     "takeovers": ("trioq_takeovers_total", "Elections won by takeover."),
     "stepDowns": ("trioq_step_downs_total", "Times this broker lost leadership."),
+    "checkpoints": ("trioq_checkpoints_total", "Checkpoints written (log layout)."),
+    "collected": (
+        "trioq_collected_objects_total",
+        "Log records and checkpoints deleted by garbage collection (log layout).",
+    ),
 }
 """Engine event counters (keys of ``EngineSnapshot.counters``) and their metrics."""
 

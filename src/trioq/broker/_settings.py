@@ -114,6 +114,43 @@ class BrokerSettings(Settings):
             "log (one object a commit; docs/log-layout.md)",
         ),
     ] = "document"
+    checkpoint_commits: Annotated[
+        int,
+        Field(ge=1),
+        Public(
+            "--checkpoint-every-commits",
+            "TRIOQ_CHECKPOINT_EVERY_COMMITS",
+            "log layout: write a checkpoint after this many commits",
+        ),
+    ] = 1000
+    checkpoint_interval: Annotated[
+        float,
+        Field(gt=0, allow_inf_nan=False),
+        Public(
+            "--checkpoint-every-s",
+            "TRIOQ_CHECKPOINT_EVERY_S",
+            "log layout: ... or after this many seconds",
+        ),
+    ] = 600.0
+    checkpoint_min_bytes: Annotated[
+        int,
+        Field(ge=1),
+        Public(
+            "--checkpoint-min-bytes",
+            "TRIOQ_CHECKPOINT_MIN_BYTES",
+            "log layout: ... or after as many bytes of log as the last checkpoint, and "
+            "at least this many",
+        ),
+    ] = 1 << 20
+    gc_grace: Annotated[
+        float,
+        Field(ge=0, allow_inf_nan=False),
+        Public(
+            "--gc-grace-s",
+            "TRIOQ_GC_GRACE_S",
+            "log layout: how long a checkpoint exists before what it replaces is deleted",
+        ),
+    ] = 30.0
     broker_id: Annotated[
         str | None,
         Public("--broker-id", "TRIOQ_BROKER_ID", "this broker's id", shown_default="random"),
@@ -518,6 +555,10 @@ class BrokerSettings(Settings):
             shutdown_timeout=self.shutdown_grace,
             startup_storage_wait=self.storage_wait,
             layout=self.layout,
+            checkpoint_commits=self.checkpoint_commits,
+            checkpoint_interval=self.checkpoint_interval,
+            checkpoint_min_bytes=self.checkpoint_min_bytes,
+            gc_grace=self.gc_grace,
         )
 
     def storage_faults(self) -> dict[str, float]:

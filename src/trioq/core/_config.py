@@ -40,6 +40,20 @@ class EngineConfig:
     """How the state is stored: ``"document"`` (format 1, one document rewritten by
     every commit) or ``"log"`` (format 2, one log record a commit; see
     ``docs/log-layout.md``)."""
+    checkpoint_commits: int = 1000
+    """Log layout: a checkpoint after this many commits since the last one ..."""
+    checkpoint_interval: float = 600.0
+    """... or after this many seconds ..."""
+    checkpoint_min_bytes: int = 1 << 20
+    """... or after as many bytes of log as the last checkpoint held, and at least
+    this many (so that the log since a checkpoint never outgrows the state much)."""
+    checkpoint_in_thread: bool = True
+    """Join a checkpoint's bytes in a worker thread (off the event loop). Tests in
+    virtual time turn it off: the clock jumps ahead while a thread runs, so what
+    happens around a checkpoint would depend on the thread's speed."""
+    gc_grace: float = 30.0
+    """Log layout: a checkpoint must have existed this long before the records and
+    checkpoints older than it are deleted; longer than any load takes."""
     freeze_loaded_state: bool = False
     """Pause the garbage collector while a document loads and ``gc.freeze()`` what
     was loaded (the broker process turns this on; a library user's process may not
@@ -71,5 +85,11 @@ class EngineConfig:
             raise ValueError("write retry delay and shutdown timeout must be >= 0")
         if self.layout not in ("document", "log"):
             raise ValueError(f"layout must be 'document' or 'log', not {self.layout!r}")
+        if self.checkpoint_commits < 1 or self.checkpoint_min_bytes < 1:
+            raise ValueError("checkpoint commits and checkpoint bytes must be >= 1")
+        if self.checkpoint_interval <= 0:
+            raise ValueError("checkpoint interval must be > 0")
+        if self.gc_grace < 0:
+            raise ValueError("the garbage collection grace period must be >= 0")
         if self.max_pending < 1:
             raise ValueError("max pending must be >= 1")

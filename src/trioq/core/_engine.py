@@ -379,13 +379,7 @@ class Engine:
         try:
             await self._campaign.elect()
             task_status.started(self.role)
-            while not self._stop_requested:
-                if self.role is Role.LEADER:
-                    await self._committer.lead()
-                else:
-                    await self._campaign.stand_by()
-                if self._fatal is not None:
-                    raise self._fatal
+            await self._serve()
         except DocumentInvalid as exc:
             # met in a storage call (a damaged file) rather than in decoding: never
             # write again, not even the last commit that would release the lease
@@ -397,6 +391,27 @@ class Engine:
                     await self._committer.final_commit()
             self.role = Role.STOPPED
             self.book.fail_all(lambda: NotLeader("the broker stopped", leader=None))
+
+    async def _serve(self) -> None:
+        """Lead or stand by until stopped, with the layout's upkeep (checkpoints) in a
+        task beside; an error of the loop comes out as itself, not in a group."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.layout.maintain)
+                while not self._stop_requested:
+                    if self.role is Role.LEADER:
+                        await self._committer.lead()
+                    else:
+                        await self._campaign.stand_by()
+                    if self._fatal is not None:
+                        raise self._fatal
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1 and not isinstance(
+                group.exceptions[0], BaseExceptionGroup
+            ):
+                raise group.exceptions[0] from None
+            raise
 
     @property
     def stopping(self) -> bool:

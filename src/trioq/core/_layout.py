@@ -106,6 +106,11 @@ class Layout(Protocol):
         """The whole committed ``state`` as a format-1 document (``GET /state``)."""
         ...
 
+    async def maintain(self) -> None:
+        """Background upkeep while the engine runs (a task of its nursery; it never
+        returns)."""
+        ...
+
 
 class DocumentLayout:
     """Format 1: one document, rewritten by every commit with a compare-and-set.
@@ -215,3 +220,6 @@ class DocumentLayout:
         data = self.engine.document
         assert data is not None  # held with the state
         return data
+
+    async def maintain(self) -> None:
+        await trio.sleep_forever()  # a commit rewrites everything: nothing to keep up

@@ -26,9 +26,10 @@ from .._backoff import backoff_delay
 from .._errors import CASConflict, DocumentInvalid, StorageUnavailable, WriteOutcomeUnknown
 from ..storage._protocol import Versioned
 from ._changes import apply_record, encode_record, read_record_header
-from ._codec import FORMAT, LOG_FORMAT_VERSION, LeaderInfo, describe_object, header_problem
+from ._codec import FORMAT, LOG_FORMAT_VERSION, LeaderInfo, describe_object, header_problem, load
 from ._election import Sighting
 from ._layout import ReadBack, Took
+from ._log_upkeep import Upkeep
 from ._state import QueueState
 
 if TYPE_CHECKING:
@@ -39,24 +40,25 @@ T = TypeVar("T")
 
 SEQ_DIGITS: Final = 20
 """Digits of a record's number in its key: key order is then number order."""
+_LOAD_ATTEMPTS: Final = 3
 
 
-def encode_marker(checkpoint: int) -> bytes:
-    """The object at the queue key in the log layout (never deleted): a format-1
-    broker reads an unknown ``formatVersion`` and refuses to lead."""
-    return orjson.dumps(
-        {
-            "format": FORMAT,
-            "formatVersion": LOG_FORMAT_VERSION,
-            "layout": "log",
-            "checkpoint": checkpoint,
-        }
-    )
+MARKER: Final = orjson.dumps(
+    {"format": FORMAT, "formatVersion": LOG_FORMAT_VERSION, "layout": "log"}
+)
+"""The object at the queue key in the log layout, written once and never changed or
+deleted: a format-1 broker reads an unknown ``formatVersion`` and refuses to lead,
+so it never creates a fresh queue in this one's place."""
 
 
-def check_marker(data: bytes, *, name: str) -> int:
-    """The checkpoint hint of the marker ``data``; :class:`~trioq.DocumentInvalid`
-    (naming ``name``) when it is not a log layout marker."""
+class _Gap(Exception):
+    """A record a replay needs is gone: removed by garbage collection under a reader
+    that fell behind (load afresh from the newest checkpoint), or lost."""
+
+
+def check_marker(data: bytes, *, name: str) -> None:
+    """:class:`~trioq.DocumentInvalid` (naming ``name``) unless ``data`` is the log
+    layout's marker."""
     try:
         raw: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -67,10 +69,7 @@ def check_marker(data: bytes, *, name: str) -> int:
         and raw.get("formatVersion") == LOG_FORMAT_VERSION
         and raw.get("layout") == "log"
     ):
-        hint = raw.get("checkpoint")
-        if not isinstance(hint, int) or isinstance(hint, bool) or hint < 0:
-            raise DocumentInvalid(f"{name} is damaged: 'checkpoint' is not a non-negative integer")
-        return hint
+        return
     problem = header_problem(raw, data)
     if problem is None:  # a format-1 document this trioq reads
         raise DocumentInvalid(
@@ -94,6 +93,7 @@ class LogLayout:
         """A standby's copy of the state, at the last record it applied (``None``:
         load it afresh at the next look)."""
         self.last_record = b""
+        self.upkeep = Upkeep(self)
         self.retry_rng = random.Random(engine.broker_id)
         """The jitter of retried reads: a stream of its own (not drawn from the
         engine's, whose ids a seeded engine makes reproducible)."""
@@ -101,12 +101,17 @@ class LogLayout:
     def log_key(self, seq: int) -> str:
         return f"{self.log_prefix}{seq:0{SEQ_DIGITS}d}.json"
 
-    def _seq_of(self, key: str) -> int:
-        digits = key[len(self.log_prefix) :].removesuffix(".json")
+    def checkpoint_key(self, seq: int) -> str:
+        return f"{self.checkpoint_prefix}{seq:0{SEQ_DIGITS}d}.json"
+
+    def seq_of(self, key: str, prefix: str | None = None) -> int:
+        """The number in a log record's key (or a checkpoint's, with its prefix)."""
+        prefix = self.log_prefix if prefix is None else prefix
+        digits = key[len(prefix) :].removesuffix(".json")
         if len(digits) != SEQ_DIGITS or not digits.isdigit() or not key.endswith(".json"):
             raise DocumentInvalid(
-                f"{describe_object(self.engine.storage, key)} is not a log record of this "
-                f"queue (its records are {self.log_prefix}<{SEQ_DIGITS} digits>.json)"
+                f"{describe_object(self.engine.storage, key)} is not an object of this "
+                f"queue's layout (its keys are {prefix}<{SEQ_DIGITS} digits>.json)"
             )
         return int(digits)
 
@@ -119,11 +124,15 @@ class LogLayout:
             self.following = None
             return Sighting(present=False, since=trio.current_time())
         check_marker(got.data, name=describe_object(engine.storage, engine.key))
+        if self.following is not None:
+            # a load cut short by the store left the records applied so far: go on
+            # from there (or, when what it needs next was collected, afresh)
+            try:
+                await self._replay(self.following)
+            except _Gap:
+                self.following = None
         if self.following is None:
-            self.following = QueueState(limits=engine.limits, rng=engine.rng)
-        # a load cut short by the store leaves the records applied so far: the next
-        # look goes on from there
-        await self._replay(self.following)
+            self.following = await self._load_state()
         return self._sighting(self.following)
 
     async def poll(self, before: Sighting) -> Sighting:
@@ -149,9 +158,45 @@ class LogLayout:
         if got is None:
             raise StorageUnavailable(f"{engine.key} vanished from {engine.storage.describe()}")
         check_marker(got.data, name=describe_object(engine.storage, engine.key))
-        state = QueueState(limits=engine.limits, rng=engine.rng)
-        await self._replay(state)
-        return state
+        return await self._load_state()
+
+    async def _load_state(self) -> QueueState:
+        """The newest checkpoint and the records after it; started over (three times
+        at most) when a record it needs was collected meanwhile."""
+        for attempt in range(1, _LOAD_ATTEMPTS + 1):
+            state = await self._newest_checkpoint()
+            try:
+                await self._replay(state)
+            except _Gap as gap:
+                if attempt == _LOAD_ATTEMPTS:
+                    raise DocumentInvalid(str(gap)) from None
+                log.info("%s; loading from the newest checkpoint again", gap)
+                continue
+            return state
+        raise AssertionError("unreachable")
+
+    async def _newest_checkpoint(self) -> QueueState:
+        """The state of the newest checkpoint, or the empty state before record 1."""
+        engine = self.engine
+        keys = await self._retrying(lambda: engine.storage.list_keys(self.checkpoint_prefix))
+        for key in reversed(keys):
+            seq = self.seq_of(key, self.checkpoint_prefix)
+            got = await self._read(key)
+            if got is None:
+                continue  # collected since the listing: an older one, or a newer one
+            name = describe_object(engine.storage, key)
+            state = await load(
+                QueueState,
+                got.data,
+                limits=engine.limits,
+                rng=engine.rng,
+                name=name,
+                freeze=engine.config.freeze_loaded_state,
+            )
+            if state.seq != seq:
+                raise DocumentInvalid(f"{name} is damaged: its seq is {state.seq}, not {seq}")
+            return state
+        return QueueState(limits=engine.limits, rng=engine.rng)
 
     async def _replay(self, state: QueueState) -> None:
         """Apply every stored record after ``state``'s: list them, read them in order,
@@ -161,17 +206,15 @@ class LogLayout:
             lambda: engine.storage.list_keys(self.log_prefix, start_after=self.log_key(state.seq))
         )
         for key in keys:
-            seq = self._seq_of(key)
+            seq = self.seq_of(key)
             if seq != state.seq + 1:
-                raise DocumentInvalid(
+                raise _Gap(
                     f"the log of {describe_object(engine.storage, engine.key)} has a gap: "
                     f"record {state.seq + 1} is missing before {key}"
                 )
             got = await self._read(key)
             if got is None:
-                raise DocumentInvalid(
-                    f"{describe_object(engine.storage, key)} vanished while it was replayed"
-                )
+                raise _Gap(f"{describe_object(engine.storage, key)} vanished while it was replayed")
             self._apply(state, got.data, seq)
         await self._catch_up(state)
 
@@ -216,7 +259,7 @@ class LogLayout:
 
     async def create(self) -> Took | None:
         engine = self.engine
-        marker = encode_marker(0)
+        marker = MARKER
         try:
             await engine.storage.create(engine.key, marker)
         except CASConflict:
@@ -273,6 +316,7 @@ class LogLayout:
             if got is None or got.data != data:
                 return None
         self.last_record = data
+        self.upkeep.took_office()
         return Took(state, str(state.seq), data)
 
     # ----------------------------------------------------------------- commits
@@ -293,13 +337,32 @@ class LogLayout:
 
     async def write(self, data: bytes, seq: int, version: str) -> str:
         assert seq == int(version) + 1, (seq, version)
-        await self.engine.storage.create(self.log_key(seq), data)
+        engine = self.engine
+        if trio.current_time() - self.upkeep.last_write > engine.config.broker_heartbeat_timeout:
+            # silent for longer than a lease: another broker may have led since, and
+            # collected the records up to and past this number, so that a create of
+            # it would succeed. Look past our last record first.
+            later = await engine.storage.list_keys(
+                self.log_prefix, start_after=self.log_key(seq - 1), limit=1
+            )
+            if later:
+                raise CASConflict(
+                    f"the log went past record {seq - 1} while this leader was silent"
+                )
+        await engine.storage.create(self.log_key(seq), data)
         self.last_record = data
+        self.upkeep.committed(len(data))
         return str(seq)
 
     async def read_back(self, seq: int, version: str) -> ReadBack:
-        got = await self.engine.storage.read(self.log_key(seq))
+        storage = self.engine.storage
+        got = await storage.read(self.log_key(seq))
         if got is None:
+            # nothing at our number: our write did not land, unless the log went past
+            # it (and collected it): then the record after it says who leads
+            later = await storage.list_keys(self.log_prefix, start_after=self.log_key(seq), limit=1)
+            if later and (got := await storage.read(later[0])) is not None:
+                return ReadBack(got.data, str(self.seq_of(later[0])), unchanged=False)
             return ReadBack(None, None, unchanged=True)
         return ReadBack(got.data, str(seq), unchanged=False)
 
@@ -316,7 +379,11 @@ class LogLayout:
         if not keep(state.leader):
             return state.leader, None
         state.track_changes()
+        self.upkeep.took_office()
         return state.leader, Took(state, str(state.seq), self.last_record)
 
     def document(self, state: QueueState) -> bytes:
         return state.encode()
+
+    async def maintain(self) -> None:
+        await self.upkeep.run()

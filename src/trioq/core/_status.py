@@ -25,6 +25,8 @@ ENGINE_COUNTERS = (
     "failedBatches",
     "takeovers",
     "stepDowns",
+    "checkpoints",
+    "collected",
 )
 """The keys of ``Engine.metrics`` (and :attr:`EngineSnapshot.counters`)."""
 
@@ -39,7 +41,8 @@ class EngineSnapshot:
     epoch: int
     counters: dict[str, int]
     """Engine events since start: commits, mutations, conflicts, writeErrors,
-    failedBatches, takeovers, stepDowns."""
+    failedBatches, takeovers, stepDowns, checkpoints and collected (objects deleted
+    by the log layout's garbage collection)."""
     last_commit_seconds: float
     last_batch_size: int
     queue: dict[str, int] | None

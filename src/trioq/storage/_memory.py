@@ -88,6 +88,11 @@ class MemoryStorage:
         """The stored object without a checkpoint (for tests and assertions)."""
         return self._objects.get(key)
 
+    def keys(self, prefix: str = "") -> list[str]:
+        """The stored keys under ``prefix``, sorted, without a checkpoint (for tests
+        and assertions; the protocol's listing is :meth:`list_keys`)."""
+        return sorted(key for key in self._objects if key.startswith(prefix))
+
     def delete(self, key: str) -> None:
         """Remove ``key`` without a checkpoint (for tests: what an operator's mistake
         or a lifecycle rule does to a bucket). The protocol's delete, with

@@ -1,0 +1,180 @@
+"""The log layout's upkeep: checkpoints and garbage collection, off the commit path.
+
+While an engine leads in the log layout, :meth:`Upkeep.run` (a task of the engine's
+nursery) writes a **checkpoint**, the whole state as of a committed record as a
+format-1 document at ``<name>/checkpoint/<seq>.json``, once ``checkpoint_commits``
+commits, ``checkpoint_interval`` seconds or as many bytes of log as the last
+checkpoint held (at least ``checkpoint_min_bytes``) have passed since the last one.
+The state is captured at a committed moment in a few milliseconds (the records'
+cached encodings) and joined in a worker thread, so no commit waits for it.
+
+**Garbage collection** then deletes what no reader can need: every checkpoint older
+than the *horizon* and every record at or below it, where the horizon is the newest
+checkpoint known to have existed for ``gc_grace`` seconds. A reader that started
+before the horizon checkpoint was written has finished its load by then (a load
+takes seconds; the grace is 30 by default), and one that starts later loads that
+checkpoint or a newer one, so it needs no record at or below it. A reader that is
+slower anyway meets a gap and loads afresh from the newest checkpoint. Checkpoints
+written before this engine took office count from the moment it did.
+
+A failed checkpoint or collection is logged (once in a row) and tried again with the
+next commit that makes one due; it never touches the commit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._errors import CASConflict, StorageUnavailable
+from ._codec import snapshot
+
+if TYPE_CHECKING:
+    from ._log_layout import LogLayout
+
+log = logging.getLogger("trioq.engine")
+
+_DELETE_PAGE = 1000
+"""Record keys listed (and deleted) per round of a collection."""
+
+
+class Upkeep:
+    """Checkpoints and garbage collection of one :class:`LogLayout`."""
+
+    def __init__(self, layout: LogLayout) -> None:
+        self.layout = layout
+        self.last_write = 0.0
+        """When this engine's last commit landed (trio time; set on taking office)."""
+        self.commits = 0
+        """Commits since the last checkpoint."""
+        self.log_bytes = 0
+        """Bytes of log written since the last checkpoint."""
+        self.checkpoint_bytes = 0
+        """Size of the last checkpoint written (0: none yet)."""
+        self.checkpointed_at = 0.0
+        self.known: dict[int, float] | None = None
+        """Checkpoints that exist (their seq) and since when (trio time); ``None``
+        until listed after taking office."""
+        self.failing = False
+        self._due = trio.Event()
+
+    # ------------------------------------------------------- the commit path
+
+    def took_office(self) -> None:
+        """This engine leads from now: what it knew of checkpoints is stale."""
+        now = trio.current_time()
+        self.last_write = self.checkpointed_at = now
+        self.commits = self.log_bytes = 0
+        self.known = None
+
+    def committed(self, size: int) -> None:
+        """A commit of ``size`` bytes landed: count it, and wake the task when a
+        checkpoint is due."""
+        config = self.layout.engine.config
+        now = trio.current_time()
+        self.last_write = now
+        self.commits += 1
+        self.log_bytes += size
+        if (
+            self.commits >= config.checkpoint_commits
+            or self.log_bytes >= max(config.checkpoint_min_bytes, self.checkpoint_bytes)
+            or now - self.checkpointed_at >= config.checkpoint_interval
+        ):
+            self._due.set()
+
+    # --------------------------------------------------------------- the task
+
+    async def run(self) -> None:
+        """Checkpoint and collect whenever due, while the engine leads (a task of the
+        engine's nursery; it never returns)."""
+        engine = self.layout.engine
+        while True:
+            await self._due.wait()
+            self._due = trio.Event()
+            if not engine.is_leader:
+                continue
+            try:
+                await self.checkpoint()
+                await self.collect()
+            except StorageUnavailable as exc:
+                if not self.failing:
+                    log.warning("checkpoint or log collection failed (retried later): %s", exc)
+                self.failing = True
+                continue
+            if self.failing:
+                log.info("checkpoints and log collection work again")
+                self.failing = False
+
+    async def checkpoint(self) -> int | None:
+        """Write a checkpoint of the committed state; its seq (``None`` when the
+        engine no longer leads, or that seq has one already)."""
+        layout = self.layout
+        engine = layout.engine
+        if not engine.is_leader:
+            return None
+        build, seq = await engine.read(lambda state: (snapshot(state), state.seq))
+        await self._list_known()
+        assert self.known is not None
+        if seq in self.known:
+            return None
+        # counted from the moment the state was captured: commits meanwhile are not in it
+        commits, log_bytes, self.commits, self.log_bytes = self.commits, self.log_bytes, 0, 0
+        self.checkpointed_at = trio.current_time()
+        try:
+            if engine.config.checkpoint_in_thread:
+                data = await trio.to_thread.run_sync(build)
+            else:
+                data = build()
+            # written already is as good: a checkpoint of a committed seq is one state
+            with contextlib.suppress(CASConflict):
+                await engine.storage.create(layout.checkpoint_key(seq), data)
+        except BaseException:
+            self.commits += commits
+            self.log_bytes += log_bytes
+            raise
+        self.known[seq] = trio.current_time()
+        self.checkpoint_bytes = len(data)
+        engine.metrics["checkpoints"] += 1
+        log.debug("checkpoint %d written (%d bytes)", seq, len(data))
+        return seq
+
+    async def collect(self) -> int:
+        """Delete the checkpoints older than the horizon and the records at or below
+        it; how many objects were deleted."""
+        layout = self.layout
+        config, storage = layout.engine.config, layout.engine.storage
+        await self._list_known()
+        assert self.known is not None
+        ripe = trio.current_time() - config.gc_grace
+        old = [seq for seq, since in self.known.items() if since <= ripe]
+        if not old:
+            return 0
+        horizon = max(old)
+        deleted = 0
+        for seq in sorted(self.known):
+            if seq < horizon:
+                await storage.delete_key(layout.checkpoint_key(seq))
+                del self.known[seq]
+                deleted += 1
+        last = layout.log_key(horizon)
+        while True:
+            keys = await storage.list_keys(layout.log_prefix, limit=_DELETE_PAGE)
+            doomed = [key for key in keys if key <= last]
+            for key in doomed:
+                await storage.delete_key(key)
+            deleted += len(doomed)
+            if len(doomed) < _DELETE_PAGE:
+                break
+        layout.engine.metrics["collected"] += deleted
+        return deleted
+
+    async def _list_known(self) -> None:
+        if self.known is not None:
+            return
+        layout = self.layout
+        keys = await layout.engine.storage.list_keys(layout.checkpoint_prefix)
+        now = trio.current_time()
+        self.known = {layout.seq_of(key, layout.checkpoint_prefix): now for key in keys}
