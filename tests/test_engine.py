@@ -240,8 +240,9 @@ class Recorder:
         if "ops" in header:  # a log record
             apply_record(self._replica, data, seq=self._replica.seq + 1)
             leader, document = header, self._replica.encode()
-        else:
+        else:  # a document: a log that follows (after a conversion) starts from it
             leader, document = header["leader"], data
+            self._replica = QueueState.decode(data)
         self.landed.append(
             Landed(
                 trio.current_time(),
@@ -453,8 +454,6 @@ async def test_a_document_it_cannot_read_is_never_overwritten(
     version = await storage.create(KEY, data)
     engine = make_engine(storage)
     name = re.escape(f"{KEY} in {storage.describe()}")
-    if _LAYOUT[0] == "log" and problem == "is damaged":
-        problem = "holds a queue in the single-document layout"
     with pytest.raises(DocumentInvalid, match=f"^{name} {problem}"):
         await engine.run()
     assert engine.role is Role.STOPPED

@@ -177,3 +177,45 @@ async def test_s3_objects(tmp_path: Path, seaweedfs: S3Server, seaweedfs_bucket:
     code, out, _ = await inspect(flags, wrong)
     assert code == 2
     assert "unreadable" in out.decode()
+
+
+@pytest.mark.parametrize("backend", ["file", "seaweedfs"])
+async def test_a_log_layout_queue_is_read_as_a_broker_loads_it(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "file":
+        flags = ["--data-dir", str(tmp_path / "data")]
+        env: dict[str, str] = {}
+        broker_flags = [*flags, "--port", "0"]
+    else:
+        seaweedfs: S3Server = request.getfixturevalue("seaweedfs")
+        bucket: str = request.getfixturevalue("seaweedfs_bucket")
+        flags = ["--storage", "s3", "--bucket", bucket, "--endpoint-url", seaweedfs.endpoint_url]
+        env = s3_env(seaweedfs)
+        broker_flags = [*s3_args(seaweedfs, bucket), "--port", "0"]
+    # checkpoints every 2 commits: the state is a checkpoint plus records
+    await queue_with_jobs(
+        tmp_path, [*broker_flags, "--layout", "log", "--checkpoint-every-commits", "2"], env
+    )
+    code, out, err = await inspect([*flags, "--json"], env)
+    assert code == 0, err
+    report = orjson.loads(out)
+    document = report["document"]
+    assert (document["formatVersion"], document["layout"]) == (2, "log")
+    assert document["byStatus"] == {"unclaimed": 2, "in_progress": 1}
+    assert document["leader"]["released"] is True
+    assert document["checkpoints"]  # at least one, and records after the newest
+    assert document["seq"] >= document["firstRecord"]
+    assert report["size"] < 100  # the marker
+
+    code, out, err = await inspect(flags, env)
+    assert code == 0, err
+    assert "status:   valid trioq queue document (format trioq.queue 2)" in out.decode()
+    assert "layout:   log: checkpoints" in out.decode()
+
+    # --document: the whole state as one format-1 document
+    code, out, err = await inspect([*flags, "--document"], env)
+    assert code == 0, err
+    whole = orjson.loads(out)
+    assert (whole["formatVersion"], whole["seq"]) == (1, document["seq"])
+    assert sorted(job["id"] for job in whole["jobs"]) == ["j0", "j1", "j2"]

@@ -9,6 +9,10 @@ what is wrong with it: the words a broker's refusal line uses, and the bytes aro
 the fault, escaped. It only reads: nothing is written, not even a missing data
 directory.
 
+The log layout (format 2) is read as a broker loads it: the marker at the key, the
+newest checkpoint and the records after it; `--document` writes the whole state as
+one format-1 document, in either layout.
+
 Exit status: 0 a valid queue document, 1 an object that is not one (a broker would
 refuse to lead it), 2 no object at the key, or the store could not be read (or the
 options are wrong).
@@ -27,6 +31,9 @@ import trio
 
 from ._errors import DocumentInvalid, StorageUnavailable
 from .core._codec import describe_object, json_error_at
+from .core._config import EngineConfig
+from .core._engine import Engine
+from .core._log_layout import LogLayout, is_marker
 from .core._state import QueueState
 from .storage._file import FileStorage
 from .storage._protocol import Storage
@@ -57,6 +64,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioq inspect") -> i
     output.add_argument(
         "--raw", action="store_true", help="write the stored bytes to stdout, unchanged"
     )
+    output.add_argument(
+        "--document",
+        action="store_true",
+        help="write the whole state to stdout as one format-1 document (in the log "
+        "layout: its newest checkpoint with the records after it applied)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = BrokerSettings.load(args=args)
@@ -65,6 +78,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioq inspect") -> i
         return UNREADABLE
     storage = build_storage(settings, bare=True)
     report = trio.run(inspect_object, storage, settings.key)
+    state = report.pop("_state", None)
+    if args.document:
+        report.pop("_raw", None)
+        if state is None:
+            print(f"{prog}: {report['problem']}", file=sys.stderr)
+        else:
+            sys.stdout.buffer.write(state.encode())
+            sys.stdout.buffer.flush()
+        return int(report["exit"])
     if args.raw:
         raw = report.pop("_raw", None)
         if raw is None:
@@ -83,7 +105,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioq inspect") -> i
 
 async def inspect_object(storage: Storage, key: str) -> dict[str, Any]:
     """What is stored at ``key``, as the report ``trioq inspect`` prints (``--json``
-    prints it as it is, without ``_raw``, the stored bytes)."""
+    prints it as it is, without ``_raw``, the stored bytes, and ``_state``, the
+    state read)."""
     where = describe_object(storage, key)
     report: dict[str, Any] = {"location": where, "key": key, "storage": storage.describe()}
     try:
@@ -103,10 +126,35 @@ async def inspect_object(storage: Storage, key: str) -> dict[str, Any]:
         }
     report |= {"size": len(got.data), "version": got.version, "_raw": got.data}
     try:
+        if is_marker(got.data, name=where):
+            return await _inspect_log(report, storage, key)
         state = QueueState.decode(got.data, name=where)
     except DocumentInvalid as exc:
         return _invalid(report, exc.message, got.data, json_error_at(got.data))
+    except StorageUnavailable as exc:
+        return {**report, "status": "unreadable", "exit": UNREADABLE, "problem": exc.message}
+    report["_state"] = state
     return {**report, "status": "valid", "exit": VALID, "document": _summary(state)}
+
+
+async def _inspect_log(report: dict[str, Any], storage: Storage, key: str) -> dict[str, Any]:
+    """The log layout: the state its newest checkpoint and the records after it hold
+    (read as a broker loads it, with nothing written), and what its objects are."""
+    engine = Engine(storage, key=key, config=EngineConfig(layout="log"), create=False)
+    layout = engine.layout
+    assert isinstance(layout, LogLayout)
+    state = await layout.load()
+    checkpoints = await storage.list_keys(layout.checkpoint_prefix)
+    records = await storage.list_keys(layout.log_prefix)
+    summary = _summary(state) | {
+        "formatVersion": 2,
+        "layout": "log",
+        "checkpoints": [layout.seq_of(k, layout.checkpoint_prefix) for k in checkpoints],
+        "records": len(records),
+        "firstRecord": layout.seq_of(records[0]) if records else None,
+    }
+    report["_state"] = state
+    return {**report, "status": "valid", "exit": VALID, "document": summary}
 
 
 def _invalid(report: dict[str, Any], problem: str, data: bytes, at: int | None) -> dict[str, Any]:
@@ -190,6 +238,11 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
         write(
             f"status:   valid trioq queue document (format {doc['format']} {doc['formatVersion']})\n"
         )
+        if doc.get("layout") == "log":
+            checkpoints = ", ".join(str(seq) for seq in doc["checkpoints"]) or "none"
+            first = doc["firstRecord"]
+            span = f"{first} to {doc['seq']}" if first is not None else "none"
+            write(f"layout:   log: checkpoints {checkpoints}; {doc['records']} records ({span})\n")
         write(f"seq:      {doc['seq']}\n")
         leader = doc["leader"]
         if leader is None:

@@ -14,6 +14,7 @@ number with the epoch bumped and every running job's lease restarted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,14 @@ from .._backoff import backoff_delay
 from .._errors import CASConflict, DocumentInvalid, StorageUnavailable, WriteOutcomeUnknown
 from ..storage._protocol import Versioned
 from ._changes import apply_record, encode_record, read_record_header
-from ._codec import FORMAT, LOG_FORMAT_VERSION, LeaderInfo, describe_object, header_problem, load
+from ._codec import (
+    FORMAT,
+    LOG_FORMAT_VERSION,
+    LeaderInfo,
+    decode_header,
+    describe_object,
+    load,
+)
 from ._election import Sighting
 from ._layout import ReadBack, Took
 from ._log_upkeep import Upkeep
@@ -41,6 +49,8 @@ T = TypeVar("T")
 SEQ_DIGITS: Final = 20
 """Digits of a record's number in its key: key order is then number order."""
 _LOAD_ATTEMPTS: Final = 3
+_MARKER_MAX: Final = 1024
+"""Bytes beyond which an object at the queue key is not a marker."""
 
 
 MARKER: Final = orjson.dumps(
@@ -56,27 +66,35 @@ class _Gap(Exception):
     that fell behind (load afresh from the newest checkpoint), or lost."""
 
 
+def is_marker(data: bytes, *, name: str) -> bool:
+    """Whether ``data`` (the object at the queue key) is the log layout's marker
+    (True) or a format-1 document (False, its header checked: a migration source);
+    :class:`~trioq.DocumentInvalid` (naming ``name``) for anything else."""
+    if len(data) <= _MARKER_MAX:
+        try:
+            raw: Any = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raw = None
+        if (
+            isinstance(raw, dict)
+            and raw.get("format") == FORMAT
+            and raw.get("formatVersion") == LOG_FORMAT_VERSION
+            and raw.get("layout") == "log"
+        ):
+            return True
+    decode_header(data, name=name)  # DocumentInvalid, in format 1's words, unless format 1
+    return False
+
+
 def check_marker(data: bytes, *, name: str) -> None:
     """:class:`~trioq.DocumentInvalid` (naming ``name``) unless ``data`` is the log
     layout's marker."""
-    try:
-        raw: Any = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raw = exc
-    if (
-        isinstance(raw, dict)
-        and raw.get("format") == FORMAT
-        and raw.get("formatVersion") == LOG_FORMAT_VERSION
-        and raw.get("layout") == "log"
-    ):
-        return
-    problem = header_problem(raw, data)
-    if problem is None:  # a format-1 document this trioq reads
+    if not is_marker(data, name=name):
         raise DocumentInvalid(
-            f"{name} holds a queue in the single-document layout (format version 1): "
-            "start this broker with --layout document (the object is never overwritten)"
+            f"{name} holds a queue in the single-document layout (format version 1), "
+            "not yet converted: a broker started with --layout log converts it when it "
+            "takes over (the object is never overwritten otherwise)"
         )
-    raise DocumentInvalid(f"{name} {problem.text}")
 
 
 class LogLayout:
@@ -93,6 +111,9 @@ class LogLayout:
         """A standby's copy of the state, at the last record it applied (``None``:
         load it afresh at the next look)."""
         self.last_record = b""
+        self.legacy = False
+        """What is stored is a format-1 document (converted when this engine takes
+        over; until then a standby follows it as the document layout does)."""
         self.upkeep = Upkeep(self)
         self.retry_rng = random.Random(engine.broker_id)
         """The jitter of retried reads: a stream of its own (not drawn from the
@@ -123,7 +144,16 @@ class LogLayout:
         if got is None:
             self.following = None
             return Sighting(present=False, since=trio.current_time())
-        check_marker(got.data, name=describe_object(engine.storage, engine.key))
+        name = describe_object(engine.storage, engine.key)
+        self.legacy = not is_marker(got.data, name=name)
+        if self.legacy:
+            # a format-1 document: stand by on it as the document layout does, and
+            # convert it when this engine takes over
+            self.following = None
+            leader = decode_header(got.data, name=name)[1]
+            return Sighting(
+                present=True, version=got.version, leader=leader, since=trio.current_time()
+            )
         if self.following is not None:
             # a load cut short by the store left the records applied so far: go on
             # from there (or, when what it needs next was collected, afresh)
@@ -136,6 +166,9 @@ class LogLayout:
         return self._sighting(self.following)
 
     async def poll(self, before: Sighting) -> Sighting:
+        if self.legacy:
+            version = await self.engine.storage.version(self.engine.key)
+            return before if version == before.version else await self.sight()
         state = self.following
         if state is None or not before.present:
             return await self.sight()
@@ -150,6 +183,11 @@ class LogLayout:
         return Sighting(
             present=True, version=str(state.seq), leader=state.leader, since=trio.current_time()
         )
+
+    async def load(self) -> QueueState:
+        """The stored state, loaded afresh (the newest checkpoint and the records
+        after it): for readers that are not a broker (``trioq inspect``)."""
+        return await self._load()
 
     async def _load(self) -> QueueState:
         """The state as stored, loaded afresh."""
@@ -272,6 +310,8 @@ class LogLayout:
         return await self._claim_next(state, epoch=1)
 
     async def take_over(self, sighting: Sighting) -> Took | None:
+        if self.legacy:
+            return await self._convert(sighting)
         engine = self.engine
         state = self.following
         if state is None or str(state.seq) != sighting.version:
@@ -292,6 +332,57 @@ class LogLayout:
             return None
         old_epoch = 0 if state.leader is None else state.leader.epoch
         return await self._claim_next(state, epoch=old_epoch + 1)
+
+    async def _convert(self, sighting: Sighting) -> Took | None:
+        """Take the format-1 document over (a compare-and-set that bumps the epoch, as
+        the document layout does), copy it as the checkpoint of its seq, then replace
+        it with the marker (a compare-and-set over our own write). A crash or a failed
+        step leaves a format-1 document this engine leads (converted again at the
+        next takeover: this broker's own lease is taken over at once at its start)
+        or the marker; a lost race leaves the document to its new leader."""
+        engine, storage = self.engine, self.engine.storage
+        got = await storage.read(engine.key)
+        if got is None or got.version != sighting.version:
+            return None
+        state = await engine.decode(got.data)
+        now = engine.wall_clock()
+        old_epoch = 0 if state.leader is None else state.leader.epoch
+        state.leader = LeaderInfo(engine.broker_id, engine.url, old_epoch + 1, now)
+        state.renew_all_leases(now)
+        state.seq += 1
+        data = state.encode()
+        try:
+            version = await storage.write(engine.key, data, if_match=got.version)
+        except CASConflict:
+            return None
+        except WriteOutcomeUnknown:
+            check = await storage.read(engine.key)
+            if check is None or check.data != data:
+                return None
+            version = check.version
+        # one that exists holds the same state: our write above made this seq
+        with contextlib.suppress(CASConflict):
+            await self._retrying(lambda: storage.create(self.checkpoint_key(state.seq), data))
+        try:
+            await storage.write(engine.key, MARKER, if_match=version)
+        except CASConflict:
+            return None  # another broker took the document over meanwhile
+        except WriteOutcomeUnknown:
+            check = await storage.read(engine.key)
+            if check is None or check.data != MARKER:
+                return None
+        self.legacy = False
+        log.warning(
+            "broker %s converted %s to the log layout at seq %d (epoch %d)",
+            engine.broker_id,
+            engine.key,
+            state.seq,
+            old_epoch + 1,
+        )
+        state.track_changes()
+        self.last_record = data
+        self.upkeep.took_office()
+        return Took(state, str(state.seq), data)
 
     async def _claim_next(self, state: QueueState, *, epoch: int) -> Took | None:
         """Create the record after ``state``'s as the leader of ``epoch``, restarting
