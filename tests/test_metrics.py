@@ -31,6 +31,9 @@ ENGINE_METRICS = {
     "trioq_takeovers_total": "counter",
     "trioq_step_downs_total": "counter",
     "trioq_checkpoints_total": "counter",
+    "trioq_commit_seconds_bucket": "histogram",
+    "trioq_commit_seconds_count": "histogram",
+    "trioq_commit_seconds_sum": "histogram",
     "trioq_collected_objects_total": "counter",
     "trioq_last_commit_seconds": "gauge",
     "trioq_last_batch_size": "gauge",
@@ -75,6 +78,12 @@ def parse(text: str) -> tuple[dict[str, str], dict[tuple[str, tuple[tuple[str, s
     return types, values
 
 
+def families(types: dict[str, str]) -> set[str]:
+    """The family names of ``{sample name: type}`` (a histogram's samples end in
+    ``_bucket``, ``_count`` and ``_sum``)."""
+    return {name.rsplit("_", 1)[0] if kind == "histogram" else name for name, kind in types.items()}
+
+
 def exposed_lines(text: str) -> set[str]:
     """The ``# HELP`` / ``# TYPE`` lines' metric names: what a scraper sees."""
     return {line.split()[2] for line in text.splitlines() if line.startswith("# ")}
@@ -109,7 +118,7 @@ async def test_metrics_parse_and_counters_move_as_jobs_flow(
         text = await scrape(broker)
         types, before = parse(text)
         assert types == ENGINE_METRICS | LEADER_METRICS
-        assert exposed_lines(text) == set(ENGINE_METRICS | LEADER_METRICS)
+        assert exposed_lines(text) == families(ENGINE_METRICS | LEADER_METRICS)
         assert before[("trioq_broker_leader", (("broker_id", broker.engine.broker_id),))] == 1
         assert before[("trioq_broker_epoch", ())] == broker.engine.epoch >= 1
         for status in ("unclaimed", "in_progress", "dead"):
@@ -127,7 +136,7 @@ async def test_metrics_parse_and_counters_move_as_jobs_flow(
         text = await scrape(broker)
         types_after, after = parse(text)
         assert types_after == types  # the same metrics, before and after jobs flowed
-        assert exposed_lines(text) == set(ENGINE_METRICS | LEADER_METRICS)
+        assert exposed_lines(text) == families(ENGINE_METRICS | LEADER_METRICS)
 
     assert after[("trioq_jobs_enqueued_total", ())] == 6
     assert after[("trioq_jobs_completed_total", ())] == 5
@@ -141,6 +150,12 @@ async def test_metrics_parse_and_counters_move_as_jobs_flow(
     assert after[("trioq_mutations_total", ())] >= before[("trioq_mutations_total", ())] + 7
     assert after[("trioq_last_batch_size", ())] >= 1
     assert after[("trioq_last_commit_seconds", ())] >= 0
+    # every commit that landed is in the histogram (the election's first is not)
+    assert after[("trioq_commit_seconds_count", ())] == after[("trioq_commits_total", ())]
+    assert (
+        after[("trioq_commit_seconds_bucket", (("le", "+Inf"),))]
+        == after[("trioq_commit_seconds_count", ())]
+    )
     assert after[("trioq_document_bytes", ())] > before[("trioq_document_bytes", ())] > 0
     for name, kind in ENGINE_METRICS.items():
         if kind == "counter" and name not in ("trioq_commits_total", "trioq_mutations_total"):
@@ -169,7 +184,7 @@ async def test_standby_serves_engine_metrics_only(autojump_clock: trio.abc.Clock
         text = render_metrics(BrokerApi(standby)).decode()
     types, values = parse(text)
     assert types == ENGINE_METRICS
-    assert exposed_lines(text) == set(ENGINE_METRICS)
+    assert exposed_lines(text) == families(ENGINE_METRICS)
     assert values[("trioq_broker_leader", (("broker_id", odd_id),))] == 0
     assert values[("trioq_broker_epoch", ())] >= 1
 

@@ -18,7 +18,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from ..core._engine import Role
 
@@ -100,6 +105,17 @@ class BrokerCollector:
             "Duration of the last commit (apply, encode, write).",
             value=snap.last_commit_seconds,
         )
+        if snap.commit_seconds is not None:
+            histogram = snap.commit_seconds
+            yield HistogramMetricFamily(
+                "trioq_commit_seconds",
+                "Durations of the commits that landed: apply, encode and write.",
+                buckets=[
+                    ("+Inf" if bound == float("inf") else repr(bound), count)
+                    for bound, count in histogram.cumulative()
+                ],
+                sum_value=histogram.total,
+            )
         yield GaugeMetricFamily(
             "trioq_pending_mutations",
             "Mutations waiting for the commit that answers them.",

@@ -42,7 +42,7 @@ from ._codec import LeaderInfo
 from ._election import Fence, judge_stored
 from ._pending import Mutation
 from ._state import QueueState
-from ._status import Role
+from ._status import Histogram, Role
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -78,6 +78,8 @@ class Committer:
         """When the last commit that wrote started (spacing, lease refresh)."""
         self.last_commit_wall = 0
         self.last_commit_seconds = 0.0
+        self.commit_seconds = Histogram()
+        """Durations of the commits that landed (start of the batch to its write)."""
         self.last_batch_size = 0
         self.failed_in_a_row = 0
         """Commits that could not be written since the last one that was (logged once)."""
@@ -275,6 +277,7 @@ class Committer:
                 log.warning("commits succeed again after %d failed", self.failed_in_a_row)
                 self.failed_in_a_row = 0
             self.hold(state, self.version, data)
+            self.commit_seconds.observe(self.last_commit_seconds)
             self.last_commit_wall = now
             engine.metrics["commits"] += 1
             engine.metrics["mutations"] += size

@@ -217,6 +217,7 @@ class Engine:
             document_bytes=len(self.document) if leading and self.document else 0,
             pending=self.book.unanswered,
             waiting_claims=len(self.book.waiting),
+            commit_seconds=self._committer.commit_seconds.copy(),
         )
 
     def not_leader(self) -> NotLeader:

@@ -3,8 +3,9 @@ committed counts for metrics and health (a copy: readers never reach into it).""
 
 from __future__ import annotations
 
+import bisect
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Role(enum.Enum):
@@ -29,6 +30,39 @@ ENGINE_COUNTERS = (
     "collected",
 )
 """The keys of ``Engine.metrics`` (and :attr:`EngineSnapshot.counters`)."""
+
+
+COMMIT_BUCKETS = (
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+    1.0, 2.0, 5.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the commit duration histogram's buckets."""
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Observations counted into fixed buckets (Prometheus style: each bucket counts
+    the observations at or below its bound; the last one, +Inf, counts them all)."""
+
+    bounds: tuple[float, ...] = COMMIT_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS) + 1))
+    """Observations per bucket (not cumulative); the last is above every bound."""
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(bound, observations at or below it), the last bound ``inf``."""
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+    def copy(self) -> Histogram:
+        return Histogram(self.bounds, list(self.counts), self.total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +90,5 @@ class EngineSnapshot:
     """Mutations handed to the engine and not yet answered (waiting for a commit)."""
     waiting_claims: int = 0
     """Long-poll claims parked until a job is available for them."""
+    commit_seconds: Histogram | None = None
+    """Durations of the commits that landed (apply, encode, write), since start."""
