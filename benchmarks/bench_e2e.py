@@ -166,7 +166,7 @@ def own_row(b: Bench, row: OwnRow, name: str) -> dict[str, Any]:
         cluster(
             b.server, rowdir, b.args.interval_ms, processes=spec.processes,
             concurrency=spec.concurrency, prefetch=spec.prefetch,
-            broker_extra=["--layout", row.layout],
+            broker_extra=["--layout", row.layout, *shlex.split(b.args.broker_args)],
         ) as c,
         loaders(rowdir, batch_argvs(b, c.url, jobs), {}) as group,
         contextlib.ExitStack() as stack,
@@ -343,6 +343,7 @@ def parse_args(default_only: str | None = None) -> argparse.Namespace:
     add("--prefetch", type=int, help="--prefetch N for the workers of rows without +pN")
     add("--interval-ms", type=int, default=50, help="the brokers' group commit interval")
     add("--layouts", default="document", help="own: the brokers' --layout, comma-separated")
+    add("--broker-args", default="", help="own: more flags for the brokers (one string)")
     add("--backlogs", default="0", help="own: delayed jobs stored before each row, e.g. 0,100000")
     add("--sustained", type=float, help="seconds of paced submitting (8, full 60)")
     add("--rate", type=float, default=200.0, help="jobs/s of the sustained rows")
