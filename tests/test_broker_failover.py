@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from _broker_proc import BrokerProcess, broker_process, role_of, s3_args, s3_env, wait_until
@@ -137,11 +138,12 @@ class Submitter:
             await self.submit(http, f"{name}-{i}")
 
 
+@pytest.mark.parametrize("layout", ["document", "log"])
 async def test_crash_failover_at_default_settings(
-    seaweedfs: S3Server, seaweedfs_bucket: str, tmp_path: Path
+    layout: str, seaweedfs: S3Server, seaweedfs_bucket: str, tmp_path: Path
 ) -> None:
     async with AsyncExitStack() as stack:
-        a, b = await start_pair(stack, seaweedfs, seaweedfs_bucket, tmp_path)
+        a, b = await start_pair(stack, seaweedfs, seaweedfs_bucket, tmp_path, "--layout", layout)
         submitter = Submitter([a.url, b.url])
         async with httpx.AsyncClient(verify=False) as http:
             async with trio.open_nursery() as nursery:
@@ -165,7 +167,8 @@ async def test_crash_failover_at_default_settings(
                 first_served = trio.current_time() - killed_at
                 submitter.stop.set()
             print(
-                f"\ncrash failover at default settings: standby ready {failover:.2f} s after "
+                f"\ncrash failover at default settings ({layout} layout): standby ready "
+                f"{failover:.2f} s after "
                 f"kill -9 (goal 3 s); {len(submitter.retried)} ids retried across it"
             )
             assert await a.wait(5) == -signal.SIGKILL

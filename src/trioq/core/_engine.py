@@ -194,6 +194,12 @@ class Engine:
         sighting = self._campaign.sighting
         return None if sighting is None else sighting.version
 
+    async def stored_version(self) -> str | None:
+        """The stored version as the layout counts it (the document's, or the number
+        of the last log record), for the fast-failover probe: unchanged between two
+        failed probes means nobody commits."""
+        return await self.layout.stored_version()
+
     @property
     def last_commit_seconds(self) -> float:
         return self._committer.last_commit_seconds

@@ -15,6 +15,7 @@ import orjson
 
 from .._wire import DEFAULT_TYPE as DEFAULT_TYPE
 from .._wire import ID_CHARS, MAX_ID_CHARS, MAX_TYPE_CHARS, TYPE_CHARS
+from .._wire._payload import kept
 
 JobStatus = Literal["unclaimed", "in_progress"]
 FinishedOutcome = Literal["completed", "cancelled"]
@@ -29,6 +30,7 @@ TYPE_PATTERN = re.compile(f"{TYPE_CHARS[:-1]}\\ud800-\\udfff]{{1,{MAX_TYPE_CHARS
 no lone surrogates (JSON cannot carry them)."""
 
 _ONE_LINE = orjson.OPT_APPEND_NEWLINE
+
 """Each record's encoding ends in a newline, so the document holds one record a
 line: a loader can then find and parse the records one at a time (JSON never has an
 unescaped newline inside a value), and a person can read the document with ``less``."""
@@ -85,7 +87,7 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         if self.payload_json is None:
-            self.payload_json = orjson.dumps(self.payload)
+            self.payload_json = kept(orjson.dumps(self.payload))
         return {
             "id": self.id,
             "type": self.type,
@@ -104,7 +106,7 @@ class Job:
 
     def encode(self) -> bytes:
         if self.encoded is None:
-            self.encoded = orjson.dumps(self.to_json(), option=_ONE_LINE)
+            self.encoded = kept(orjson.dumps(self.to_json(), option=_ONE_LINE))
         return self.encoded
 
     @classmethod
@@ -160,7 +162,7 @@ class DeadJob:
 
     def encode(self) -> bytes:
         if self.encoded is None:
-            self.encoded = orjson.dumps(self.to_json(), option=_ONE_LINE)
+            self.encoded = kept(orjson.dumps(self.to_json(), option=_ONE_LINE))
         return self.encoded
 
     @classmethod
@@ -205,7 +207,7 @@ class FinishedJob:
 
     def encode(self) -> bytes:
         if self.encoded is None:
-            self.encoded = orjson.dumps(self.to_json(), option=_ONE_LINE)
+            self.encoded = kept(orjson.dumps(self.to_json(), option=_ONE_LINE))
         return self.encoded
 
     @classmethod

@@ -63,6 +63,12 @@ class Layout(Protocol):
         """A standby's cheap look: ``before`` itself when nothing changed."""
         ...
 
+    async def stored_version(self) -> str | None:
+        """What is stored now, in the versions of :meth:`poll`'s sightings, read
+        without changing anything (the fast-failover probe compares two of them);
+        ``None`` when nothing is stored."""
+        ...
+
     async def create(self) -> Took | None:
         """Create the queue as its first leader; ``None`` when another broker did
         first or the outcome is unknown (the caller looks again)."""
@@ -144,6 +150,9 @@ class DocumentLayout:
         if version is None:
             return Sighting(present=False, since=now)
         return await self.sight(since=now)
+
+    async def stored_version(self) -> str | None:
+        return await self.engine.storage.version(self.engine.key)
 
     async def create(self) -> Took | None:
         engine = self.engine

@@ -179,6 +179,16 @@ class LogLayout:
         # kept at the old number would make every later takeover give up at once)
         return self._sighting(state)
 
+    async def stored_version(self) -> str | None:
+        storage, state = self.engine.storage, self.following
+        if self.legacy or state is None:
+            return await storage.version(self.engine.key)
+        # the number of the last record, as far as this standby can tell without
+        # applying anything (the poll applies): its own, or a mark that the log moved
+        if await storage.version(self.log_key(state.seq + 1)) is None:
+            return str(state.seq)
+        return f"{state.seq}+"
+
     def _sighting(self, state: QueueState) -> Sighting:
         return Sighting(
             present=True, version=str(state.seq), leader=state.leader, since=trio.current_time()
