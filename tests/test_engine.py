@@ -115,17 +115,20 @@ def make_engine(
     url: str | None = None,
     exclusive_url: bool = False,
     create: bool = True,
+    layout: str | None = None,
+    rng: random.Random | None = None,
     **timings: float,
 ) -> Engine:
     """An engine with round test timings (overridable by ``EngineConfig`` field name):
     50 ms group commit interval, 3 s lease heartbeat, 10 s lease timeout, 1 s standby poll.
-    Its URL is ``http://BROKER_ID`` unless ``url`` says otherwise."""
+    Its URL is ``http://BROKER_ID`` unless ``url`` says otherwise; its layout is the
+    ``layout`` fixture's unless ``layout`` says otherwise."""
     config = EngineConfig(
         group_commit_interval=0.05,
         broker_heartbeat_interval=3.0,
         broker_heartbeat_timeout=10.0,
         standby_poll_interval=1.0,
-        layout=_LAYOUT[0],
+        layout=_LAYOUT[0] if layout is None else layout,
         checkpoint_in_thread=False,  # exact virtual time (see EngineConfig)
     )
     for name, value in timings.items():
@@ -141,7 +144,7 @@ def make_engine(
         config=config,
         limits=limits,
         wall_clock=wall_clock,
-        rng=random.Random(seed),
+        rng=random.Random(seed) if rng is None else rng,
     )
 
 

@@ -15,10 +15,19 @@ import pytest
 import trio
 import trio.testing
 
-from test_engine import KEY, WALL0, Recorder, check_history, job, log_key, stored, wall_clock
+from test_engine import (
+    KEY,
+    WALL0,
+    Recorder,
+    check_history,
+    job,
+    log_key,
+    make_engine,
+    stored,
+    wall_clock,
+)
 from trioq import DocumentInvalid, FaultyStorage, MemoryStorage, NotLeader, Storage
 from trioq.core._changes import Changes, encode_record
-from trioq.core._config import EngineConfig
 from trioq.core._engine import Engine, Role
 from trioq.core._log_layout import LogLayout
 from trioq.core._state import LeaderInfo, NewJob, QueueState
@@ -31,26 +40,7 @@ def engine(
     storage: Storage, broker_id: str = "a", *, layout: str = "log", **timings: float
 ) -> Engine:
     """``make_engine``'s engine (same round timings, overridable) in ``layout``."""
-    config = EngineConfig(
-        group_commit_interval=0.05,
-        broker_heartbeat_interval=3.0,
-        broker_heartbeat_timeout=10.0,
-        standby_poll_interval=1.0,
-        layout=layout,
-        checkpoint_in_thread=False,  # exact virtual time (see EngineConfig)
-    )
-    for name, value in timings.items():
-        assert hasattr(config, name), name
-        setattr(config, name, value)
-    return Engine(
-        storage,
-        key=KEY,
-        broker_id=broker_id,
-        url=f"http://{broker_id}",
-        config=config,
-        wall_clock=wall_clock,
-        rng=random.Random(broker_id),
-    )
+    return make_engine(storage, broker_id, layout=layout, rng=random.Random(broker_id), **timings)
 
 
 class Watched:

@@ -71,18 +71,26 @@ def encode(state: QueueState) -> bytes:
         total += job.size
         jobs.append(data)
     state.job_bytes = total
-    header = {
+    return orjson.dumps(
+        {
+            **_header(state),
+            "jobs": _array(jobs),
+            "dead": _array(d.encode() for d in state.dead.values()),
+            "finished": _array(f.encode() for f in state.finished.values()),
+        }
+    )
+
+
+def _header(state: QueueState) -> dict[str, Any]:
+    """The document's fields before its records (a copy: the state may change)."""
+    return {
         "format": FORMAT,
         "formatVersion": FORMAT_VERSION,
         "seq": state.seq,
         "leader": None if state.leader is None else state.leader.to_json(),
         "nextOrder": state.next_order,
-        "counters": state.counters,
-        "jobs": _array(jobs),
-        "dead": _array(d.encode() for d in state.dead.values()),
-        "finished": _array(f.encode() for f in state.finished.values()),
+        "counters": dict(state.counters),
     }
-    return orjson.dumps(header)
 
 
 def snapshot(state: QueueState) -> Callable[[], bytes]:
@@ -94,14 +102,7 @@ def snapshot(state: QueueState) -> Callable[[], bytes]:
     jobs = [job.encode() for job in state.jobs.values()]
     dead = [record.encode() for record in state.dead.values()]
     finished = [record.encode() for record in state.finished.values()]
-    header = {
-        "format": FORMAT,
-        "formatVersion": FORMAT_VERSION,
-        "seq": state.seq,
-        "leader": None if state.leader is None else state.leader.to_json(),
-        "nextOrder": state.next_order,
-        "counters": dict(state.counters),
-    }
+    header = _header(state)
 
     def build() -> bytes:
         return orjson.dumps(

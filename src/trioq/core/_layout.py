@@ -118,6 +118,32 @@ class Layout(Protocol):
         ...
 
 
+async def take_over_document(engine: Engine, sighting: Sighting) -> Took | None:
+    """Take the format-1 document at the engine's key over from what ``sighting`` saw:
+    a compare-and-set that bumps the epoch and restarts every running job's lease.
+    ``None`` when what is stored moved on or another broker won the race."""
+    got = await engine.storage.read(engine.key)
+    if got is None or got.version != sighting.version:
+        return None
+    state = await engine.decode(got.data)
+    now = engine.wall_clock()
+    old_epoch = 0 if state.leader is None else state.leader.epoch
+    state.leader = LeaderInfo(engine.broker_id, engine.url, old_epoch + 1, now)
+    state.renew_all_leases(now)
+    state.seq += 1
+    data = state.encode()
+    try:
+        version = await engine.storage.write(engine.key, data, if_match=got.version)
+    except CASConflict:
+        return None
+    except WriteOutcomeUnknown:
+        check = await engine.storage.read(engine.key)
+        if check is None or check.data != data:
+            return None
+        version = check.version
+    return Took(state, version, data)
+
+
 class DocumentLayout:
     """Format 1: one document, rewritten by every commit with a compare-and-set.
 
@@ -169,27 +195,7 @@ class DocumentLayout:
         return Took(state, version, data)
 
     async def take_over(self, sighting: Sighting) -> Took | None:
-        engine = self.engine
-        got = await engine.storage.read(engine.key)
-        if got is None or got.version != sighting.version:
-            return None
-        state = await engine.decode(got.data)
-        now = engine.wall_clock()
-        old_epoch = 0 if state.leader is None else state.leader.epoch
-        state.leader = LeaderInfo(engine.broker_id, engine.url, old_epoch + 1, now)
-        state.renew_all_leases(now)
-        state.seq += 1
-        data = state.encode()
-        try:
-            version = await engine.storage.write(engine.key, data, if_match=got.version)
-        except CASConflict:
-            return None
-        except WriteOutcomeUnknown:
-            check = await engine.storage.read(engine.key)
-            if check is None or check.data != data:
-                return None
-            version = check.version
-        return Took(state, version, data)
+        return await take_over_document(self.engine, sighting)
 
     def encode(self, state: QueueState) -> bytes:
         return state.encode()

@@ -36,7 +36,7 @@ from ._codec import (
     load,
 )
 from ._election import Sighting
-from ._layout import ReadBack, Took
+from ._layout import ReadBack, Took, take_over_document
 from ._log_upkeep import Upkeep
 from ._state import QueueState
 
@@ -351,25 +351,10 @@ class LogLayout:
         next takeover: this broker's own lease is taken over at once at its start)
         or the marker; a lost race leaves the document to its new leader."""
         engine, storage = self.engine, self.engine.storage
-        got = await storage.read(engine.key)
-        if got is None or got.version != sighting.version:
+        took = await take_over_document(engine, sighting)
+        if took is None:
             return None
-        state = await engine.decode(got.data)
-        now = engine.wall_clock()
-        old_epoch = 0 if state.leader is None else state.leader.epoch
-        state.leader = LeaderInfo(engine.broker_id, engine.url, old_epoch + 1, now)
-        state.renew_all_leases(now)
-        state.seq += 1
-        data = state.encode()
-        try:
-            version = await storage.write(engine.key, data, if_match=got.version)
-        except CASConflict:
-            return None
-        except WriteOutcomeUnknown:
-            check = await storage.read(engine.key)
-            if check is None or check.data != data:
-                return None
-            version = check.version
+        state, version, data = took.state, took.version, took.data
         # one that exists holds the same state: our write above made this seq
         with contextlib.suppress(CASConflict):
             await self._retrying(lambda: storage.create(self.checkpoint_key(state.seq), data))
@@ -387,7 +372,7 @@ class LogLayout:
             engine.broker_id,
             engine.key,
             state.seq,
-            old_epoch + 1,
+            0 if state.leader is None else state.leader.epoch,
         )
         state.track_changes()
         self.last_record = data
