@@ -54,24 +54,24 @@ async def test_a_checkpoint_holds_the_state_of_its_record_and_never_delays_a_com
     eng = upkept(inner)
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
-        await commits(eng, 4)  # records 2-5: four commits since taking office
+        await commits(eng, 3)  # records 2-4: four records (creation counts)
         await trio.testing.wait_all_tasks_blocked()
         assert inner.keys(CHECKPOINTS) == []
-        await commits(eng, 1, 4)  # the fifth: due
+        await commits(eng, 1, 3)  # the fifth: due
         await checkpointed(eng, 1)
         (key,) = inner.keys(CHECKPOINTS)
-        assert key == checkpoint_key(6)
+        assert key == checkpoint_key(5)
         got = inner.peek(key)
         assert got is not None
         saved = QueueState.decode(got.data)
-        assert saved.seq == 6
-        assert sorted(saved.jobs) == ["j0", "j1", "j2", "j3", "j4"]
-        # byte for byte the state the log holds up to record 6
+        assert saved.seq == 5
+        assert sorted(saved.jobs) == ["j0", "j1", "j2", "j3"]
+        # byte for byte the state the log holds up to record 5
         assert got.data == stored(inner).encode()
         assert eng.metrics["checkpoints"] == 1
         # commits went on at their own pace: no commit waited for the checkpoint
         started = trio.current_time()
-        await commits(eng, 1, 5)
+        await commits(eng, 1, 4)
         assert trio.current_time() - started <= 0.05
         eng.stop()
 
@@ -83,18 +83,18 @@ async def test_a_new_engine_loads_the_newest_checkpoint_and_the_records_after_it
     eng = upkept(inner)
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
-        await commits(eng, 5)  # records 2-6: a checkpoint at 6
+        await commits(eng, 4)  # records 2-5: a checkpoint at 5
         await checkpointed(eng, 1)
-        await commits(eng, 5, 5)  # records 7-11: at 11
+        await commits(eng, 5, 4)  # records 6-10: at 10
         await checkpointed(eng, 2)
-        await commits(eng, 2, 10)  # records 12, 13
-        assert inner.keys(CHECKPOINTS) == [checkpoint_key(6), checkpoint_key(11)]
+        await commits(eng, 3, 9)  # records 11-13
+        assert inner.keys(CHECKPOINTS) == [checkpoint_key(5), checkpoint_key(10)]
         reader = FaultyStorage(inner)
         standby = upkept(reader, "b")
         assert await nursery.start(standby.run) is Role.STANDBY
-        # the checkpoint of 11, then records 12, 13 and a look for 14: no record at or
-        # below 11 is read
-        assert reader.calls["read"] == 1 + 1 + 3  # the marker, the checkpoint, the log
+        # the checkpoint of 10, then records 11-13 and a look for 14: no record at or
+        # below 10 is read
+        assert reader.calls["read"] == 1 + 1 + 4  # the marker, the checkpoint, the log
         state = layout_of(standby).following
         assert state is not None
         assert state.encode() == stored(inner).encode()
@@ -110,24 +110,24 @@ async def test_collection_deletes_what_is_older_than_the_grace_period_and_nothin
     eng = upkept(inner)
     async with trio.open_nursery() as nursery:
         await nursery.start(eng.run)
-        await commits(eng, 5)  # records 2-6: a checkpoint at 6
+        await commits(eng, 4)  # records 2-5: a checkpoint at 5 (creation counts)
         await checkpointed(eng, 1)
-        await commits(eng, 5, 5)  # records 7-11: at 11
+        await commits(eng, 5, 4)  # records 6-10: at 10
         await checkpointed(eng, 2)
-        assert inner.keys(CHECKPOINTS) == [checkpoint_key(6), checkpoint_key(11)]
+        assert inner.keys(CHECKPOINTS) == [checkpoint_key(5), checkpoint_key(10)]
         before = inner.keys(LOG_PREFIX)
-        assert before == [log_key(n) for n in range(1, 12)]
+        assert before == [log_key(n) for n in range(1, 11)]
         # within the grace period nothing goes
         await trio.sleep_until(29.0)
-        assert inner.keys(LOG_PREFIX)[:11] == before
+        assert inner.keys(LOG_PREFIX)[:10] == before
         # then every record at or below the newest checkpoint that is old enough: idle,
-        # the leader commits every 3 s (records 12, 13, ... from 3.5 s), so checkpoints
-        # 16, 21 and 26 come at 15.5, 30.5 and 45.5 s; the collection at 30.5 s has 11
-        # for its horizon (written at 0.5 s), the one at 45.5 s has 16
+        # the leader commits every 3 s (records 11, 12, ... from 3.5 s), so checkpoints
+        # 15, 20 and 25 come at 15.5, 30.5 and 45.5 s; the collection at 30.5 s has 10
+        # for its horizon (written at 0.5 s), the one at 45.5 s has 15
         await trio.sleep_until(60.0)
-        assert eng.metrics["collected"] == 2 + 16  # checkpoints 6 and 11, records 1-16
-        assert inner.keys(CHECKPOINTS) == [checkpoint_key(n) for n in (16, 21, 26)]
-        assert inner.keys(LOG_PREFIX)[0] == log_key(17)
+        assert eng.metrics["collected"] == 2 + 15  # checkpoints 5 and 10, records 1-15
+        assert inner.keys(CHECKPOINTS) == [checkpoint_key(n) for n in (15, 20, 25)]
+        assert inner.keys(LOG_PREFIX)[0] == log_key(16)
         assert inner.keys("queue.json") == ["queue.json"]  # the marker stays
         # what is left loads to the state the leader holds
         assert stored(inner).encode() == await eng.read(lambda state: state.encode())
@@ -224,3 +224,25 @@ async def test_a_silent_leader_looks_past_its_last_record_before_it_creates_the_
         await layout.write(b"{}", seq + 1, str(seq))
         assert inner.peek(log_key(seq + 1)) is not None
         nursery.cancel_scope.cancel()
+
+
+async def test_short_reigns_still_make_checkpoints(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # each leader leads for fewer commits than a checkpoint needs (5): the records
+    # since the checkpoint a new leader's state came from count towards its first
+    inner = MemoryStorage()
+    a = Watched(upkept(inner, "a"))
+    b = Watched(upkept(inner, "b"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        assert await nursery.start(b.run) is Role.STANDBY
+        await commits(a.engine, 3)  # records 2-4
+        a.engine.stop()  # record 5 releases the lease
+        with trio.fail_after(5):
+            await b.engine.wait_leader()  # record 6
+        assert inner.keys(CHECKPOINTS) == []
+        await commits(b.engine, 1, 3)  # record 7: 7 records since none
+        await checkpointed(b.engine, 1)
+        assert inner.keys(CHECKPOINTS) == [checkpoint_key(7)]
+        b.engine.stop()

@@ -114,6 +114,9 @@ class LogLayout:
         self.legacy = False
         """What is stored is a format-1 document (converted when this engine takes
         over; until then a standby follows it as the document layout does)."""
+        self.base = 0
+        """The seq of the checkpoint the state was last loaded from (0: none): the
+        records after it are what a new leader's first checkpoint saves a reader."""
         self.upkeep = Upkeep(self)
         self.retry_rng = random.Random(engine.broker_id)
         """The jitter of retried reads: a stream of its own (not drawn from the
@@ -243,7 +246,9 @@ class LogLayout:
             )
             if state.seq != seq:
                 raise DocumentInvalid(f"{name} is damaged: its seq is {state.seq}, not {seq}")
+            self.base = seq
             return state
+        self.base = 0
         return QueueState(limits=engine.limits, rng=engine.rng)
 
     async def _replay(self, state: QueueState) -> None:
@@ -367,6 +372,7 @@ class LogLayout:
             if check is None or check.data != MARKER:
                 return None
         self.legacy = False
+        self.base = state.seq
         log.warning(
             "broker %s converted %s to the log layout at seq %d (epoch %d)",
             engine.broker_id,
@@ -376,7 +382,7 @@ class LogLayout:
         )
         state.track_changes()
         self.last_record = data
-        self.upkeep.took_office()
+        self.upkeep.took_office(state.seq - self.base)
         return Took(state, str(state.seq), data)
 
     async def _claim_next(self, state: QueueState, *, epoch: int) -> Took | None:
@@ -402,7 +408,7 @@ class LogLayout:
             if got is None or got.data != data:
                 return None
         self.last_record = data
-        self.upkeep.took_office()
+        self.upkeep.took_office(state.seq - self.base)
         return Took(state, str(state.seq), data)
 
     # ----------------------------------------------------------------- commits
@@ -465,7 +471,7 @@ class LogLayout:
         if not keep(state.leader):
             return state.leader, None
         state.track_changes()
-        self.upkeep.took_office()
+        self.upkeep.took_office(state.seq - self.base)
         return state.leader, Took(state, str(state.seq), self.last_record)
 
     def document(self, state: QueueState) -> bytes:

@@ -63,11 +63,15 @@ class Upkeep:
 
     # ------------------------------------------------------- the commit path
 
-    def took_office(self) -> None:
-        """This engine leads from now: what it knew of checkpoints is stale."""
+    def took_office(self, records: int) -> None:
+        """This engine leads from now, ``records`` log records after the checkpoint
+        its state was loaded from: those count towards the next checkpoint (brokers
+        that each lead for fewer commits than a checkpoint needs would otherwise never
+        write one, and every load would replay the whole log). What it knew of
+        checkpoints is stale."""
         now = trio.current_time()
         self.last_write = self.checkpointed_at = now
-        self.commits = self.log_bytes = 0
+        self.commits, self.log_bytes = max(0, records), 0
         self.known = None
 
     def committed(self, size: int) -> None:
