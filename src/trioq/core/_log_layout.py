@@ -336,9 +336,13 @@ class LogLayout:
         later = await engine.storage.list_keys(
             self.log_prefix, start_after=self.log_key(state.seq), limit=1
         )
-        if await engine.storage.version(engine.key) is None:
+        marker = await engine.storage.read(engine.key)
+        if marker is None:
             self.following = None  # the queue vanished: look afresh
             return None
+        # commits never meet the key: a takeover is where an object written over
+        # the marker (by hand, or by a broker of another format) is found and refused
+        check_marker(marker.data, name=describe_object(engine.storage, engine.key))
         if later:
             # behind: catch up and look again; a gap (the next record is gone, later
             # ones exist) means loading afresh
