@@ -13,10 +13,10 @@ import trio
 
 from _broker_proc import broker_process, start_in_process
 from _waits import wait_for
+from trioq._inspect import read_state
 from trioq.broker._faults import describe_faults, faults_in, with_faults
 from trioq.broker._service import build_storage
 from trioq.broker._settings import BrokerSettings, parse_settings
-from trioq.core._state import QueueState
 from trioq.storage._faulty import FaultyStorage
 from trioq.storage._file import FileStorage
 from trioq.storage._memory import MemoryStorage
@@ -139,8 +139,9 @@ async def _submit_claim_complete(http: httpx.AsyncClient) -> set[str]:
     raise AssertionError(f"not every job completed: {(await http.get('/v1/stats')).text}")
 
 
-def _check_document(data: bytes, acknowledged: set[str]) -> None:
-    state = QueueState.decode(data)
+async def _check_stored(storage: Storage, key: str, acknowledged: set[str]) -> None:
+    """Every acknowledged job is in the stored state (either layout), completed."""
+    state = await read_state(storage, key)
     missing = [job_id for job_id in acknowledged if not state.knows(job_id)]
     assert not missing, f"acknowledged jobs lost: {missing}"
     assert state.counters["completed"] == len(acknowledged)
@@ -168,9 +169,7 @@ async def test_an_in_process_broker_serves_through_the_faults(
     assert faulty.injected["ambiguous"] > 0
     assert "trioq_storage_faults_enabled 1.0" in metrics
     assert 'trioq_storage_faults_injected_total{kind="error"}' in metrics
-    stored = await faulty.inner.read(chosen.key)
-    assert stored is not None
-    _check_document(stored.data, acknowledged)
+    await _check_stored(faulty.inner, chosen.key, acknowledged)
 
 
 async def test_a_broker_process_on_files_serves_through_the_faults(tmp_path: Path) -> None:
@@ -190,6 +189,4 @@ async def test_a_broker_process_on_files_serves_through_the_faults(tmp_path: Pat
         assert "trioq_storage_faults_enabled 1.0" in metrics
         broker.kill()  # kill -9: only what was written counts
         await broker.wait(within=10)
-    stored = await FileStorage(data_dir).read("queue.json")
-    assert stored is not None
-    _check_document(stored.data, acknowledged)
+    await _check_stored(FileStorage(data_dir), "queue.json", acknowledged)

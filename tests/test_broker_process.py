@@ -18,6 +18,7 @@ import trio
 from _broker_proc import BROKER_ENV_VARS, broker_process, run_broker_to_exit, s3_args, s3_env
 from _servers import S3Server, free_port, free_ports
 from _waits import wait_for
+from trioq._inspect import read_state
 from trioq._tokens import secret_value
 from trioq.broker._service import main
 from trioq.broker._settings import parse_settings
@@ -29,9 +30,9 @@ def file_args(directory: Path, *extra: str) -> list[str]:
 
 
 async def stored_document(directory: Path) -> dict[str, Any]:
-    got = await FileStorage(directory / "data").read("queue.json")
-    assert got is not None
-    document: dict[str, Any] = orjson.loads(got.data)
+    """The committed state as one format-1 document, whatever the layout."""
+    state = await read_state(FileStorage(directory / "data"))
+    document: dict[str, Any] = orjson.loads(state.encode())
     return document
 
 

@@ -41,6 +41,7 @@ from _broker_proc import (
 from _servers import S3Server, read_only_env
 from _waits import wait_for
 from trioq import DocumentInvalid, StorageUnavailable
+from trioq._inspect import read_state
 from trioq.core._engine import Engine
 from trioq.storage._file import FileStorage
 from trioq.storage._protocol import Storage, Versioned
@@ -189,6 +190,11 @@ async def submit(http: httpx.AsyncClient, url: str, job_id: str) -> httpx.Respon
 FAST = ["--broker-heartbeat-interval-ms", "200", "--broker-heartbeat-timeout-ms", "2000"]
 """The leader commits (and so meets an overwritten document) every 200 ms."""
 
+DOCUMENT = ["--layout", "document"]
+"""Format 1, where every commit meets the object at the key. In the log layout the key
+holds a marker that commits never touch: it is checked at each takeover
+(:func:`test_a_marker_overwritten_under_a_log_leader_stops_the_next_takeover`)."""
+
 
 @pytest.mark.parametrize("case", ["foreign-object", "future-format", "truncated", "binary"])
 async def test_file_leader_and_standby_refuse_a_document_overwritten_under_them(
@@ -200,7 +206,7 @@ async def test_file_leader_and_standby_refuse_a_document_overwritten_under_them(
     Neither writes over it."""
     data, problem = BAD_OBJECTS[case]
     storage = FileStorage(tmp_path / "data")
-    args = ["--data-dir", str(storage.directory), "--port", "0", *FAST]
+    args = ["--data-dir", str(storage.directory), "--port", "0", *FAST, *DOCUMENT]
     async with (
         broker_process(args, log_path=tmp_path / "leader.log") as leader,
         broker_process(args, log_path=tmp_path / "standby.log") as standby,
@@ -215,6 +221,37 @@ async def test_file_leader_and_standby_refuse_a_document_overwritten_under_them(
             assert await broker.wait(within=30) == 1, broker.log()
             the_refusal(broker.log(), f"{KEY} at {storage.path(KEY)} (file storage)", problem)
     assert await storage.read(KEY) == Versioned(data, version)
+
+
+@pytest.mark.parametrize("case", ["foreign-object", "future-format"])
+async def test_a_marker_overwritten_under_a_log_leader_stops_the_next_takeover(
+    tmp_path: Path, case: str
+) -> None:
+    """The log layout: someone overwrites the marker at the key while a broker leads
+    and another stands by. Commits create records and never meet it; when the leader
+    stops, the standby's takeover reads the marker first, refuses with the line, and
+    writes nothing: no record after the leader's last."""
+    data, problem = BAD_OBJECTS[case]
+    storage = FileStorage(tmp_path / "data")
+    args = ["--data-dir", str(storage.directory), "--port", "0", *FAST]
+    async with (
+        broker_process(args, log_path=tmp_path / "leader.log") as leader,
+        broker_process(args, log_path=tmp_path / "standby.log") as standby,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        assert (leader.role, standby.role) == ("leader", "standby")
+        assert (await submit(http, leader.url, "before")).status_code == 200
+        got = await storage.read(KEY)
+        assert got is not None
+        version = await overwrite(storage, data, got.version)
+        assert (await submit(http, leader.url, "after")).status_code == 200
+        leader.terminate()
+        assert await leader.wait(within=30) == 0, leader.log()
+        records = await storage.list_keys("queue/log/")
+        assert await standby.wait(within=30) == 1, standby.log()
+        the_refusal(standby.log(), f"{KEY} at {storage.path(KEY)} (file storage)", problem)
+    assert await storage.read(KEY) == Versioned(data, version)
+    assert await storage.list_keys("queue/log/") == records
 
 
 async def overwrite(storage: Storage, data: bytes, version: str) -> str:
@@ -233,7 +270,7 @@ async def test_s3_leader_refuses_a_document_overwritten_under_it(
     tmp_path: Path, seaweedfs: S3Server, seaweedfs_bucket: str, case: str
 ) -> None:
     data, problem = BAD_OBJECTS[case]
-    args = [*s3_args(seaweedfs, seaweedfs_bucket), "--port", "0", *FAST]
+    args = [*s3_args(seaweedfs, seaweedfs_bucket), "--port", "0", *FAST, *DOCUMENT]
     async with (
         broker_process(args, log_path=tmp_path / "leader.log", env=s3_env(seaweedfs)) as leader,
         httpx.AsyncClient(timeout=30) as http,
@@ -401,12 +438,12 @@ async def broker_ignoring_sigxfsz(
                 await stream.aclose()
 
 
-async def full_disk_scenario(tmp_path: Path, filler: Filler) -> None:
+async def full_disk_scenario(tmp_path: Path, filler: Filler, layout: str = "log") -> None:
     """Jobs acknowledged, the disk fills, submits fail with 503 StorageUnavailable
     (one outage line in the log however many commits fail), space returns, submits
     succeed again, and every job acknowledged before is still there."""
     data_dir = filler.data_dir()
-    args = ["--data-dir", str(data_dir), "--port", "0", *FAST]
+    args = ["--data-dir", str(data_dir), "--port", "0", *FAST, "--layout", layout]
     async with (
         broker_ignoring_sigxfsz(args, log_path=tmp_path / "broker.log") as broker,
         httpx.AsyncClient(timeout=60) as http,
@@ -438,10 +475,8 @@ async def full_disk_scenario(tmp_path: Path, filler: Filler) -> None:
             found = await http.get(f"{broker.url}/v1/jobs/{job_id}")
             assert found.status_code == 200, (job_id, found.text)
         assert broker.returncode is None
-    stored = await FileStorage(data_dir).read(KEY)
-    assert stored is not None
-    ids = {job["id"] for job in orjson.loads(stored.data)["jobs"]}
-    assert {*acknowledged, "after"} <= ids
+    state = await read_state(FileStorage(data_dir), KEY)
+    assert {*acknowledged, "after"} <= set(state.jobs)
 
 
 async def test_full_disk_fails_commits_and_recovers(tmp_path: Path) -> None:
@@ -451,9 +486,10 @@ async def test_full_disk_fails_commits_and_recovers(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="prlimit of another process is Linux's")
-async def test_file_size_limit_fails_commits_and_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["log", "document"])
+async def test_file_size_limit_fails_commits_and_recovers(tmp_path: Path, layout: str) -> None:
     with full_disk_filler(tmp_path, kind="rlimit") as filler:
-        await full_disk_scenario(tmp_path, filler)
+        await full_disk_scenario(tmp_path, filler, layout)
 
 
 async def test_file_backend_maps_a_full_disk_to_storage_unavailable(tmp_path: Path) -> None:
@@ -479,14 +515,15 @@ async def test_file_backend_maps_a_full_disk_to_storage_unavailable(tmp_path: Pa
 # ------------------------------------------------------------ read-only bucket
 
 
+@pytest.mark.parametrize("layout", ["log", "document"])
 async def test_a_broker_with_read_only_credentials_cannot_lead(
-    tmp_path: Path, seaweedfs: S3Server, seaweedfs_bucket: str
+    tmp_path: Path, seaweedfs: S3Server, seaweedfs_bucket: str, layout: str
 ) -> None:
     """A leader with a writable identity acknowledges jobs and stops (its lease
     released). A broker with a read-only identity reads the queue, tries to take it
     over, is refused the write and exits with one line saying so; the queue and
     every acknowledged job are as they were."""
-    args = [*s3_args(seaweedfs, seaweedfs_bucket), "--port", "0"]
+    args = [*s3_args(seaweedfs, seaweedfs_bucket), "--port", "0", "--layout", layout]
     async with (
         broker_process(args, log_path=tmp_path / "rw.log", env=s3_env(seaweedfs)) as leader,
         httpx.AsyncClient(timeout=30) as http,
@@ -495,18 +532,38 @@ async def test_a_broker_with_read_only_credentials_cannot_lead(
             assert (await submit(http, leader.url, f"job-{n}")).status_code == 200
         leader.terminate()
         assert await leader.wait(within=30) == 0, leader.log()
-    before = s3_object(seaweedfs, seaweedfs_bucket)
-    assert before is not None
+    before = bucket_objects(seaweedfs, seaweedfs_bucket)
     code, _, err = await run_broker_to_exit(args, env=read_only_env(seaweedfs))
     assert code == 1, err
     lines = [line for line in err.splitlines() if line.startswith("trioq broker:")]
     assert len(lines) == 1, err
-    assert f"s3://{seaweedfs_bucket}/{KEY}" in lines[0]
+    # the takeover's write: the document, or the log's next record
+    written = KEY if layout == "document" else "queue/log/"
+    assert f"s3://{seaweedfs_bucket}/{written}" in lines[0]
     assert "the store refused the write (HTTP 403 AccessDenied" in lines[0]
     assert "read-only credentials" in lines[0]
-    assert s3_object(seaweedfs, seaweedfs_bucket) == before
-    jobs = {job["id"] for job in orjson.loads(before[0])["jobs"]}
-    assert jobs == {"job-0", "job-1", "job-2"}
+    assert bucket_objects(seaweedfs, seaweedfs_bucket) == before
+    storage = S3Storage(
+        seaweedfs_bucket,
+        endpoint_url=seaweedfs.endpoint_url,
+        region="us-east-1",
+        access_key_id=seaweedfs.access_key_id,
+        secret_access_key=seaweedfs.secret_access_key,
+    )
+    try:
+        assert set((await read_state(storage, KEY)).jobs) == {"job-0", "job-1", "job-2"}
+    finally:
+        storage.close()
+
+
+def bucket_objects(server: S3Server, bucket: str) -> dict[str, str]:
+    """Every object in ``bucket``: its key and ETag."""
+    client = server.client()
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+    finally:
+        client.close()
 
 
 class SwitchedStorage:

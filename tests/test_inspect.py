@@ -52,7 +52,8 @@ async def queue_with_jobs(tmp_path: Path, args: Sequence[str], env: Mapping[str,
 async def test_a_valid_file_queue(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     flags = ["--data-dir", str(data_dir)]
-    await queue_with_jobs(tmp_path, [*flags, "--port", "0"], {})
+    # format 1 (the log layout's report: test_a_log_layout_queue...)
+    await queue_with_jobs(tmp_path, [*flags, "--port", "0", "--layout", "document"], {})
     code, out, err = await inspect(flags)
     assert code == 0, err
     text = out.decode()

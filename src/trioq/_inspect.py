@@ -38,7 +38,7 @@ from .core._state import QueueState
 from .storage._file import FileStorage
 from .storage._protocol import Storage
 
-__all__ = ["inspect_object", "main"]
+__all__ = ["inspect_object", "main", "read_state"]
 
 VALID, INVALID, UNREADABLE = 0, 1, 2
 """The exit statuses."""
@@ -101,6 +101,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "trioq inspect") -> i
     else:
         print_report(report, sys.stdout)
     return int(report["exit"])
+
+
+async def read_state(storage: Storage, key: str = "queue.json") -> QueueState:
+    """The committed state stored at ``key``, in either layout, read as
+    :func:`inspect_object` reads it (nothing written). Raises
+    :class:`~trioq.DocumentInvalid` for an object that is not a queue, or no object."""
+    report = await inspect_object(storage, key)
+    if "_state" not in report:
+        raise DocumentInvalid(f"{report['location']}: {report.get('problem', report['status'])}")
+    state: QueueState = report["_state"]
+    return state
 
 
 async def inspect_object(storage: Storage, key: str) -> dict[str, Any]:

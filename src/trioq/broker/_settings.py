@@ -113,7 +113,7 @@ class BrokerSettings(Settings):
             "how the queue is stored: document (one object rewritten by every commit) or "
             "log (one object a commit; docs/log-layout.md)",
         ),
-    ] = "document"
+    ] = "log"
     checkpoint_commits: Annotated[
         int,
         Field(ge=1),
