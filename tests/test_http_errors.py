@@ -530,7 +530,8 @@ async def test_storage_unavailable_is_503_and_loses_nothing(
     broker = await start_in_process(nursery, settings_for(tmp_path), storage=storage)
     async with httpx.AsyncClient(base_url=broker.url, verify=False) as http:
         await http.post("/v1/jobs", json={"payload": 1, "id": "before"})
-        storage.inject("error", count=None, ops=["write"], error=StorageUnreachable)
+        # a commit is a write (document layout) or a create (log layout)
+        storage.inject("error", count=None, ops=["write", "create"], error=StorageUnreachable)
         failed = await http.post("/v1/jobs", json={"payload": 2, "id": "during"})
         assert_error(failed, 503, "StorageUnavailable")
         storage.clear()
@@ -639,10 +640,10 @@ BASES: dict[str, dict[str, Any]] = {
 }
 
 
-def committed(broker: InProcessBroker) -> dict[str, Any]:
-    """What :func:`snapshot` answers, read from the leader's last commit in-process."""
-    document = broker.broker.engine.document
-    assert document is not None
+async def committed(broker: InProcessBroker) -> dict[str, Any]:
+    """What :func:`snapshot` answers, read from the leader's committed state
+    in-process (either layout)."""
+    document = await broker.broker.engine.read(lambda state: state.encode())
     parsed = orjson.loads(document)
     return {k: parsed[k] for k in ("jobs", "dead", "finished", "counters", "nextOrder")}
 
@@ -667,14 +668,14 @@ async def _fuzz(broker: InProcessBroker, http: httpx.AsyncClient) -> None:
             for value in HOSTILE_VALUES:
                 body = {**BASES[route], field: value}
                 path = route if route.startswith("/") else f"/v1/jobs/{job_id}/{route}"
-                before = committed(broker)
+                before = await committed(broker)
                 response = await http.post(path, json=body)
                 checked += 1
                 status = response.status_code
                 assert status < 500, (path, body, response.text)
                 if status >= 400:
                     assert response.json()["_tag"] in KNOWN_TAGS[status], (path, body)
-                    assert committed(broker) == before, (path, body, response.text)
+                    assert await committed(broker) == before, (path, body, response.text)
                 elif not route.startswith("/"):
                     # the held job moved on (completed, failed, released): hold a new one
                     job_id = await held_job(http)
