@@ -134,6 +134,34 @@ async def test_collection_deletes_what_is_older_than_the_grace_period_and_nothin
         eng.stop()
 
 
+async def test_what_a_burst_of_checkpoints_replaced_goes_a_grace_period_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two checkpoints in a burst, then only the leader's heartbeat records (one every
+    3 s): the older checkpoint and the records up to the newer one are deleted when
+    the newer leaves its grace period (7 s here), not at the next checkpoint (15.5 s)."""
+    inner = MemoryStorage()
+    eng = engine(inner, "a", checkpoint_commits=5, gc_grace=7.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(eng.run)
+        await commits(eng, 4)  # records 2-5: a checkpoint at 5
+        await checkpointed(eng, 1)
+        await commits(eng, 5, 4)  # records 6-10: at 10
+        await checkpointed(eng, 2)
+        burst = trio.current_time()
+        assert burst < 1.0
+        assert inner.keys(CHECKPOINTS) == [checkpoint_key(5), checkpoint_key(10)]
+        await trio.sleep_until(burst + 7.0 - 0.01)
+        assert inner.keys(CHECKPOINTS) == [checkpoint_key(5), checkpoint_key(10)]
+        await trio.sleep_until(burst + 7.0 + 0.01)
+        assert eng.metrics["checkpoints"] == 2  # no checkpoint since the burst
+        assert inner.keys(CHECKPOINTS) == [checkpoint_key(10)]
+        assert inner.keys(LOG_PREFIX)[0] == log_key(11)
+        assert eng.metrics["collected"] == 1 + 10
+        assert stored(inner).encode() == await eng.read(lambda state: state.encode())
+        eng.stop()
+
+
 async def test_a_standby_that_fell_behind_past_collection_loads_afresh_and_takes_over(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -17,14 +17,19 @@ checkpoint or a newer one, so it needs no record at or below it. A reader that i
 slower anyway meets a gap and loads afresh from the newest checkpoint. Checkpoints
 written before this engine took office count from the moment it did.
 
+A collection runs after each checkpoint, and also when a checkpoint leaves its grace
+period with no newer one written (after a burst of checkpoints, what they replaced
+goes ``gc_grace`` later, not at the next checkpoint, which may be many minutes away).
 A failed checkpoint or collection is logged (once in a row) and tried again with the
-next commit that makes one due; it never touches the commit path.
+next commit that makes one due, or a grace period later; it never touches the commit
+path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -60,6 +65,10 @@ class Upkeep:
         until listed after taking office."""
         self.failing = False
         self._due = trio.Event()
+        self.collect_at = math.inf
+        """When the oldest checkpoint still within its grace period leaves it (trio
+        time): a collection is due then, commits or not, so that what a burst of
+        checkpoints replaced goes within ``gc_grace`` rather than at the next one."""
 
     # ------------------------------------------------------- the commit path
 
@@ -73,6 +82,7 @@ class Upkeep:
         self.last_write = self.checkpointed_at = now
         self.commits, self.log_bytes = max(0, records), 0
         self.known = None
+        self.collect_at = now + self.layout.engine.config.gc_grace
 
     def committed(self, size: int) -> None:
         """A commit of ``size`` bytes landed: count it, and wake the task when a
@@ -96,17 +106,25 @@ class Upkeep:
         engine's nursery; it never returns)."""
         engine = self.layout.engine
         while True:
-            await self._due.wait()
-            self._due = trio.Event()
+            with trio.move_on_at(self.collect_at):
+                await self._due.wait()
+            due = self._due.is_set()
+            if due:
+                self._due = trio.Event()
             if not engine.is_leader:
+                self.collect_at = math.inf  # set again on taking office
                 continue
             try:
-                await self.checkpoint()
+                if due:
+                    await self.checkpoint()
                 await self.collect()
             except StorageUnavailable as exc:
                 if not self.failing:
                     log.warning("checkpoint or log collection failed (retried later): %s", exc)
                 self.failing = True
+                # a collection due by time is tried again after a grace period, not
+                # at once in a loop
+                self.collect_at = trio.current_time() + engine.config.gc_grace
                 continue
             if self.failing:
                 log.info("checkpoints and log collection work again")
@@ -152,8 +170,12 @@ class Upkeep:
         config, storage = layout.engine.config, layout.engine.storage
         await self._list_known()
         assert self.known is not None
-        ripe = trio.current_time() - config.gc_grace
-        old = [seq for seq, since in self.known.items() if since <= ripe]
+        # each side of one comparison (since + grace against now), so that the time
+        # set for the next collection is strictly later than now: no busy loop
+        now = trio.current_time()
+        ripens = {seq: since + config.gc_grace for seq, since in self.known.items()}
+        old = [seq for seq, at in ripens.items() if at <= now]
+        self.collect_at = min((at for at in ripens.values() if at > now), default=math.inf)
         if not old:
             return 0
         horizon = max(old)
