@@ -49,6 +49,7 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         "JobTimeout",
         # client
         "Client",
+        "SyncClient",
         "Claimed",
         "JobSpec",
         # worker

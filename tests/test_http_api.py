@@ -441,7 +441,7 @@ async def test_stats_shape(broker: InProcessBroker, http: httpx.AsyncClient) -> 
     await submit(http, 2)
     await claim(http)
     body = await stats(http)
-    assert set(body) == STATS_KEYS | {"groupCommitIntervalMs"}
+    assert set(body) == STATS_KEYS | {"groupCommitIntervalMs", "byType"}
     assert body == {
         "total": 2,
         "unclaimed": 1,
@@ -449,6 +449,7 @@ async def test_stats_shape(broker: InProcessBroker, http: httpx.AsyncClient) -> 
         "completedTotal": 0,
         "brokerAddress": broker.url,
         "groupCommitIntervalMs": COMMIT_INTERVAL_MS,
+        "byType": {"default": {"unclaimed": 1, "inProgress": 1}},
     }
 
 

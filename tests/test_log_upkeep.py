@@ -13,7 +13,7 @@ from test_engine import Recorder, check_history, log_key, stored
 from test_log_layout import LOG_PREFIX, Watched, engine, jobs
 from trioq import CASConflict, FaultyStorage, MemoryStorage
 from trioq.core._engine import Engine, Role
-from trioq.core._log_layout import LogLayout
+from trioq.core._log_layout import LogLayout, newest_leader
 from trioq.core._state import QueueState
 
 CHECKPOINTS = "queue/checkpoint/"
@@ -160,6 +160,33 @@ async def test_what_a_burst_of_checkpoints_replaced_goes_a_grace_period_later(
         assert eng.metrics["collected"] == 1 + 10
         assert stored(inner).encode() == await eng.read(lambda state: state.encode())
         eng.stop()
+
+
+async def test_the_newest_leader_is_read_from_the_last_record_after_collection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What ``Client.from_storage`` reads in the log layout: the newest record's
+    leader, found after the newest checkpoint, also once older ones are collected and
+    once the leader has released its lease."""
+    inner = MemoryStorage()
+    eng = upkept(inner)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(eng.run)
+        await commits(eng, 9)  # checkpoints at 5 and 10
+        await checkpointed(eng, 2)
+        leader = await newest_leader(inner, "queue.json")
+        assert leader is not None
+        assert (leader.broker_id, leader.epoch, leader.released) == ("a", 1, False)
+        await trio.sleep(60.0)  # collection, heartbeat records after the checkpoints
+        assert eng.metrics["collected"] > 0
+        leader = await newest_leader(inner, "queue.json")
+        assert leader is not None
+        assert (leader.broker_id, leader.released) == ("a", False)
+        eng.stop()
+    leader = await newest_leader(inner, "queue.json")
+    assert leader is not None
+    assert (leader.broker_id, leader.released) == ("a", True)
+    assert await newest_leader(MemoryStorage(), "queue.json") is None
 
 
 async def test_a_standby_that_fell_behind_past_collection_loads_afresh_and_takes_over(

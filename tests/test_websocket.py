@@ -105,6 +105,7 @@ async def test_every_method(broker: InProcessBroker, ws: AsyncWebSocketSession) 
         "completedTotal": 0,
         "brokerAddress": broker.url,
         "groupCommitIntervalMs": 0,
+        "byType": {},
     }
     assert await ok(ws, "submitJob", {"payload": {"n": 1}, "type": "t", "id": "a"}) == {
         "jobId": "a"

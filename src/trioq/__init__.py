@@ -1,6 +1,7 @@
 """trioq: a distributed job queue for Trio on one JSON document in object storage.
 
-Producers and workers use :class:`Client` and :class:`Worker`; the broker runs as
+Producers and workers use :class:`Client` (trio or asyncio) and :class:`Worker`;
+code that is not async submits with :class:`SyncClient`; the broker runs as
 ``python -m trioq.broker``; :mod:`trioq.testing` runs one in-process for tests.
 Every error derives from :class:`TrioqError` and carries a stable ``tag``.
 """
@@ -32,6 +33,7 @@ from ._errors import StorageUnreachable as StorageUnreachable
 from ._errors import TrioqError as TrioqError
 from ._errors import Unauthorized as Unauthorized
 from ._errors import WriteOutcomeUnknown as WriteOutcomeUnknown
+from ._sync import SyncClient as SyncClient
 from .client import Claimed as Claimed
 from .client import Client as Client
 from .client import JobSpec as JobSpec
@@ -89,6 +91,7 @@ __all__ = [
     "StorageAuthError",
     "StorageUnavailable",
     "StorageUnreachable",
+    "SyncClient",
     "ThrottledStorage",
     "TrioqError",
     "Unauthorized",

@@ -1,6 +1,9 @@
 """How the client talks to brokers: one request, tried again while that is safe,
 following the leader, within a deadline (:class:`Caller`), and error bodies turned
-back into exceptions. Concurrent submits are coalesced in :mod:`trioq._coalescer`."""
+back into exceptions. Concurrent submits are coalesced in :mod:`trioq._coalescer`.
+
+Runs under trio and asyncio: its clock and sleeps are anyio's (trio's, under trio,
+so a ``trio.testing.MockClock`` drives the retries)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import orjson
-import trio
 
 from ._backoff import backoff_delay
 from ._errors import ERRORS_BY_TAG, BrokerUnreachable, NotLeader, TrioqError, WriteOutcomeUnknown
@@ -150,7 +153,7 @@ class Caller:
     ) -> httpx.Response:
         """Send a request, retrying what is safe to retry, until the deadline
         (``retry_deadline`` seconds, default the client's)."""
-        started = trio.current_time()
+        started = anyio.current_time()
         deadline = started + (self.retry_deadline if retry_deadline is None else retry_deadline)
         request = _Request(method, path, None if body is None else orjson.dumps(body), params)
         attempt = starting_waits = 0
@@ -164,7 +167,7 @@ class Caller:
             answer = await self._attempt(request, url, claim=claim, extra_timeout=extra_timeout)
             if isinstance(answer, httpx.Response):
                 return answer
-            now = trio.current_time()
+            now = anyio.current_time()
             if now >= deadline:
                 raise _gave_up(
                     answer.error, f"{method} {path}", attempt, now - started, tried
@@ -186,7 +189,7 @@ class Caller:
                 answer.error,
                 delay,
             )
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
 
     def _retry_delay(self, answer: _Retry, attempt: int, starting_waits: int) -> float:
         """The wait before the next try: short for a broker that is still starting."""

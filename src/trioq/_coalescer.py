@@ -1,5 +1,6 @@
 """Concurrent ``Client.submit()`` calls coalesced into bulk requests
-(:class:`Coalescer`), without a task of its own."""
+(:class:`Coalescer`), without a task of its own, under trio or asyncio (anyio's
+events and cancel scopes: trio's own under trio)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
+import anyio
 
 from ._calls import own_copy
 from ._errors import BrokerUnreachable, TrioqError
@@ -36,7 +37,7 @@ class _Pending:
 
     item: dict[str, Any]
     size: int
-    done: trio.Event = field(default_factory=trio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
     """Set when :attr:`result` arrives, or when the caller is handed the duty to send."""
     result: str | TrioqError | None = None
     taken: bool = False
@@ -59,7 +60,10 @@ class Coalescer:
     once, with no timer; under load each request carries what arrived while the
     previous one was out. The send is shielded (so the other callers in it get their
     outcome) and bounded by ``bound`` seconds; a sender cancelled before it sent
-    hands its turn on the same way.
+    hands its turn on the same way. asyncio's own cancellation (``task.cancel()``,
+    ``asyncio.timeout``) goes through any shield: a sender cancelled that way mid-send
+    gives the other callers in its request a :class:`~trioq.BrokerUnreachable`
+    saying the outcome is unknown, rather than leaving them waiting.
     """
 
     def __init__(self, send: BulkSend, *, bound: float) -> None:
@@ -83,7 +87,7 @@ class Coalescer:
             elif me.result is not None:
                 return me.result
             else:
-                me.done = trio.Event()  # the flags above say why it was set last
+                me.done = anyio.Event()  # the flags above say why it was set last
                 try:
                     await me.done.wait()
                 except BaseException:
@@ -120,20 +124,29 @@ class Coalescer:
     async def _send_batch(self, batch: list[_Pending]) -> None:
         """One request, shielded and bounded; every job in it gets its outcome."""
         results: list[str | TrioqError] | None = None
-        with trio.CancelScope(shield=True):
-            try:
-                with trio.move_on_after(self._bound):
-                    results = await self._send([p.item for p in batch])
-            except Exception as exc:  # a bug: still, no caller may wait forever
-                failed = TrioqError(f"a bulk submit failed: {exc!r}")
-                failed.__cause__ = exc
-                results = [own_copy(failed) for _ in batch]
-        if results is None or len(results) != len(batch):
-            gone = BrokerUnreachable(f"no answer to a bulk submit within {self._bound:g} s")
-            results = [own_copy(gone) for _ in batch]
-        for pending, result in zip(batch, results, strict=True):
-            pending.result = result
-            pending.done.set()
+        interrupted = True
+        try:
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.move_on_after(self._bound):
+                        results = await self._send([p.item for p in batch])
+                except Exception as exc:  # a bug: still, no caller may wait forever
+                    failed = TrioqError(f"a bulk submit failed: {exc!r}")
+                    failed.__cause__ = exc
+                    results = [own_copy(failed) for _ in batch]
+            interrupted = False
+        finally:
+            # in a finally: asyncio's task.cancel() goes through the shield, and the
+            # other callers in this request must not wait forever for it
+            if results is None or len(results) != len(batch):
+                if interrupted:
+                    results = [_cut_off(p.item.get("id")) for p in batch]
+                else:
+                    gone = BrokerUnreachable(f"no answer to a bulk submit within {self._bound:g} s")
+                    results = [own_copy(gone) for _ in batch]
+            for pending, result in zip(batch, results, strict=True):
+                pending.result = result
+                pending.done.set()
 
     def _promote(self) -> None:
         """Hand free turns to the oldest callers still queued."""
@@ -154,3 +167,11 @@ class Coalescer:
             me.sender = False
             self._senders -= 1
             self._promote()
+
+
+def _cut_off(job_id: object) -> TrioqError:
+    """The outcome of a job whose request was cancelled mid-send (asyncio)."""
+    return BrokerUnreachable(
+        f"the bulk submit carrying job {job_id} was cancelled mid-send: whether it was "
+        f"enqueued is unknown (a submit again with id={job_id!r} cannot create a second job)"
+    )

@@ -25,6 +25,12 @@ What it does for you:
   before they are sent: a job the broker would refuse raises the same
   :class:`~trioq.BrokerProtocolError`, with the same message, without a round trip;
   answers are read with the same schema.
+
+The client runs under trio and under asyncio (its waits, deadlines and shields are
+anyio's, which defer to trio's under trio): a web app's asyncio event loop submits
+with the same calls, ids, retries and errors as a trio program. Only
+:meth:`~Client.from_storage` is trio-only. :class:`~trioq.SyncClient` wraps it for
+code that is not async at all.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+import anyio
 import httpx
 import orjson
 import trio
@@ -72,6 +79,7 @@ from ._wire import (
     parse,
 )
 from ._wire import encode_payload as encode_payload
+from .core._log_layout import is_marker, newest_leader
 from .core._state import QueueState
 from .storage._protocol import Storage
 
@@ -165,7 +173,8 @@ def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
 class Client:
     """Talks to a trioq broker (or several, following whichever leads).
 
-    Use as ``async with Client("http://broker:8080") as client: ...``.
+    Use as ``async with Client("http://broker:8080") as client: ...``, under trio or
+    asyncio (see the module docstring; :meth:`from_storage` is trio-only).
 
     Parameters:
         urls: one broker URL, a comma-separated list, or a sequence of URLs.
@@ -231,15 +240,12 @@ class Client:
     async def from_storage(
         cls, storage: Storage, *, key: str = "queue.json", **kwargs: Any
     ) -> Self:
-        """A client of the broker the queue document names as its leader."""
-        got = await storage.read(key)
-        if got is None:
-            raise NotLeader(f"{key} does not exist in {storage.describe()}: no broker has started")
-        # the header only: parsing a 100,000-job document would stall the event loop
-        _, leader = QueueState.decode_header(got.data, name=f"{key} in {storage.describe()}")
-        if leader is None or not leader.url:
-            raise NotLeader(f"{key} in {storage.describe()} names no leader", leader=None)
-        return cls(leader.url, **kwargs)
+        """A client of the broker the queue document names as its leader.
+
+        Trio only: the storage backends do their I/O with trio. Under another event
+        loop this raises RuntimeError (``SyncClient.from_storage`` works anywhere).
+        """
+        return cls(await _leader_url(storage, key=key), **kwargs)
 
     @property
     def url(self) -> str:
@@ -264,7 +270,8 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
+        """Close the connections (shielded from cancellation, at most 5 s)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._http.aclose()
 
     # ------------------------------------------------------------------ producer
@@ -290,20 +297,20 @@ class Client:
         job = _new_job(spec, "job: ")
         item, size = job.to_json(), len(job.payload_json or b"")
         caller = self._caller
-        deadline = trio.current_time() + caller.retry_deadline
+        deadline = anyio.current_time() + caller.retry_deadline
         tries = 0
         while True:
             result = await self._submits.submit(item, size)
             if isinstance(result, str):
                 return result
             # a QueueFull of the whole request was retried to the deadline already
-            left = deadline - trio.current_time()
+            left = deadline - anyio.current_time()
             if not isinstance(result, QueueFull) or left <= 0:
                 raise result
             tries += 1
             wait = min(caller.retry_wait(tries), left)
             _log.debug("submit of %s: %r; retrying in %.2f s", item.get("id"), result, wait)
-            await trio.sleep(wait)
+            await anyio.sleep(wait)
 
     async def submit_many(self, jobs: Iterable[JobSpec]) -> list[str]:
         """Enqueue a batch atomically (validated as a whole); ids in input order."""
@@ -366,13 +373,29 @@ class Client:
         """Queue counters from the leader (``retry_deadline``: this call's, in seconds)."""
         return dict((await self._call("GET", "/v1/stats", retry_deadline=retry_deadline)).json())
 
-    async def jobs(self, *, limit: int = 1000, cursor: str | None = None) -> dict[str, Any]:
+    async def jobs(
+        self,
+        *,
+        limit: int = 1000,
+        cursor: str | None = None,
+        status: str | None = None,
+        type: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue stats and a page of queued jobs (``GET /v1/jobs``), only those with
+        this ``status`` (``"unclaimed"`` or ``"in_progress"``) and this ``type`` when
+        given; ``cursor`` is a previous page's ``nextCursor``, with the same filters."""
         params: dict[str, Any] = {"limit": limit}
         if cursor:
             params["cursor"] = cursor
+        if status is not None:
+            params["status"] = status
+        if type is not None:
+            params["type"] = type
         return dict((await self._call("GET", "/v1/jobs", params=params)).json())
 
     async def dead(self, *, limit: int = 1000, cursor: str | None = None) -> dict[str, Any]:
+        """A page of the dead-letter list (``GET /v1/dead``); ``cursor`` is a previous
+        page's ``nextCursor``."""
         params: dict[str, Any] = {"limit": limit}
         if cursor:
             params["cursor"] = cursor
@@ -500,6 +523,30 @@ class Client:
     async def release(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         """Give a claimed job back at once, without counting the attempt."""
         await self._call("POST", f"/v1/jobs/{job_id}/release", _held(worker_id, attempt))
+
+
+async def _leader_url(storage: Storage, *, key: str = "queue.json") -> str:
+    """The URL of the broker that the queue document ``key`` names as its leader
+    (trio only); NotLeader if there is no document or it names no leader."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        raise RuntimeError(
+            "Client.from_storage reads the storage with trio: call it under trio, or "
+            "use trioq.SyncClient.from_storage, or pass the broker URL to Client"
+        ) from None
+    got = await storage.read(key)
+    if got is None:
+        raise NotLeader(f"{key} does not exist in {storage.describe()}: no broker has started")
+    name = f"{key} in {storage.describe()}"
+    if is_marker(got.data, name=name):
+        leader = await newest_leader(storage, key)  # the log layout: its newest record
+    else:
+        # the header only: parsing a 100,000-job document would stall the event loop
+        _, leader = QueueState.decode_header(got.data, name=name)
+    if leader is None or not leader.url:
+        raise NotLeader(f"{key} in {storage.describe()} names no leader", leader=None)
+    return leader.url
 
 
 def _chunks(items: list[NewJob]) -> Iterator[list[NewJob]]:

@@ -100,8 +100,16 @@ class JobStatus(WireModel):
     status: Literal["cancelled", "cancelling", "completed", "unclaimed"]
 
 
+class TypeCounts(WireModel):
+    """The queued jobs of one type, by status."""
+
+    unclaimed: int
+    in_progress: int
+
+
 class Stats(WireModel):
-    """``GET /v1/stats`` (osqueue's fields, and the broker's commit interval)."""
+    """``GET /v1/stats`` (osqueue's fields, the broker's commit interval, and the
+    queued jobs of each type that has any)."""
 
     total: int
     unclaimed: int
@@ -109,6 +117,7 @@ class Stats(WireModel):
     completed_total: int
     broker_address: str
     group_commit_interval_ms: int
+    by_type: dict[str, TypeCounts]
 
 
 class QueuedJobView(WireModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -23,6 +23,7 @@ from ._limits import (
     DelayMs,
     ErrorText,
     JobId,
+    JobType,
     Limit,
     WireModel,
     WorkerId,
@@ -168,6 +169,23 @@ class ListQuery(WireModel):
 
     limit: Annotated[Limit | None, BeforeValidator(blank_is_none)] = None
     cursor: Annotated[Cursor | None, BeforeValidator(blank_is_none)] = None
+
+
+class JobsQuery(ListQuery):
+    """``GET /v1/jobs``: a :class:`ListQuery` of the queued jobs with this ``status``
+    and (AND) this ``type``, either optional; ``nextCursor`` goes on with the same
+    filters."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"limit": 100, "status": "unclaimed", "type": "email:send"}]
+        }
+    )
+
+    status: Annotated[
+        Literal["unclaimed", "in_progress"] | None, BeforeValidator(blank_is_none)
+    ] = None
+    type: Annotated[JobType | None, BeforeValidator(blank_is_none)] = None
 
 
 class JobRef(WireModel):

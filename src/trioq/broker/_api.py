@@ -26,6 +26,7 @@ from .._wire import (
     NewJob,
     ParsedExchange,
 )
+from .._wire._requests import JobsQuery
 from ..core._engine import Engine
 from ..core._jobs import DeadJob, FinishedJob, Job
 from ..core._state import EnqueueResult, Outcome, QueueState, Reports
@@ -186,6 +187,8 @@ class BrokerApi:
             "brokerAddress": self.engine.url,
             # workers bound how long a claim in flight is awaited at a stop by it
             "groupCommitIntervalMs": round(self.engine.config.group_commit_interval * 1000),
+            # kept up to date at each commit, O(types): cheap to read this often
+            "byType": self.engine.committed_by_type,
         }
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
@@ -198,14 +201,35 @@ class BrokerApi:
         return await self.engine.read(view)
 
     async def list_jobs(self, query: ListQuery) -> dict[str, Any]:
+        """A page of queued jobs; a :class:`JobsQuery` filters them (the WebSocket's
+        ``listJobs`` takes a plain :class:`ListQuery`: no filters)."""
         limit, after = query.limit or MAX_LIST, int(query.cursor or 0)
-        return await self.engine.read(lambda state: self._jobs_page(state, limit, after))
+        status = job_type = None
+        if isinstance(query, JobsQuery):
+            status, job_type = query.status, query.type
+        return await self.engine.read(
+            lambda state: self._jobs_page(state, limit, after, status, job_type)
+        )
 
-    def _jobs_page(self, state: QueueState, limit: int, after: int) -> dict[str, Any]:
+    def _jobs_page(
+        self,
+        state: QueueState,
+        limit: int,
+        after: int,
+        status: str | None = None,
+        job_type: str | None = None,
+    ) -> dict[str, Any]:
+        """Up to ``limit`` jobs past the cursor ``after`` (an enqueue order) in queue
+        order, of ``status`` and ``job_type`` when given. The cursor is the order of
+        the page's last job, so it stays valid for the same filters (and any others)."""
         page: list[dict[str, Any]] = []
         next_cursor: str | None = None
         for job in state.iter_jobs():
             if job.order <= after:
+                continue
+            if (status is not None and job.status != status) or (
+                job_type is not None and job.type != job_type
+            ):
                 continue
             if len(page) == limit:
                 next_cursor = str(page[-1]["order"])

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .._tokens import Scope
-from .._wire import ErrorBody, JobId, ListQuery
+from .._wire import ErrorBody, JobId
 from ._routes import JSON, ROUTES, Route
 from ._websocket import METHODS
 
@@ -70,7 +70,12 @@ class _Schemas:
 def build_openapi(version: str) -> dict[str, Any]:
     """The whole document."""
     schemas = _Schemas(
-        requests=[*(r.body for r in ROUTES), *(m.params for m in METHODS), ListQuery, JobId],
+        requests=[
+            *(r.body for r in ROUTES),
+            *(m.params for m in METHODS),
+            *(r.query for r in ROUTES if r.query is not None),
+            JobId,
+        ],
         answers=[
             *(r.answer for r in ROUTES if r.answer is not str),
             *(m.result for m in METHODS),

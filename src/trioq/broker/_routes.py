@@ -4,7 +4,8 @@
 A handler reads its request through the wire schema (:mod:`trioq._wire`): the body
 with :func:`~trioq.broker._json.decode_object` then the route's model, the job id of
 its path with :func:`trioq._wire.job_id`, its query with
-:class:`~trioq._wire.ListQuery`. A route that reads no body never reads it (the
+:class:`~trioq._wire.ListQuery` (``GET /v1/jobs``: its filtering
+:class:`~trioq._wire._requests.JobsQuery`). A route that reads no body never reads it (the
 connection guard of :mod:`trioq.broker._connections` drains it).
 """
 
@@ -52,6 +53,7 @@ from .._wire import (
     parse_exchange,
     parse_new_job,
 )
+from .._wire._requests import JobsQuery
 from ._api import BrokerApi
 from ._json import decode_object
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -136,8 +138,9 @@ ROUTES: tuple[Route, ...] = (
           body=NoBody, body_optional=True, answer=JobStatus, scopes=ADMIN),
     Route("get_job", "GET", "/v1/jobs/<job_id:job_id>", "A job's record (finished jobs too)",
           answer=JobView, scopes=ANY_SCOPE),
-    Route("list_jobs", "GET", "/v1/jobs", "Queue stats and a page of queued jobs",
-          query=ListQuery, answer=JobsPage, scopes=ADMIN),
+    Route("list_jobs", "GET", "/v1/jobs",
+          "Queue stats and a page of queued jobs (filtered by status and type)",
+          query=JobsQuery, answer=JobsPage, scopes=ADMIN),
     Route("list_dead", "GET", "/v1/dead", "A page of the dead-letter list",
           query=ListQuery, answer=DeadPage, scopes=ADMIN),
     Route("requeue", "POST", "/v1/dead/<job_id>/requeue",
@@ -239,7 +242,7 @@ class RestHandlers:
         return json_response(await self.api.get_job(_wire.job_id(job_id)))
 
     async def list_jobs(self) -> Response:
-        return json_response(await self.api.list_jobs(_query()))
+        return json_response(await self.api.list_jobs(parse(JobsQuery, request.args.to_dict())))
 
     async def list_dead(self) -> Response:
         return json_response(await self.api.list_dead(_query()))

@@ -111,6 +111,7 @@ class Committer:
         if state is not None:
             engine.committed_stats = {**state.stats(), "dead": len(state.dead)}
             engine.committed_counters = dict(state.counters)
+            engine.committed_by_type = state.counts_by_type()
         engine.book.answer_readers(state)
 
     # ----------------------------------------------------------------- the loop

@@ -149,6 +149,8 @@ class Engine:
         for metrics and ``/v1/stats``; empty until this engine first leads."""
         self.committed_counters: dict[str, int] = {}
         """The document's counters as last committed."""
+        self.committed_by_type: dict[str, dict[str, int]] = {}
+        """``QueueState.counts_by_type`` as last committed (``byType`` of ``/v1/stats``)."""
         self.book = PendingBook(self.config.max_pending, owner=f"broker {self.broker_id}")
         """Every mutation and read this engine owes an answer (see :mod:`._pending`)."""
         self.layout: Layout = (

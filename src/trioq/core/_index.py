@@ -9,6 +9,8 @@
   the engine can wake waiting claims when they become ready.
 - In-progress jobs sit in an ordered dict in heartbeat order, so lease expiry pops
   from the front (every lease has the same length).
+- Jobs are counted by type as they come and go (:class:`JobTable` counts the queued
+  ones, the lease order the in-progress ones), so the counts by type cost O(types).
 
 The index shares the state's ``jobs`` dict (read only): it tells a live entry from a
 stale one by looking the job up.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Generator, Sequence
+from typing import NoReturn
 
 from ._jobs import Job
 
@@ -36,23 +39,103 @@ def lease_order(job: Job) -> tuple[int, int]:
     return (job.heartbeat_at, job.order)
 
 
+class JobTable(dict[str, Job]):
+    """The state's ``jobs`` dict, counting its jobs by type as they are stored,
+    replaced and deleted (``[]=``, ``del``, ``pop``; the other ways to change a
+    dict raise rather than let the counts drift)."""
+
+    __slots__ = ("by_type",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_type: dict[str, int] = {}
+        """Queued jobs (unclaimed or in progress) of each type that has one."""
+
+    def __setitem__(self, job_id: str, job: Job) -> None:
+        old = self.get(job_id)
+        if old is not None:
+            self._uncount(old.type)
+        super().__setitem__(job_id, job)
+        self.by_type[job.type] = self.by_type.get(job.type, 0) + 1
+
+    def __delitem__(self, job_id: str) -> None:
+        job = self[job_id]
+        super().__delitem__(job_id)
+        self._uncount(job.type)
+
+    def pop(self, job_id: str, default: Job | None = None) -> Job | None:  # type: ignore[override]
+        job = super().pop(job_id, None)
+        if job is None:
+            return default
+        self._uncount(job.type)
+        return job
+
+    def _uncount(self, job_type: str) -> None:
+        left = self.by_type[job_type] - 1
+        if left:
+            self.by_type[job_type] = left
+        else:
+            del self.by_type[job_type]  # the counts hold only types with jobs
+
+    def _unsupported(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("JobTable counts jobs by type: use [] =, del or pop")
+
+    update = setdefault = popitem = clear = __ior__ = _unsupported
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # a copy or pickle stores each job again, counting it (the default would
+        # restore the counts and then count every job a second time)
+        return (_job_table, (list(self.items()),))
+
+
+def _job_table(items: list[tuple[str, Job]]) -> JobTable:
+    table = JobTable()
+    for job_id, job in items:
+        table[job_id] = job
+    return table
+
+
 class JobIndex:
     """Ready heaps, the delayed heap and the lease order over one ``jobs`` dict."""
 
-    __slots__ = ("_entries", "_jobs", "_tickets", "by_type", "delayed", "leases", "ready")
+    __slots__ = (
+        "_entries",
+        "_jobs",
+        "_tickets",
+        "by_type",
+        "delayed",
+        "leased_by_type",
+        "leases",
+        "ready",
+    )
 
-    def __init__(self, jobs: dict[str, Job]) -> None:
+    def __init__(self, jobs: JobTable) -> None:
         self._jobs = jobs
         self.ready: list[HeapEntry] = []
         self.by_type: dict[str, list[HeapEntry]] = {}
         self.delayed: list[HeapEntry] = []
-        self.leases: OrderedDict[str, None] = OrderedDict()
+        self.leases: OrderedDict[str, str] = OrderedDict()
+        """In-progress job ids in lease order, each with its job's type."""
+        self.leased_by_type: dict[str, int] = {}
+        """In-progress jobs of each type that has one."""
         self._entries = 0  # heap entries, live or stale
         self._tickets = 0
 
     @property
     def unclaimed_count(self) -> int:
         return len(self._jobs) - len(self.leases)
+
+    def counts_by_type(self) -> dict[str, dict[str, int]]:
+        """``{type: {"unclaimed": n, "inProgress": n}}`` for each type with queued
+        jobs, sorted by type; O(types)."""
+        leased = self.leased_by_type
+        return {
+            job_type: {
+                "unclaimed": total - leased.get(job_type, 0),
+                "inProgress": leased.get(job_type, 0),
+            }
+            for job_type, total in sorted(self._jobs.by_type.items())
+        }
 
     # ------------------------------------------------------------ the ready queue
 
@@ -111,19 +194,30 @@ class JobIndex:
 
     def lease(self, job: Job) -> None:
         """``job`` was claimed: its lease ends last."""
-        self.leases[job.id] = None
+        if job.id not in self.leases:
+            self.leased_by_type[job.type] = self.leased_by_type.get(job.type, 0) + 1
+        self.leases[job.id] = job.type
 
     def renew(self, job: Job) -> None:
         """``job``'s lease was renewed: it now ends last."""
         self.leases.move_to_end(job.id)
 
     def unlease(self, job: Job) -> None:
-        del self.leases[job.id]
+        self._unlease_type(self.leases.pop(job.id))
 
     def discard_lease(self, job_id: str) -> None:
         """Forget ``job_id``'s lease if it has one (a replayed record may drop or
         replace a job whose lease the same record has not entered yet)."""
-        self.leases.pop(job_id, None)
+        job_type = self.leases.pop(job_id, None)
+        if job_type is not None:
+            self._unlease_type(job_type)
+
+    def _unlease_type(self, job_type: str) -> None:
+        left = self.leased_by_type[job_type] - 1
+        if left:
+            self.leased_by_type[job_type] = left
+        else:
+            del self.leased_by_type[job_type]
 
     def first_lease(self) -> Job | None:
         for job_id in self.leases:
@@ -150,7 +244,11 @@ class JobIndex:
         steps: yields where its driver may checkpoint."""
         in_progress.sort(key=lease_order)
         yield None
-        self.leases = OrderedDict.fromkeys(j.id for j in in_progress)
+        self.leases = OrderedDict((j.id, j.type) for j in in_progress)
+        leased_by_type: dict[str, int] = {}
+        for job in in_progress:
+            leased_by_type[job.type] = leased_by_type.get(job.type, 0) + 1
+        self.leased_by_type = leased_by_type
         ready: list[HeapEntry] = []
         for job in unclaimed:
             self._tickets += 1

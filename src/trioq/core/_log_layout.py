@@ -25,7 +25,7 @@ import trio
 
 from .._backoff import backoff_delay
 from .._errors import CASConflict, DocumentInvalid, StorageUnavailable, WriteOutcomeUnknown
-from ..storage._protocol import Versioned
+from ..storage._protocol import Storage, Versioned
 from ._changes import apply_record, encode_record, read_record_header
 from ._codec import (
     FORMAT,
@@ -97,6 +97,35 @@ def check_marker(data: bytes, *, name: str) -> None:
         )
 
 
+def prefixes(key: str) -> tuple[str, str]:
+    """The prefixes of the log records and of the checkpoints of the queue at ``key``."""
+    stem = key.removesuffix(".json")
+    return f"{stem}/log/", f"{stem}/checkpoint/"
+
+
+async def newest_leader(storage: Storage, key: str) -> LeaderInfo | None:
+    """The leader the newest record of the log-layout queue at ``key`` names, reading
+    little (for a client that finds the broker through the store): the records after
+    the newest checkpoint are listed and the last one's header read; with no record
+    after it, the checkpoint's header. :class:`~trioq.DocumentInvalid` for an object
+    that is neither."""
+    log_prefix, checkpoint_prefix = prefixes(key)
+    checkpoints = await storage.list_keys(checkpoint_prefix)
+    after = log_prefix + checkpoints[-1][len(checkpoint_prefix) :] if checkpoints else None
+    records = await storage.list_keys(log_prefix, start_after=after)
+    # the newest record is never collected; the checkpoint may be, under a long
+    # listing: then the records after the next one hold the answer
+    for record in reversed(records):
+        got = await storage.read(record)
+        if got is not None:
+            return read_record_header(got.data, name=describe_object(storage, record)).leader
+    for checkpoint in reversed(checkpoints):
+        got = await storage.read(checkpoint)
+        if got is not None:
+            return decode_header(got.data, name=describe_object(storage, checkpoint))[1]
+    return None
+
+
 class LogLayout:
     """Format 2: the marker at the queue key, one log record a commit."""
 
@@ -104,9 +133,7 @@ class LogLayout:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        stem = engine.key.removesuffix(".json")
-        self.log_prefix = f"{stem}/log/"
-        self.checkpoint_prefix = f"{stem}/checkpoint/"
+        self.log_prefix, self.checkpoint_prefix = prefixes(engine.key)
         self.following: QueueState | None = None
         """A standby's copy of the state, at the last record it applied (``None``:
         load it afresh at the next look)."""

@@ -38,7 +38,7 @@ from . import _codec
 from ._archive import DEDUP_CAP, Archive
 from ._changes import Changes, added, changed, removed
 from ._codec import LeaderInfo as LeaderInfo
-from ._index import JobIndex
+from ._index import JobIndex, JobTable
 from ._jobs import DeadJob, DeadReason, FinishedJob, FinishedOutcome, Job, valid_text
 
 log = logging.getLogger("trioq.state")
@@ -134,7 +134,7 @@ class QueueState:
     next_order: int = 1
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     rng: random.Random = field(default_factory=random.Random)
-    jobs: dict[str, Job] = field(default_factory=dict, init=False)
+    jobs: JobTable = field(default_factory=JobTable, init=False)
     index: JobIndex = field(init=False)
     archive: Archive = field(default_factory=Archive, init=False)
     job_bytes: int = field(default=0, init=False)
@@ -184,6 +184,11 @@ class QueueState:
             "inProgress": self.in_progress_count,
             "completedTotal": self.counters["completed"],
         }
+
+    def counts_by_type(self) -> dict[str, dict[str, int]]:
+        """``{type: {"unclaimed": n, "inProgress": n}}`` for each type with queued
+        jobs; O(types) (the index keeps the counts as jobs come and go)."""
+        return self.index.counts_by_type()
 
     def lookup(self, job_id: str) -> Job | DeadJob | FinishedJob | None:
         return self.jobs.get(job_id) or self.dead.get(job_id) or self.finished.get(job_id)
