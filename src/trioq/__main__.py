@@ -1,20 +1,31 @@
-"""``trioq broker ...`` / ``trioq worker ...`` / ``trioq inspect ...``: the command-line
-entry point."""
+"""``trioq COMMAND ...``: the command-line entry point (``trioq --help`` lists the
+commands; docs/cli.md describes them)."""
 
 from __future__ import annotations
 
 import sys
 
+_USAGE = """\
+usage: trioq COMMAND [options]   (trioq COMMAND --help for each)
+
+  broker    run a broker
+  worker    run a worker's handlers (MODULE:ATTR)
+  dev       a broker on ./.trioq and workers for MODULE:ATTR, in one command
+  inspect   show the queue's stored object, read straight from storage
+  submit    submit a job, or every line of a JSON-lines file
+  stats     the queue's counters, by type (--watch to refresh)
+  jobs      list queued jobs (--status, --type, --all)
+  get       show one job
+  dead      list dead-lettered jobs
+  requeue   move a dead job (or --all) back to the queue
+  cancel    cancel a job"""
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``trioq broker ...``, ``trioq worker ...`` or ``trioq inspect ...``; returns
-    the exit code."""
+    """Run ``trioq COMMAND ...``; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
-        print(
-            "usage: trioq {broker,worker,inspect} [options]  (trioq broker --help, "
-            "trioq worker --help, trioq inspect --help)"
-        )
+        print(_USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "broker":
@@ -29,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         from ._inspect import main as inspect_main
 
         return inspect_main(rest, prog="trioq inspect")
-    print(f"trioq: unknown command {command!r} (broker, worker or inspect)", file=sys.stderr)
+    from .cli import COMMANDS
+    from .cli import main as cli_main
+
+    if command in COMMANDS:
+        return cli_main(command, rest)
+    print(f"trioq: unknown command {command!r} (see trioq --help)", file=sys.stderr)
     return 2
 
 
