@@ -8,6 +8,8 @@
 - :mod:`~trioq.broker._connections`: the app class that keeps keep-alive
   connections usable after early answers, and the hypercorn WebSocket patch;
 - :mod:`~trioq.broker._json`: JSON decoding with the exact-integer check;
+- :mod:`~trioq.broker._dashboard`: the web dashboard's static files (``/``, no
+  token) and the WebSocket bearer subprotocol a browser authenticates with;
 - :mod:`trioq._wire`: the schema every request is validated with.
 
 Here: auth (a bearer token, then its scope against the route's: 401
@@ -45,6 +47,7 @@ from .._errors import (
     Unauthorized,
 )
 from .._tokens import Scope, TokenTable, secret_value
+from . import _dashboard
 from ._api import BrokerApi
 from ._connections import BrokerApp, make_websocket_refusals_safe
 from ._openapi import build_openapi
@@ -88,13 +91,15 @@ def create_app(
     would otherwise wait its whole grace period for clients to hang up.
     """
     make_websocket_refusals_safe()
-    app = BrokerApp("trioq.broker")
+    # no folder of static files: the app's static files are the dashboard's
+    # (_dashboard.register), served from memory under the same endpoint name
+    app = BrokerApp("trioq.broker", static_folder=None)
     app.drain_budget = 2 * max_request_bytes
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["RESPONSE_TIMEOUT"] = None
     app.url_map.converters["job_id"] = _JobIdConverter
-    public = _PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
+    public = _PUBLIC_PATHS | _dashboard.PATHS | ({"/metrics"} if metrics_public else set())
     auth = _Auth(_token_source(token, tokens), frozenset(public))
     _guard(app, api, auth)
     _handle_errors(app, max_request_bytes)
@@ -105,6 +110,7 @@ def create_app(
         api, max_request_bytes=max_request_bytes, closing=closing, authorize=auth.scope
     )
     app.add_websocket("/v1/ws", "ws", endpoint.serve)
+    _dashboard.register(app)
     return app
 
 
@@ -172,9 +178,10 @@ def _guard(app: QuartTrio, api: BrokerApi, auth: _Auth) -> None:
 
     @app.before_websocket
     async def _ws_auth() -> None:
-        # any valid token opens the socket; each call is checked against its scope
+        # any valid token opens the socket; each call is checked against its scope.
+        # The token is the Authorization header's, or a browser's bearer subprotocol
         if websocket.path not in auth.public:
-            auth.scope(websocket.headers.get("Authorization"))
+            auth.scope(_dashboard.websocket_authorization())
 
 
 def _handle_errors(app: QuartTrio, max_request_bytes: int) -> None:

@@ -59,6 +59,7 @@ from .._wire import (
     parse_new_job,
 )
 from ._api import BrokerApi
+from ._dashboard import accepted_subprotocol, websocket_authorization
 from ._json import decode_object
 from ._routes import ADMIN, ANY_SCOPE, PRODUCER, WORKER
 
@@ -137,8 +138,9 @@ _BY_NAME = {method.name: method for method in METHODS}
 class WebSocketEndpoint:
     """The ``/v1/ws`` handler over ``api``: :meth:`serve` runs one connection.
 
-    ``authorize`` maps the handshake's ``Authorization`` header to the token's scope
-    (raising ``Unauthorized``); None: auth is off, every call is allowed.
+    ``authorize`` maps the handshake's ``Authorization`` header (or a browser's bearer
+    subprotocol, :func:`~trioq.broker._dashboard.websocket_authorization`) to the
+    token's scope (raising ``Unauthorized``); None: auth is off, every call is allowed.
     """
 
     def __init__(
@@ -160,8 +162,8 @@ class WebSocketEndpoint:
         if self.authorize is not None:
             # the handshake was checked already (before_websocket); this learns the
             # scope every call of the connection is checked against
-            scope = self.authorize(websocket.headers.get("Authorization"))
-        await websocket.accept()
+            scope = self.authorize(websocket_authorization())
+        await websocket.accept(subprotocol=accepted_subprotocol())
         send_lock = trio.Lock()
         slots = trio.Semaphore(WS_MAX_IN_FLIGHT)
         async with trio.open_nursery() as calls:
