@@ -889,7 +889,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cut-every", type=float, default=20.0, help="0: no proxy, no cuts")
     parser.add_argument("--cut-seconds", type=float, default=3.0)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
-    parser.add_argument("--layout", choices=("document", "log"), default="document")
+    parser.add_argument(
+        "--layout", choices=("document", "log"), default="log", help="the brokers' --layout"
+    )
     for name in FAULT_FLAGS:
         parser.add_argument(f"--{name}", type=float, default=0.0, help="passed to the brokers")
     parser.add_argument("--json", type=Path, default=None)
