@@ -19,6 +19,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from .._errors import DocumentInvalid, QueueNotFound, StorageUnavailable
+from .._logging import configure_logging
 from .._signals import run_until_signalled
 from .._tokens import Scope
 from ..core._engine import Candidacy, Engine, Role
@@ -27,11 +28,12 @@ from ..storage._file import FileStorage
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage
 from ..storage._throttled import ThrottledStorage
+from ..storage._timed import Observe, TimedStorage
 from ._api import BrokerApi
 from ._faults import FaultCollector, describe_faults, failures_paused, faults_in, with_faults
 from ._guard import ConnectionGuard, guard_connections
 from ._http import create_app
-from ._metrics import metrics_registry
+from ._metrics import BrokerInstruments, instrument, metrics_registry
 from ._settings import BrokerSettings, SettingsError, parse_settings
 
 log = logging.getLogger("trioq.broker")
@@ -41,11 +43,13 @@ PROBE_TIMEOUT = 0.5
 PROBE_FAILURES = 2
 
 
-def build_storage(settings: BrokerSettings, *, bare: bool = False) -> Storage:
-    """The backend the settings name, with faults if ``--fault-*`` turn them on
-    (innermost: they are the store's), throttled if limits are set. ``bare``: the
-    backend alone, and a missing data directory stays missing (for ``trioq
-    inspect``, which only looks)."""
+def build_storage(
+    settings: BrokerSettings, *, bare: bool = False, observe: Observe | None = None
+) -> Storage:
+    """The backend the settings name, timed if ``observe`` is given (innermost: the
+    latency is the store's own), with faults if ``--fault-*`` turn them on (they are
+    the store's), throttled if limits are set. ``bare``: the backend alone, and a
+    missing data directory stays missing (for ``trioq inspect``, which only looks)."""
     storage: Storage
     if settings.storage == "file":
         storage = FileStorage(settings.data_dir, create_directory=not bare)
@@ -63,6 +67,8 @@ def build_storage(settings: BrokerSettings, *, bare: bool = False) -> Storage:
         storage = MemoryStorage()
     if bare:
         return storage
+    if observe is not None:
+        storage = TimedStorage(storage, observe)
     storage = with_faults(storage, settings)
     if settings.max_reads_per_minute > 0 or settings.max_writes_per_minute > 0:
         storage = ThrottledStorage(
@@ -74,7 +80,7 @@ def build_storage(settings: BrokerSettings, *, bare: bool = False) -> Storage:
 
 
 def _unwrapped(storage: Storage) -> Storage:
-    while isinstance(storage, ThrottledStorage | FaultyStorage):
+    while isinstance(storage, ThrottledStorage | FaultyStorage | TimedStorage):
         storage = storage.inner
     return storage
 
@@ -169,8 +175,13 @@ class Broker:
     def __init__(self, settings: BrokerSettings, *, storage: Storage | None = None) -> None:
         settings.validate()
         self.settings = settings
+        self.instruments = BrokerInstruments()
+        """The histograms and by-type counters of ``/metrics`` (see :mod:`._metrics`)."""
+        observe = self.instruments.observe_storage
         self.storage = (
-            build_storage(settings) if storage is None else with_faults(storage, settings)
+            build_storage(settings, observe=observe)
+            if storage is None
+            else with_faults(TimedStorage(storage, observe), settings)
         )
         self.faults = faults_in(self.storage) if settings.storage_faults() else None
         """The :class:`FaultyStorage` the ``--fault-*`` settings put in, if any."""
@@ -198,6 +209,8 @@ class Broker:
         if isinstance(self.storage, ThrottledStorage):
             throttle = self.storage.stats
         self.api = BrokerApi(self.engine, throttle_stats=throttle)
+        self.engine.observe_commit = self.instruments.observe_commit
+        instrument(self.api, self.instruments)
         self._shutdown = trio.Event()
         self.tokens = settings.token_table()
         """The tokens the broker accepts (never logged: only their count by scope)."""
@@ -431,17 +444,13 @@ def tune_collector() -> None:
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.broker") -> int:
     """``python -m trioq.broker``: run a broker until SIGINT/SIGTERM."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO: a standby's probe alone would write a line a
-    # second (86,400 a day)
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # the text format at INFO until the settings are read: their errors are printed
+    configure_logging()
     try:
         settings = parse_settings(argv, prog=prog)
+        # httpx logs every request at INFO: a standby's probe alone would write a
+        # line a second (86,400 a day), so configure_logging keeps it at WARNING
+        configure_logging(settings.log_level, settings.log_format)
         broker = Broker(settings)
     except SettingsError as exc:
         print(f"trioq broker: {exc}", file=sys.stderr)

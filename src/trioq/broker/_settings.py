@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from .._logging import LogFormat, check_level
 from .._settings import LegacyName, Public, Settings, SettingsError
 from .._tokens import (
     Scope,
@@ -334,6 +335,18 @@ class BrokerSettings(Settings):
     metrics_public: Annotated[
         bool, Public("--metrics-public", "TRIOQ_METRICS_PUBLIC", "serve /metrics without the token")
     ] = False
+    log_level: Annotated[
+        str,
+        Public("--log-level", "TRIOQ_LOG_LEVEL", "log level: DEBUG, INFO, WARNING, ERROR"),
+    ] = "INFO"
+    log_format: Annotated[
+        LogFormat,
+        Public(
+            "--log-format",
+            "TRIOQ_LOG_FORMAT",
+            "log lines as text or json (one JSON object a line)",
+        ),
+    ] = "text"
     failover_probe: Annotated[
         bool,
         Public(
@@ -439,6 +452,11 @@ class BrokerSettings(Settings):
     broker_heartbeat_timeout_ms = LegacyName("broker_heartbeat_timeout", 1000)
     dedup_window_s = LegacyName("dedup_window", 1)
     shutdown_grace_s = LegacyName("shutdown_grace", 1)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        return check_level(level)
 
     @field_validator("port")
     @classmethod

@@ -41,7 +41,7 @@ from .._errors import (
 from ._codec import LeaderInfo
 from ._election import Fence, judge_stored
 from ._pending import Mutation
-from ._state import QueueState
+from ._state import ClaimedJob, QueueState
 from ._status import Histogram, Role
 
 if TYPE_CHECKING:
@@ -197,6 +197,8 @@ class Committer:
         started = trio.current_time()
         now = engine.wall_clock()
         self.dirty = True
+        # the tally of a commit that did not land is not counted
+        engine.type_events.clear()
         try:
             changed = self._apply(state, batch, now, started) or release
             lease_due = started >= self.last_start + engine.config.broker_heartbeat_interval
@@ -225,8 +227,15 @@ class Committer:
         reports) is applied before any of its claims, in arrival order each: so the
         batch's claims can take the jobs it enqueued, released or expired, and a job
         submitted to a busy worker starts one commit sooner."""
-        book = self.engine.book
-        changed = bool(state.expire(now))
+        engine = self.engine
+        book = engine.book
+        expired = state.expire(now)
+        changed = bool(expired)
+        if expired and engine.observe_commit is not None:
+            for job_id in expired:
+                engine.note("expired", state, job_id)
+                if job_id in state.dead:
+                    engine.note("dead", state, job_id)
         state.pop_due(now)
         cancelled = state.counters["cancelled"]
         live: list[Mutation] = []
@@ -249,13 +258,24 @@ class Committer:
                 continue
             book.applied(mutation)
             changed = changed or bool(mutation.result)
+            if mutation.claim is not None and mutation.result:
+                self._note_claimed(mutation.result)
 
         def fulfil(waiter: Mutation) -> bool:
             assert waiter.claim is not None
             waiter.result = waiter.claim.claim(state, now) if state.unclaimed_count else []
+            if waiter.result:
+                self._note_claimed(waiter.result)
             return bool(waiter.result)
 
         return book.fulfil(fulfil) > 0 or changed
+
+    def _note_claimed(self, jobs: list[ClaimedJob]) -> None:
+        events = self.engine.type_events
+        if self.engine.observe_commit is not None:
+            for job in jobs:
+                key = ("claimed", job.type)
+                events[key] = events.get(key, 0) + 1
 
     async def _write_and_answer(self, data: bytes, size: int, now: int, started: float) -> None:
         engine, book = self.engine, self.engine.book
@@ -282,6 +302,9 @@ class Committer:
             self.last_commit_wall = now
             engine.metrics["commits"] += 1
             engine.metrics["mutations"] += size
+            if engine.observe_commit is not None:
+                engine.observe_commit(size, len(data), engine.type_events)
+                engine.type_events.clear()
             book.answer_batch()
             return
         engine.metrics["failedBatches"] += 1

@@ -71,6 +71,8 @@ log = logging.getLogger("trioq.engine")
 T = TypeVar("T")
 WallClock = Callable[[], int]
 """Milliseconds since the Unix epoch; only for times stored in the document."""
+CommitObserver = Callable[[int, int, dict[tuple[str, str], int]], None]
+"""``observe(mutations, bytes_written, type_events)`` after a commit landed."""
 
 
 def system_wall_clock() -> int:
@@ -151,6 +153,13 @@ class Engine:
         """The document's counters as last committed."""
         self.committed_by_type: dict[str, dict[str, int]] = {}
         """``QueueState.counts_by_type`` as last committed (``byType`` of ``/v1/stats``)."""
+        self.observe_commit: CommitObserver | None = None
+        """Called after each commit that landed (the broker's metrics); while it is
+        None the engine tallies nothing by type."""
+        self.type_events: dict[tuple[str, str], int] = {}
+        """``(event, job type) -> count`` of the batch being committed (events:
+        enqueued, claimed, completed, failed, expired, dead), handed to
+        :attr:`observe_commit` once the commit lands, dropped if it does not."""
         self.book = PendingBook(self.config.max_pending, owner=f"broker {self.broker_id}")
         """Every mutation and read this engine owes an answer (see :mod:`._pending`)."""
         self.layout: Layout = (
@@ -210,6 +219,16 @@ class Engine:
     def last_batch_size(self) -> int:
         return self._committer.last_batch_size
 
+    def note(self, event: str, state: QueueState, job_id: str) -> None:
+        """Count ``event`` for ``job_id``'s type in :attr:`type_events` (only while
+        someone observes commits: O(1), a dict lookup)."""
+        if self.observe_commit is None:
+            return
+        record = state.lookup(job_id)
+        if record is not None:
+            key = (event, record.type)
+            self.type_events[key] = self.type_events.get(key, 0) + 1
+
     def snapshot(self) -> EngineSnapshot:
         """A copy of the engine's counters and committed counts."""
         leading = self.is_leader
@@ -256,7 +275,13 @@ class Engine:
     async def enqueue(self, items: Sequence[NewJob]) -> list[EnqueueResult]:
         """Enqueue a batch (validated as a whole); answered once it is durable."""
         items = list(items)
-        return await self._submit(lambda state, now: state.enqueue(items, now))  # type: ignore[no-any-return]
+
+        def op(state: QueueState, now: int) -> list[EnqueueResult]:
+            results = state.enqueue(items, now)
+            self._note_enqueued(state, results)
+            return results
+
+        return await self._submit(op)  # type: ignore[no-any-return]
 
     async def enqueue_each(
         self, items: Sequence[NewJob | TrioqError]
@@ -265,7 +290,22 @@ class Engine:
         in order, is its EnqueueResult or its own error (an item that is an error
         already stays so). One mutation for all; answered once it is durable."""
         items = list(items)
-        return await self._submit(lambda state, now: state.enqueue_each(items, now))  # type: ignore[no-any-return]
+
+        def op(state: QueueState, now: int) -> list[EnqueueResult | TrioqError]:
+            results = state.enqueue_each(items, now)
+            self._note_enqueued(state, results)
+            return results
+
+        return await self._submit(op)  # type: ignore[no-any-return]
+
+    def _note_enqueued(
+        self, state: QueueState, results: Sequence[EnqueueResult | TrioqError]
+    ) -> None:
+        if self.observe_commit is None:
+            return
+        for result in results:
+            if isinstance(result, EnqueueResult) and not result.duplicate:
+                self.note("enqueued", state, result.id)
 
     async def claim(
         self,
@@ -313,7 +353,10 @@ class Engine:
             return Exchanged(ReportResults(), jobs)
 
         def op(state: QueueState, now: int) -> ReportResults:
-            return state.report_each(worker_id, reports, now)
+            results = state.report_each(worker_id, reports, now)
+            if self.observe_commit is not None:
+                self._note_reports(state, reports, results)
+            return results
 
         if not max_jobs:
             return Exchanged(await self._submit(op), [])
@@ -322,11 +365,29 @@ class Engine:
         jobs = await self._hand_over(mutation)
         return Exchanged(mutation.reported, jobs)
 
+    def _note_reports(self, state: QueueState, reports: Reports, results: ReportResults) -> None:
+        """Tally an exchange's completions and failures that were accepted."""
+        for item, outcome in zip(reports.complete, results.complete, strict=True):
+            if isinstance(outcome, str) and not isinstance(item, TrioqError):
+                self.note("completed", state, item.job_id)
+        for fail, outcome in zip(reports.fail, results.fail, strict=True):
+            if isinstance(outcome, str) and not isinstance(fail, TrioqError):
+                self._note_failed(state, fail.job_id, outcome)
+
+    def _note_failed(self, state: QueueState, job_id: str, outcome: str) -> None:
+        self.note("failed", state, job_id)
+        if outcome == "dead":
+            self.note("dead", state, job_id)
+
     async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         await self._submit(lambda s, now: s.heartbeat(job_id, worker_id, now, attempt))
 
     async def complete(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
-        await self._submit(lambda s, now: s.complete(job_id, worker_id, now, attempt))
+        def op(s: QueueState, now: int) -> None:
+            s.complete(job_id, worker_id, now, attempt)
+            self.note("completed", s, job_id)
+
+        await self._submit(op)
 
     async def fail(
         self,
@@ -341,7 +402,7 @@ class Engine:
         """Record a failed attempt; ``"retrying"`` or ``"dead"``."""
 
         def op(s: QueueState, now: int) -> str:
-            return s.fail(
+            outcome = s.fail(
                 job_id,
                 worker_id,
                 now,
@@ -350,6 +411,9 @@ class Engine:
                 retry_in_ms=retry_in_ms,
                 final=final,
             )
+            if self.observe_commit is not None:
+                self._note_failed(s, job_id, outcome)
+            return outcome
 
         return await self._submit(op)  # type: ignore[no-any-return]
 

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from .._errors import NotLeader, TrioqError
+from .._logging import check_level, configure_logging
 from .._settings import SettingsError
 from .._signals import run_until_signalled
 from ..client import Client
@@ -81,7 +82,12 @@ def _parser(prog: str = "python -m trioq.worker") -> argparse.ArgumentParser:
     )
     parser.add_argument("target", help="module:attr naming a trioq.Worker")
     WorkerSettings.add_arguments(parser)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="log level: DEBUG (job starts and completions too), "
+        "INFO, WARNING, ERROR (default: INFO)",
+    )
     return parser
 
 
@@ -102,9 +108,10 @@ def configure(
         worker._configure(environ=environ, args=args)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
-    level = str(args.log_level).upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise UsageError(f"unknown log level {args.log_level!r}")
+    try:
+        level = check_level(args.log_level)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return worker, level
 
 
@@ -125,12 +132,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.worker")
     except UsageError as exc:
         print(f"trioq worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # text or JSON lines (--log-format); httpx kept at WARNING (a line per request)
+    configure_logging(level, worker.settings.log_format)
     # Everything imported so far lives as long as the process: out of the collector's
     # sight, a full collection no longer walks it (a worker allocates a few objects
     # per job, and gen-2 passes over the startup heap cost ~10 us a job)

@@ -11,20 +11,28 @@ is free) the handler, and the report of how it ended (complete, fail or release)
 - Outcome reports go through the courier too, awaited shielded and bounded
   (``release_timeout``), so a drain cannot lose them and a dead broker cannot hang
   the worker: the lease then expires on the broker.
+
+Each job event is one log line whose record carries ``event``, ``jobId``, ``type``
+and ``attempt`` (:func:`trioq._logging.job_fields`): ``started`` and ``completed``
+at DEBUG (a busy worker runs thousands a second), ``failed``, ``retried``,
+``dead``, ``lease_lost``, ``cancelled`` and ``released`` at INFO or WARNING. The
+payload is in the ``started`` line only with ``log_payloads``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .._errors import JobNotFound, LeaseLost, TrioqError
+from .._logging import job_fields
 from ..client import Claimed, Client, Failure, Outcome
 from ._courier import Courier, Report
 from ._handlers import Handler, Hooks, JobContext, call_handler, label, run_hooks
+from ._metrics import WorkerMetrics
 from ._settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -44,9 +52,16 @@ class _Outcome:
 _SUCCESS = _Outcome(None)
 
 
+def _fields(job: Claimed, event: str, **more: Any) -> dict[str, Any]:
+    """The ``extra=`` of a job event's log line."""
+    return job_fields(event, job.id, job.type, job.attempt, **more)
+
+
 def _raised(job: Claimed, exc: Exception) -> _Outcome:
     text = f"{type(exc).__name__}: {exc}"
-    log.info("%s raised %s", label(job), text, exc_info=exc)
+    log.info(
+        "%s raised %s", label(job), text, exc_info=exc, extra=_fields(job, "failed", error=text)
+    )
     return _Outcome(text)
 
 
@@ -55,6 +70,8 @@ class _Lease:
     """A job's lease as the worker sees it: renewed until ``deadline``."""
 
     deadline: float
+    claimed_at: float = 0.0
+    """When its claim was answered (trio time): the start of the slot wait."""
     lost: str | None = None
     held: bool = True
     """Still counted in the courier's :attr:`~._courier.Courier.held`."""
@@ -82,12 +99,13 @@ class JobRunner:
     counts: dict[str, int]
     noted_leases: set[int]
     """Lease lengths whose shortened heartbeat interval was logged already."""
+    metrics: WorkerMetrics
 
     async def run(self, job: Claimed, ctx: JobContext, claimed_at: float) -> None:
         """The job's nursery (heartbeat, and the handler once a slot is free), then
         its report."""
         # the lease runs from the claim: heartbeats cover the wait for a slot too
-        lease = _Lease(deadline=claimed_at + job.lease_ms / 1000)
+        lease = _Lease(deadline=claimed_at + job.lease_ms / 1000, claimed_at=claimed_at)
         try:
             await self._run(job, ctx, lease)
         finally:
@@ -99,7 +117,11 @@ class JobRunner:
         handler = self.handlers.get(job.type)
         if handler is None:
             # the broker gave us a type we did not ask for: give it back untouched
-            log.warning("%s: no handler for its type here; releasing it", label(job))
+            log.warning(
+                "%s: no handler for its type here; releasing it",
+                label(job),
+                extra=_fields(job, "released"),
+            )
             await self._release(job, lease)
             return
         if trio.current_time() >= lease.deadline:
@@ -107,7 +129,11 @@ class JobRunner:
             # may have given the job to another worker already, so running it here
             # would run it twice at once
             self.counts["lost"] += 1
-            log.warning("%s not started: its lease ran out before its claim was read", label(job))
+            log.warning(
+                "%s not started: its lease ran out before its claim was read",
+                label(job),
+                extra=_fields(job, "lease_lost"),
+            )
             lease.lost = "its lease ran out before it started"
             await self._release(job, lease)  # sooner for someone else, if still ours
             return
@@ -118,7 +144,7 @@ class JobRunner:
                 lease.scope = nursery.cancel_scope
                 nursery.start_soon(self._heartbeat, job, lease, name=f"heartbeat {job.id}")
                 # a lost lease cancels this nursery: the heartbeat is ending anyway
-                outcome = await self._in_slot(handler, job, ctx)
+                outcome = await self._in_slot(handler, job, ctx, lease)
                 lease.finished = True
                 if lease.beating:  # else it will see `finished` when it first runs
                     nursery.cancel_scope.cancel(reason="handler finished")
@@ -131,7 +157,9 @@ class JobRunner:
                 await self._release(job, lease)
         if lease.lost is not None:
             self.counts["lost"] += 1
-            log.warning("%s cancelled: %s", label(job), lease.lost)
+            log.warning(
+                "%s cancelled: %s", label(job), lease.lost, extra=_fields(job, "lease_lost")
+            )
         elif outcome is None:
             # prefetched, and the worker stopped before a slot came free
             await self._release(job, lease)
@@ -140,16 +168,38 @@ class JobRunner:
         else:
             await self._report_failure(job, ctx, lease, outcome.error, final=outcome.final)
 
-    async def _in_slot(self, handler: Handler, job: Claimed, ctx: JobContext) -> _Outcome | None:
+    async def _in_slot(
+        self, handler: Handler, job: Claimed, ctx: JobContext, lease: _Lease
+    ) -> _Outcome | None:
         """The handler's run, in a slot once one is free; None if the worker stopped
-        first (a prefetched job)."""
+        first (a prefetched job). Timed for the metrics: the wait from the claim,
+        and the run by outcome (``cancelled`` if it did not end by itself)."""
         borrower = trio.lowlevel.current_task()
         if not await self.slots.acquire(borrower):
             return None
+        started = trio.current_time()
+        self.metrics.started(job.type, started - lease.claimed_at)
+        if log.isEnabledFor(logging.DEBUG):
+            more = {"payload": job.payload} if self.settings.log_payloads else {}
+            log.debug(
+                "%s started%s",
+                label(job),
+                f" with payload {job.payload!r}" if more else "",
+                extra=_fields(job, "started", **more),
+            )
+        outcome: _Outcome | None = None
         try:
-            return await self._execute(handler, job, ctx)
+            outcome = await self._execute(handler, job, ctx)
+            return outcome
         finally:
             self.slots.release(borrower)
+            if outcome is None:
+                kind = "cancelled"
+            elif outcome.error is None:
+                kind = "completed"
+            else:
+                kind = "dead" if outcome.final else "failed"
+            self.metrics.ended(job.type, kind, trio.current_time() - started)
 
     def _let_go(self, lease: _Lease) -> None:
         """The job's room may be claimed again (once per job)."""
@@ -165,7 +215,9 @@ class JobRunner:
             payload = handler.validate(job.payload)
         except Exception as exc:
             text = f"invalid payload for {job.type!r}: {exc}"
-            log.warning("%s: %s (dead-lettered)", label(job), text)
+            log.warning(
+                "%s: %s (dead-lettered)", label(job), text, extra=_fields(job, "failed", error=text)
+            )
             return _Outcome(text, final=True)
         if handler.timeout is None:  # no cancel scope then: one per job costs
             try:
@@ -183,8 +235,9 @@ class JobRunner:
                 return _raised(job, exc)
         if scope.cancel_called:
             # also when a sync handler (a thread cannot be interrupted) overran
-            log.info("%s timed out after %g s", label(job), timeout)
-            return _Outcome(f"timed out after {timeout:g} s")
+            text = f"timed out after {timeout:g} s"
+            log.info("%s %s", label(job), text, extra=_fields(job, "failed", error=text))
+            return _Outcome(text)
         return _SUCCESS
 
     def _heartbeat_interval(self, lease: float) -> float:
@@ -252,12 +305,19 @@ class JobRunner:
             # have landed (then the job is completed at our attempt)
             reported = await self._recorded(job, None)
             if not reported:
-                log.warning("%s finished but its lease was lost: %s", label(job), result)
+                log.warning(
+                    "%s finished but its lease was lost: %s",
+                    label(job),
+                    result,
+                    extra=_fields(job, "lease_lost"),
+                )
         if not reported:
             # not recorded: the lease expires and the job runs again elsewhere
             self.counts["lost"] += 1
             return
         self.counts["completed"] += 1
+        if log.isEnabledFor(logging.DEBUG):  # the fields cost a dict per job
+            log.debug("%s completed", label(job), extra=_fields(job, "completed"))
         await run_hooks(self.hooks.completed, job, ctx)
 
     async def _report_failure(
@@ -270,9 +330,22 @@ class JobRunner:
         if isinstance(result, LeaseLost | JobNotFound):
             reported = await self._recorded(job, error)
             if not reported:
-                log.warning("%s failed but its lease was lost: %s", label(job), result)
+                log.warning(
+                    "%s failed but its lease was lost: %s",
+                    label(job),
+                    result,
+                    extra=_fields(job, "lease_lost"),
+                )
         if reported:
             self.counts["failed"] += 1
+            # the broker's answer says what became of it ("retrying" or "dead")
+            event = "dead" if result == "dead" else "retried"
+            log.info(
+                "%s %s",
+                label(job),
+                "dead-lettered" if event == "dead" else "will be retried",
+                extra=_fields(job, event, error=error[:200]),
+            )
             await run_hooks(self.hooks.failed, job, ctx, error)
 
     async def _recorded(self, job: Claimed, error: str | None) -> bool:
@@ -304,6 +377,7 @@ class JobRunner:
             log.info("%s was not ours to release any more: %s", label(job), result)
         elif result is not None:
             self.counts["released"] += 1
+            log.info("%s released", label(job), extra=_fields(job, "released"))
 
     async def _hand_over(self, job: Claimed, what: str, report: Report) -> Outcome | None:
         """Await a report of the job's outcome (``what``: completion, failure,

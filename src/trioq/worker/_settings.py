@@ -15,6 +15,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from .._logging import LogFormat
 from .._settings import Public, Settings
 from .._tokens import Secret, check_token, read_token_file, ssl_context
 from ..client import DEFAULT_URL, parse_urls
@@ -111,6 +112,38 @@ class WorkerSettings(Settings):
     interval plus one second. The worker learns the interval from the broker when it
     starts (``groupCommitIntervalMs`` in ``GET /v1/stats``); this is the value used
     until then, or with a broker that does not say (the production recommendation)."""
+    metrics_port: Annotated[
+        int | None,
+        Field(ge=0, le=65535),
+        Public(
+            "--metrics-port",
+            "TRIOQ_WORKER_METRICS_PORT",
+            "serve Prometheus /metrics on this port (0: a free one, logged)",
+            shown_default="off",
+        ),
+    ] = None
+    """Where ``/metrics`` is served (:mod:`trioq.worker._metrics`); None: nowhere."""
+    metrics_host: Annotated[
+        str,
+        Public("--metrics-host", "TRIOQ_WORKER_METRICS_HOST", "bind address of --metrics-port"),
+    ] = "127.0.0.1"
+    log_format: Annotated[
+        LogFormat,
+        Public(
+            "--log-format",
+            "TRIOQ_LOG_FORMAT",
+            "log lines as text or json (one JSON object a line; python -m trioq.worker)",
+        ),
+    ] = "text"
+    log_payloads: Annotated[
+        bool,
+        Public(
+            "--log-payloads",
+            "TRIOQ_LOG_PAYLOADS",
+            "put job payloads in the job event log lines (they may hold secrets)",
+        ),
+    ] = False
+    """Payloads are never logged unless this is on."""
     release_timeout: Annotated[float, Field(gt=0)] = 5.0
     """Bound on each outcome report (complete, fail, release) of a job."""
 

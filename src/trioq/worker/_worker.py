@@ -6,6 +6,7 @@ Shape of a running worker::
     ├── courier (shielded)    every report and claim, one exchange per round  (_courier)
     │   └── exchange tasks    at most two with reports, plus one long-poll claim
     ├── stop watcher          turns cancellation of run() into a drain
+    ├── metrics server        /metrics, only with --metrics-port     (_metrics)
     └── job host (shielded)   owns one nursery per held job       (_host.JobHost)
         └── job nursery       its heartbeat task + the handler    (_job.JobRunner)
 
@@ -47,6 +48,7 @@ from ._courier import Courier
 from ._handlers import Handler, Hook, Hooks, JobContext, check_registration, make_handler
 from ._host import JobHost, Slots
 from ._job import JobRunner
+from ._metrics import WorkerMetrics, serve_metrics
 from ._outage import Outage
 from ._settings import WorkerSettings
 
@@ -98,6 +100,7 @@ class Worker:
         worker_id: str | None = None,
         group_commit_interval: float | None = None,
         client: Client | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         given = {
             "broker_url": broker_url,
@@ -128,6 +131,12 @@ class Worker:
         self._rng = random.Random()  # backoff jitter
         self._host = JobHost()
         self.counts = {"claimed": 0, "completed": 0, "failed": 0, "released": 0, "lost": 0}
+        self.metrics = WorkerMetrics() if metrics is None else metrics
+        """What this worker records for Prometheus (pass ``metrics=`` to record into
+        a registry of your own); served at ``/metrics`` only with ``metrics_port``."""
+        self.metrics.count(lambda: dict(self.counts))
+        self.metrics_url: str | None = None
+        """``http://host:port/metrics`` while the metrics server runs."""
 
     # ------------------------------------------------------------ registration
 
@@ -264,8 +273,13 @@ class Worker:
                 self._hooks,
                 self.counts,
                 self._noted_leases,
+                self.metrics,
             )
             async with trio.open_nursery() as top:
+                if settings.metrics_port is not None:
+                    self.metrics_url = await top.start(
+                        serve_metrics, self.metrics, settings.metrics_host, settings.metrics_port
+                    )
                 await top.start(self._host.serve, self._abort)
                 await top.start(courier.run, functools.partial(self._host.start, runner))
                 top.start_soon(self._stop_when_cancelled)
@@ -277,6 +291,7 @@ class Worker:
                     top.cancel_scope.cancel(reason="worker stopped")
         finally:
             self._courier = None
+            self.metrics_url = None
             if owns_client:
                 await client.aclose()
             # ready for another run (e.g. trioq.testing's run_worker_until_idle)
