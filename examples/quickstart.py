@@ -1,4 +1,13 @@
-"""A worker with two handlers: ``python -m trioq.worker examples.quickstart:worker``."""
+"""A worker with two handlers, run from the repository's root directory::
+
+    python -m trioq.broker                                                # a broker on ./.trioq
+    python -m trioq.worker examples.quickstart:worker --concurrency 5     # this worker
+    python examples/submit.py 20                                          # jobs for it
+
+``--broker-url URL`` (or ``$BROKER_URL``) points the worker at another broker; a
+comma-separated list of brokers follows whichever leads. Ctrl-C drains the worker:
+running jobs finish, then it exits with status 0.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ worker = trioq.Worker()
 
 
 class Resize(BaseModel):
+    """The payload of an ``image:resize`` job."""
+
     image: str
     width: int
 
