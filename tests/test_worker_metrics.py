@@ -119,7 +119,7 @@ async def test_no_metrics_server_unless_asked_and_an_own_registry() -> None:
         ([], {}, None, "127.0.0.1"),
         (["--metrics-port", "0"], {}, 0, "127.0.0.1"),
         ([], {"TRIOQ_WORKER_METRICS_PORT": "9105"}, 9105, "127.0.0.1"),
-        (["--metrics-port", "9106", "--metrics-host", "0.0.0.0"], {}, 9106, "0.0.0.0"),
+        (["--metrics-port", "9106", "--metrics-host", "127.0.0.2"], {}, 9106, "127.0.0.2"),
     ],
 )
 def test_metrics_flags(
