@@ -52,6 +52,7 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         "SyncClient",
         "Claimed",
         "JobSpec",
+        "Submitted",
         # worker
         "Worker",
         "JobContext",
@@ -107,6 +108,7 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         "Failure",
         "Held",
         "Outcome",
+        "Submitted",
         "new_job_id",
         "parse_urls",
         "to_json_value",

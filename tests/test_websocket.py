@@ -119,6 +119,7 @@ async def test_every_method(broker: InProcessBroker, ws: AsyncWebSocketSession) 
     assert batch["duplicates"] == []
 
     claimed = await ok(ws, "claimJob", {"workerId": "w1"})
+    assert isinstance(claimed.pop("createdAt"), int)  # when it was submitted (ms)
     assert claimed == {
         "jobId": "a",
         "type": "t",
@@ -191,6 +192,7 @@ async def test_submit_bulk_and_exchange(ws: AsyncWebSocketSession) -> None:
         ]
     }
     first = await ok(ws, "exchange", {"workerId": "w1", "claim": {"types": ["t"], "max": 1}})
+    assert isinstance(first["jobs"][0].pop("createdAt"), int)
     assert first == {
         "heartbeat": [],
         "complete": [],

@@ -89,6 +89,9 @@ async def test_worker_serves_metrics_that_move() -> None:
     assert after[("trioq_worker_job_seconds_count", boom)] == 1
     assert after[("trioq_worker_slot_wait_seconds_count", (("type", "ok"),))] == 2
     assert after[("trioq_worker_slot_wait_seconds_count", (("type", "boom"),))] == 1
+    # submit -> start, from the claim's createdAt: in seconds (a units check, not timing)
+    assert after[("trioq_worker_queue_wait_seconds_count", (("type", "ok"),))] == 2
+    assert 0 <= after[("trioq_worker_queue_wait_seconds_sum", (("type", "ok"),))] < 120
     assert after[("trioq_worker_jobs_in_progress", ())] == 0
     assert after[("trioq_worker_jobs_total", (("outcome", "claimed"),))] == 3
     assert worker.metrics_url is None  # the server stopped with the worker

@@ -37,6 +37,7 @@ from ._sync import SyncClient as SyncClient
 from .client import Claimed as Claimed
 from .client import Client as Client
 from .client import JobSpec as JobSpec
+from .client import Submitted as Submitted
 from .core._config import EngineConfig as EngineConfig
 from .core._engine import Engine as Engine
 from .core._state import Limits as Limits
@@ -91,6 +92,7 @@ __all__ = [
     "StorageAuthError",
     "StorageUnavailable",
     "StorageUnreachable",
+    "Submitted",
     "SyncClient",
     "ThrottledStorage",
     "TrioqError",

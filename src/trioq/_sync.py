@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from ._calls import DEFAULT_URL
 from ._errors import TrioqError
+from ._tracing import capture, within
 from .client import (
     Claimed,
     Client,
@@ -38,6 +39,7 @@ from .client import (
     Failure,
     Held,
     JobSpec,
+    Submitted,
     _leader_url,
 )
 from .storage._protocol import Storage
@@ -95,8 +97,12 @@ class _Loop:
             if self._closed:
                 raise RuntimeError("this SyncClient is closed")
             self._calls += 1
+        # the caller's trace context goes with the call (the loop's thread has its own)
+        context = capture()
         try:
-            return self._portal.call(func)
+            if context is None:
+                return self._portal.call(func)
+            return self._portal.call(within, context, func)
         finally:
             with self._idle:
                 self._calls -= 1
@@ -253,6 +259,11 @@ class SyncClient:
         the error that refused it (returned, not raised)."""
         specs = list(jobs)
         return self._loop.call(partial(self._client.submit_each, specs))
+
+    def submit_bulk(self, jobs: Iterable[JobSpec]) -> list[Submitted | TrioqError]:
+        """:meth:`Client.submit_bulk`: :meth:`submit_each`, telling duplicates apart."""
+        specs = list(jobs)
+        return self._loop.call(partial(self._client.submit_bulk, specs))
 
     def cancel(self, job_id: str) -> str:
         """:meth:`Client.cancel`: cancel a job; its status afterwards."""

@@ -61,6 +61,7 @@ from ._calls import parse_urls as parse_urls
 from ._coalescer import BULK_BYTES, MAX_BULK, Coalescer
 from ._errors import NotLeader, PayloadTooLarge, QueueFull, TrioqError
 from ._tokens import secret_value, ssl_context
+from ._tracing import Carrier, submit_span
 from ._wire import (
     MAX_BATCH,
     MAX_WAIT_MS,
@@ -123,6 +124,15 @@ class Failure:
     """Seconds before the retry (None: the broker's backoff)."""
     final: bool = False
     """Dead-letter the job now, whatever attempts are left."""
+
+
+@dataclass(slots=True, frozen=True)
+class Submitted:
+    """One job's outcome in :meth:`Client.submit_bulk`: its id, and whether a job
+    with that id was known already (then nothing new was enqueued)."""
+
+    job_id: str
+    duplicate: bool
 
 
 Outcome = str | TrioqError
@@ -294,7 +304,10 @@ class Client:
         ``retry_deadline``, like any 503 answer.
         """
         spec = JobSpec(type, payload, id=id, max_attempts=max_attempts, delay=delay)
-        job = _new_job(spec, "job: ")
+        with submit_span(type) as trace:
+            return await self._submit_one(_new_job(spec, "job: ", trace))
+
+    async def _submit_one(self, job: NewJob) -> str:
         item, size = job.to_json(), len(job.payload_json or b"")
         caller = self._caller
         deadline = anyio.current_time() + caller.retry_deadline
@@ -317,14 +330,15 @@ class Client:
         specs = list(jobs)
         if not specs:
             return []
-        # each payload is encoded once, checked, and spliced into the body as is
-        items = [
-            _new_job(spec, f"jobs[{i}]: " if len(specs) > 1 else "job: ")
-            for i, spec in enumerate(specs)
-        ]
-        body = {"jobs": [item.to_json() for item in items]}
-        response = await self._call("POST", "/v1/jobs/batch", body)
-        return adapter(BatchAnswer).validate_json(response.content).job_ids
+        with submit_span(_batch_type(specs), len(specs)) as trace:
+            # each payload is encoded once, checked, and spliced into the body as is
+            items = [
+                _new_job(spec, f"jobs[{i}]: " if len(specs) > 1 else "job: ", trace)
+                for i, spec in enumerate(specs)
+            ]
+            body = {"jobs": [item.to_json() for item in items]}
+            response = await self._call("POST", "/v1/jobs/batch", body)
+            return adapter(BatchAnswer).validate_json(response.content).job_ids
 
     async def submit_each(self, jobs: Iterable[JobSpec]) -> list[str | TrioqError]:
         """Enqueue jobs each on its own (``POST /v1/jobs/bulk``); in input order,
@@ -339,14 +353,32 @@ class Client:
         unreachable past the retry deadline, ...) is the result of each of its jobs.
         Nothing is retried per job: a ``QueueFull`` job is the caller's to resubmit.
         """
+        return [
+            result.job_id if isinstance(result, Submitted) else result
+            for result in await self.submit_bulk(jobs)
+        ]
+
+    async def submit_bulk(self, jobs: Iterable[JobSpec]) -> list[Submitted | TrioqError]:
+        """:meth:`submit_each`, telling each job's id and whether it was a duplicate
+        (its id known already: nothing new enqueued), or the error that refused it."""
         specs = list(jobs)
-        items = [_new_job(spec, f"jobs[{i}]: ") for i, spec in enumerate(specs)]
-        results: list[str | TrioqError] = []
-        for chunk in _chunks(items):
-            results += await self._bulk([item.to_json() for item in chunk])
+        if not specs:
+            return []
+        results: list[Submitted | TrioqError] = []
+        with submit_span(_batch_type(specs), len(specs)) as trace:
+            items = [_new_job(spec, f"jobs[{i}]: ", trace) for i, spec in enumerate(specs)]
+            for chunk in _chunks(items):
+                results += await self._bulk_detailed([item.to_json() for item in chunk])
         return results
 
     async def _bulk(self, items: list[dict[str, Any]]) -> list[str | TrioqError]:
+        """One ``POST /v1/jobs/bulk``: each job's id or its error (the coalescer's)."""
+        return [
+            result.job_id if isinstance(result, Submitted) else result
+            for result in await self._bulk_detailed(items)
+        ]
+
+    async def _bulk_detailed(self, items: list[dict[str, Any]]) -> list[Submitted | TrioqError]:
         """One ``POST /v1/jobs/bulk`` (halved and sent again while the broker finds
         the request as a whole too large: then it enqueued none of it)."""
         try:
@@ -355,7 +387,10 @@ class Client:
             if len(items) == 1:
                 return [exc]
             half = len(items) // 2
-            return [*await self._bulk(items[:half]), *await self._bulk(items[half:])]
+            return [
+                *await self._bulk_detailed(items[:half]),
+                *await self._bulk_detailed(items[half:]),
+            ]
         except TrioqError as exc:
             return [exc, *(own_copy(exc) for _ in items[1:])]
         return _bulk_results(response.content, len(items))
@@ -564,7 +599,7 @@ def _chunks(items: list[NewJob]) -> Iterator[list[NewJob]]:
         yield chunk
 
 
-def _bulk_results(content: bytes, count: int) -> list[str | TrioqError]:
+def _bulk_results(content: bytes, count: int) -> list[Submitted | TrioqError]:
     """Each job's outcome in a bulk answer (``{"results": [...]}``)."""
     try:
         results = orjson.loads(content)["results"]
@@ -576,13 +611,13 @@ def _bulk_results(content: bytes, count: int) -> list[str | TrioqError]:
         return [own_copy(error) for _ in range(count)]
 
 
-def _bulk_result(result: dict[str, Any]) -> str | TrioqError:
+def _bulk_result(result: dict[str, Any]) -> Submitted | TrioqError:
     error = result.get("error")
     if error is None:
         job_id = result["jobId"]
         if not isinstance(job_id, str):
             raise TypeError("a jobId that is not a string")
-        return job_id
+        return Submitted(job_id, result.get("duplicate") is True)
     return error_from_body(error) or TrioqError(f"malformed error in a bulk answer: {error!r}")
 
 
@@ -619,7 +654,13 @@ def _exchange_answer(content: bytes, body: dict[str, Any]) -> ExchangeAnswer:
         )
         jobs = [
             ClaimedJob(
-                job["jobId"], job["type"], job.get("payload"), job["attempt"], job["leaseMs"]
+                job["jobId"],
+                job["type"],
+                job.get("payload"),
+                job["attempt"],
+                job["leaseMs"],
+                job.get("createdAt"),
+                job.get("trace"),
             )
             for job in data["jobs"]
         ]
@@ -656,9 +697,16 @@ def _held(worker_id: str, attempt: int | None) -> dict[str, Any]:
     return body
 
 
-def _new_job(spec: JobSpec, prefix: str) -> NewJob:
+def _batch_type(specs: Sequence[JobSpec]) -> str:
+    """The destination a batch's span names: its jobs' type, or ``(mixed)``."""
+    first = specs[0].type
+    return first if all(spec.type == first for spec in specs) else "(mixed)"
+
+
+def _new_job(spec: JobSpec, prefix: str, trace: Carrier | None = None) -> NewJob:
     """The wire job ``spec`` stands for, checked and sealed (its payload encoded once:
-    ValueError or TypeError for a payload that is not JSON that round-trips)."""
+    ValueError or TypeError for a payload that is not JSON that round-trips), carrying
+    ``trace`` (the submit span's context, when tracing is on)."""
     payload_json = encode_payload(spec.payload)
     job = NewJob(
         spec.payload,
@@ -666,5 +714,6 @@ def _new_job(spec: JobSpec, prefix: str) -> NewJob:
         id=spec.id or new_job_id(),
         max_attempts=spec.max_attempts,
         delay_ms=_delay_ms(spec.delay) or 0,
+        trace=trace,
     )
     return checked_job(job, prefix, payload_json)

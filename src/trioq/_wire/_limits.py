@@ -36,6 +36,10 @@ MAX_WAIT_MS = 30_000
 MAX_LIST = 1000
 MAX_ERROR_CHARS = 8192
 """A failure's ``error`` is cut to this many characters (and an ellipsis)."""
+MAX_TRACE_FIELDS = 8
+MAX_TRACE_KEY_CHARS = 64
+MAX_TRACE_VALUE_CHARS = 512
+"""Bounds of a job's ``trace`` carrier (a tracing propagator's fields)."""
 MAX_PAYLOAD_DEPTH = 64
 """Nesting depth cap of a payload. The JSON encoder refuses documents nested deeper
 than 254 levels, and every answer that carries a payload wraps it in a few more, so a
@@ -46,6 +50,8 @@ TYPE_CHARS = r"[^\x00-\x1f]"
 ID_PATTERN = rf"^{ID_CHARS}{{1,{MAX_ID_CHARS}}}$"
 TYPE_PATTERN = rf"^{TYPE_CHARS}{{1,{MAX_TYPE_CHARS}}}$"
 CURSOR_PATTERN = r"^[0-9]{1,40}$"
+TRACE_KEY_PATTERN = rf"^[A-Za-z0-9._\-]{{1,{MAX_TRACE_KEY_CHARS}}}$"
+TRACE_VALUE_PATTERN = rf"^[\x20-\x7e]{{0,{MAX_TRACE_VALUE_CHARS}}}$"
 
 RULES: dict[str, str] = {
     "payload": f"a JSON value nested at most {MAX_PAYLOAD_DEPTH} levels deep",
@@ -68,6 +74,11 @@ RULES: dict[str, str] = {
     "attempt": f"an integer from 1 to {MAX_ATTEMPT}",
     "error": "a string",
     "final": "a boolean",
+    "trace": (
+        f"an object of at most {MAX_TRACE_FIELDS} string fields (names of 1-"
+        f"{MAX_TRACE_KEY_CHARS} characters of A-Z a-z 0-9 . _ -, values of at most "
+        f"{MAX_TRACE_VALUE_CHARS} printable ASCII characters)"
+    ),
     "limit": f"an integer from 1 to {MAX_LIST}",
     "cursor": "a value from a previous nextCursor",
     "method": "the name of a method",
@@ -109,6 +120,18 @@ Attempt = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPT)]
 MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS)]
 DelayMs = Annotated[StrictInt, Field(ge=0, le=MAX_DELAY_MS)]
 ErrorText = Annotated[StrictStr, AfterValidator(_cut_error)]
+TraceCarrier = Annotated[
+    dict[
+        Annotated[StrictStr, Field(pattern=TRACE_KEY_PATTERN)],
+        Annotated[StrictStr, Field(pattern=TRACE_VALUE_PATTERN)],
+    ],
+    Field(
+        max_length=MAX_TRACE_FIELDS,
+        examples=[{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}],
+    ),
+]
+"""A job's trace context: what a tracing propagator writes (W3C ``traceparent``,
+``tracestate``), carried from the submit to the worker (:mod:`trioq._tracing`)."""
 # the JSON schema is given: with the before-validator first (query strings are text),
 # pydantic would document the bounds as "ge"/"le" and drop the pattern
 Limit = Annotated[

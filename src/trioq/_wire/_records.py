@@ -18,6 +18,7 @@ from ._limits import (
     JobId,
     JobType,
     MaxAttempts,
+    TraceCarrier,
 )
 
 
@@ -43,7 +44,8 @@ class NewJob:
 
     ``type`` defaults to ``"default"``; ``id`` (client-chosen) makes the submit
     idempotent; ``max_attempts`` defaults to the broker's (3); ``delay_ms`` makes the
-    job claimable that much later. Built freely (nothing is checked here): the
+    job claimable that much later; ``trace`` is the trace context the job carries to
+    its worker (written by the client when tracing is on). Built freely (nothing is checked here): the
     queue model checks an unsealed one against the schema before it takes it.
     """
 
@@ -52,6 +54,7 @@ class NewJob:
     id: JobId | None = None
     max_attempts: MaxAttempts | None = None
     delay_ms: DelayMs = 0
+    trace: TraceCarrier | None = None
 
     @property
     def payload_json(self) -> bytes | None:
@@ -71,30 +74,47 @@ class NewJob:
             body["maxAttempts"] = self.max_attempts
         if self.delay_ms:
             body["delayMs"] = self.delay_ms
+        if self.trace:
+            body["trace"] = self.trace
         return body
+
+
+def _absent(value: object) -> bool:
+    """An optional field the wire form leaves out when it has no value."""
+    return value is None
 
 
 @with_config(ConfigDict(**CAMEL))
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """A job handed to a worker: run it, then complete or fail it at ``attempt``,
-    heartbeating at least three times per ``lease_ms`` meanwhile."""
+    heartbeating at least three times per ``lease_ms`` meanwhile. ``created_at``:
+    when it was submitted (the broker's clock, ms since the epoch; None from a broker
+    that does not say); ``trace``: the trace context it was submitted with."""
 
     id: Annotated[str, Field(alias="jobId")]
     type: str
     payload: Any
     attempt: int
     lease_ms: int
+    created_at: Annotated[int | None, Field(exclude_if=_absent)] = None
+    trace: Annotated[dict[str, str] | None, Field(exclude_if=_absent)] = None
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form (osqueue's claim fields plus ``attempt`` and ``leaseMs``)."""
-        return {
+        """The wire form (osqueue's claim fields plus ``attempt``, ``leaseMs``,
+        ``createdAt`` and, when the job has one, ``trace``)."""
+        body: dict[str, Any] = {
             "jobId": self.id,
             "type": self.type,
             "payload": self.payload,
             "attempt": self.attempt,
             "leaseMs": self.lease_ms,
         }
+        if self.created_at is not None:
+            body["createdAt"] = self.created_at
+        if self.trace:
+            body["trace"] = self.trace
+        return body
 
 
 @with_config(

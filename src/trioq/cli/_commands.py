@@ -20,10 +20,9 @@ from typing import Any
 import orjson
 import trio
 
-from .._calls import error_from_body
 from .._errors import TrioqError
 from .._wire import MAX_LIST, NewJob, parse_new_job
-from ..client import Client
+from ..client import Client, JobSpec, Submitted
 from ._common import USAGE, CliError, dumps, is_terminal, parser, run
 
 CHUNK_JOBS = 1000
@@ -90,10 +89,11 @@ def submit(argv: Sequence[str], prog: str) -> int:
         [result] = await _bulk(client, [job])
         if isinstance(result, TrioqError):
             raise result
-        job_id, duplicate = result
-        print(job_id)
-        if duplicate:
-            sys.stderr.write(f"{prog}: job {job_id} existed already: nothing new submitted\n")
+        print(result.job_id)
+        if result.duplicate:
+            sys.stderr.write(
+                f"{prog}: job {result.job_id} existed already: nothing new submitted\n"
+            )
         return 0
 
     return run(prog, args, one)
@@ -157,20 +157,19 @@ def _new_job(item: object, *, derive_id: bool) -> NewJob:
         raise CliError(exc.message) from None
 
 
-async def _bulk(client: Client, jobs: list[NewJob]) -> list[tuple[str, bool] | TrioqError]:
-    """One ``POST /v1/jobs/bulk``: each job's (id, duplicate) or its error.
-
-    ``Client.submit_each`` answers ids only; ``submit --file`` reports how many jobs
-    were new, so it reads the bulk answer's ``duplicate`` flags itself, through the
-    client's call (which keeps its retries and leader following)."""
-    response = await client._call("POST", "/v1/jobs/bulk", {"jobs": [j.to_json() for j in jobs]})
-    results: list[tuple[str, bool] | TrioqError] = []
-    for result in orjson.loads(response.content)["results"]:
-        if "error" in result:
-            results.append(error_from_body(result["error"]) or TrioqError(str(result["error"])))
-        else:
-            results.append((result["jobId"], bool(result.get("duplicate"))))
-    return results
+async def _bulk(client: Client, jobs: list[NewJob]) -> list[Submitted | TrioqError]:
+    """Each job's (id, duplicate) or its error, through ``Client.submit_bulk`` (its
+    retries, leader following and request splitting)."""
+    return await client.submit_bulk(
+        JobSpec(
+            job.type,
+            job.payload,
+            id=job.id,
+            max_attempts=job.max_attempts,
+            delay=job.delay_ms / 1000 if job.delay_ms else None,
+        )
+        for job in jobs
+    )
 
 
 def _chunks(jobs: list[tuple[int, NewJob]]) -> list[list[tuple[int, NewJob]]]:
@@ -198,10 +197,9 @@ async def _submit_file(client: Client, jobs: list[tuple[int, NewJob]], prog: str
                     failed += 1
                     sys.stderr.write(f"{prog}: line {number}: {result.message} ({result.tag})\n")
                     continue
-                job_id, duplicate = result
-                duplicates += duplicate
-                new += not duplicate
-                print(job_id)
+                duplicates += result.duplicate
+                new += not result.duplicate
+                print(result.job_id)
             sys.stdout.flush()
             progress.advance(task, len(chunk))
     refused = f", {failed} refused" if failed else ""

@@ -344,7 +344,12 @@ def _record(
         if not isinstance(raw, dict):
             raise ValueError(f"expected a record, got {item[:80]!r}")
         record = kind.from_json(raw)
-        keys = canonical_keys or tuple(record.to_json().keys())
+        # a record with optional fields (a job's ``trace``) has keys of its own
+        keys = (
+            canonical_keys
+            if canonical_keys is not None and len(raw) == len(canonical_keys)
+            else tuple(record.to_json().keys())
+        )
         if tuple(raw.keys()) == keys:
             return record, item + b"\n"
         return record, None

@@ -74,6 +74,8 @@ class Job:
     heartbeat_at: int | None = None
     last_error: str | None = None
     cancel_requested: bool = False
+    trace: dict[str, str] | None = None
+    """The trace context it was submitted with (stored only when there is one)."""
     # A fresh value of the state's ticket counter each time the job enters the
     # ready queue; stale heap entries carry another ticket and are skipped.
     ticket: int = 0
@@ -88,7 +90,7 @@ class Job:
     def to_json(self) -> dict[str, Any]:
         if self.payload_json is None:
             self.payload_json = kept(orjson.dumps(self.payload))
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "payload": orjson.Fragment(self.payload_json),
@@ -103,6 +105,9 @@ class Job:
             "lastError": self.last_error,
             "cancelRequested": self.cancel_requested,
         }
+        if self.trace:
+            body["trace"] = self.trace
+        return body
 
     def encode(self) -> bytes:
         if self.encoded is None:
@@ -128,6 +133,7 @@ class Job:
             heartbeat_at=_opt_int(raw.get("heartbeatAt")),
             last_error=_opt_str(raw.get("lastError")),
             cancel_requested=bool(raw.get("cancelRequested", False)),
+            trace=_opt_trace(raw.get("trace")),
         )
 
 
@@ -145,10 +151,11 @@ class DeadJob:
     died_at: int
     reason: DeadReason
     last_error: str | None
+    trace: dict[str, str] | None = None
     encoded: bytes | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "payload": self.payload,
@@ -159,6 +166,9 @@ class DeadJob:
             "reason": self.reason,
             "lastError": self.last_error,
         }
+        if self.trace:
+            body["trace"] = self.trace
+        return body
 
     def encode(self) -> bytes:
         if self.encoded is None:
@@ -180,6 +190,7 @@ class DeadJob:
             died_at=_int(raw["diedAt"]),
             reason=reason,
             last_error=_opt_str(raw.get("lastError")),
+            trace=_opt_trace(raw.get("trace")),
         )
 
 
@@ -243,3 +254,13 @@ def _int(value: object) -> int:
 
 def _opt_int(value: object) -> int | None:
     return None if value is None else _int(value)
+
+
+def _opt_trace(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"expected a trace carrier (an object of strings), got {value!r}")
+    return value

@@ -318,6 +318,7 @@ class QueueState:
             ready_at=now + item.delay_ms,
             order=self.next_order,
             payload_json=payload_json,
+            trace=item.trace or None,
         )
         self.next_order += 1
         self._add(job, now)
@@ -344,7 +345,15 @@ class QueueState:
                 changed(self._changes.jobs, job.id)
             self.index.lease(job)
             claimed.append(
-                ClaimedJob(job.id, job.type, job.payload, job.attempts, self.limits.job_lease_ms)
+                ClaimedJob(
+                    job.id,
+                    job.type,
+                    job.payload,
+                    job.attempts,
+                    self.limits.job_lease_ms,
+                    job.created_at,
+                    job.trace,
+                )
             )
         return claimed
 
@@ -471,6 +480,7 @@ class QueueState:
             ready_at=now,
             order=self.next_order,
             last_error=dead.last_error,
+            trace=dead.trace,
         )
         self.next_order += 1
         self._add(job, now)
@@ -648,6 +658,7 @@ class QueueState:
             died_at=now,
             reason=reason,
             last_error=job.last_error,
+            trace=job.trace,
         )
         self.counters["dead"] += 1
         for dropped in self.archive.bury(dead, self.limits.dead_letter_cap):

@@ -22,6 +22,8 @@ payload is in the ``started`` line only with ``log_payloads``.
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,7 @@ import trio
 
 from .._errors import JobNotFound, LeaseLost, TrioqError
 from .._logging import job_fields
+from .._tracing import JobTrace
 from ..client import Claimed, Client, Failure, Outcome
 from ._courier import Courier, Report
 from ._handlers import Handler, Hooks, JobContext, call_handler, label, run_hooks
@@ -81,6 +84,12 @@ class _Lease:
     """The handler is done (or never started)."""
     beating: bool = False
     """The heartbeat task has started (so it must be cancelled to end)."""
+    trace: JobTrace | None = None
+    """The job's spans, when tracing is on (:mod:`trioq._tracing`)."""
+
+    def reporting(self, what: str) -> AbstractContextManager[object]:
+        """The span of an outcome report (``complete``, ``fail``), if tracing."""
+        return nullcontext() if self.trace is None else self.trace.reporting(what)
 
 
 @dataclass(eq=False)
@@ -105,7 +114,11 @@ class JobRunner:
         """The job's nursery (heartbeat, and the handler once a slot is free), then
         its report."""
         # the lease runs from the claim: heartbeats cover the wait for a slot too
-        lease = _Lease(deadline=claimed_at + job.lease_ms / 1000, claimed_at=claimed_at)
+        lease = _Lease(
+            deadline=claimed_at + job.lease_ms / 1000,
+            claimed_at=claimed_at,
+            trace=JobTrace.start(job.id, job.type, job.attempt, job.trace),
+        )
         try:
             await self._run(job, ctx, lease)
         finally:
@@ -178,7 +191,14 @@ class JobRunner:
         if not await self.slots.acquire(borrower):
             return None
         started = trio.current_time()
-        self.metrics.started(job.type, started - lease.claimed_at)
+        # submit to start, from the broker's clock to ours: first attempts only (a
+        # retry's would count its earlier attempts), a requested delay included
+        queue_wait = (
+            time.time() - job.created_at / 1000
+            if job.created_at is not None and job.attempt == 1
+            else None
+        )
+        self.metrics.started(job.type, started - lease.claimed_at, queue_wait)
         if log.isEnabledFor(logging.DEBUG):
             more = {"payload": job.payload} if self.settings.log_payloads else {}
             log.debug(
@@ -189,7 +209,13 @@ class JobRunner:
             )
         outcome: _Outcome | None = None
         try:
-            outcome = await self._execute(handler, job, ctx)
+            if lease.trace is None:
+                outcome = await self._execute(handler, job, ctx)
+            else:
+                with lease.trace.running(queue_wait) as span:
+                    outcome = await self._execute(handler, job, ctx)
+                    if outcome.error is not None:
+                        JobTrace.failed(span, outcome.error)
             return outcome
         finally:
             self.slots.release(borrower)
@@ -298,7 +324,8 @@ class JobRunner:
 
     async def _report_completion(self, job: Claimed, ctx: JobContext, lease: _Lease) -> None:
         self._let_go(lease)
-        result = await self._hand_over(job, "completion", self.courier.complete(job))
+        with lease.reporting("complete"):
+            result = await self._hand_over(job, "completion", self.courier.complete(job))
         reported = isinstance(result, str)
         if isinstance(result, LeaseLost | JobNotFound):
             # sent again after an exchange whose answer was lost: the first send may
@@ -325,7 +352,8 @@ class JobRunner:
     ) -> None:
         self._let_go(lease)
         failure = Failure(job, error, final=final)
-        result = await self._hand_over(job, "failure", self.courier.fail(job, failure))
+        with lease.reporting("fail"):
+            result = await self._hand_over(job, "failure", self.courier.fail(job, failure))
         reported = isinstance(result, str)
         if isinstance(result, LeaseLost | JobNotFound):
             reported = await self._recorded(job, error)

@@ -42,6 +42,9 @@ class WorkerMetrics:
     - ``trioq_worker_job_seconds{type,outcome}``: handler start to end;
     - ``trioq_worker_slot_wait_seconds{type}``: claim to handler start (the wait
       for a free slot, prefetched jobs' mostly);
+    - ``trioq_worker_queue_wait_seconds{type}``: submit to handler start, first
+      attempts only (the broker's ``createdAt`` against this machine's clock, so
+      clock skew between them shows here; a requested delay is included);
     - ``trioq_worker_jobs_in_progress``: handlers running now;
     - ``trioq_worker_jobs_total{outcome}``: the worker's ``counts`` (claimed,
       completed, failed, released, lost), read at scrape time.
@@ -63,6 +66,14 @@ class WorkerMetrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.queue_wait_seconds = Histogram(
+            "trioq_worker_queue_wait_seconds",
+            "From a job's submit (the broker's clock) to its handler's start, first "
+            "attempts only, by type.",
+            ["type"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
         self.in_progress = Gauge(
             "trioq_worker_jobs_in_progress", "Handlers running now.", registry=self.registry
         )
@@ -74,9 +85,12 @@ class WorkerMetrics:
         ``trioq_worker_jobs_total{outcome}``."""
         self._counts = counts
 
-    def started(self, job_type: str, waited: float) -> None:
-        """A handler starts, ``waited`` seconds after its job was claimed."""
+    def started(self, job_type: str, waited: float, queue_wait: float | None = None) -> None:
+        """A handler starts, ``waited`` seconds after its job was claimed and
+        ``queue_wait`` seconds after it was submitted (None: not observed)."""
         self.slot_wait_seconds.labels(job_type).observe(max(0.0, waited))
+        if queue_wait is not None:
+            self.queue_wait_seconds.labels(job_type).observe(max(0.0, queue_wait))
         self.in_progress.inc()
 
     def ended(self, job_type: str, outcome: str, seconds: float) -> None:
