@@ -454,7 +454,7 @@ def test_claim_order_is_ready_time_then_enqueue_order() -> None:
     state = make()
     state.enqueue([NewJob(0, id="late", delay_ms=100)], T)
     add(state, "b", "c", now=T)
-    add(state, "d", now=T + 50)
+    add(state, "d", now=T, delay_ms=50)
     assert state.next_ready_at() == T
     assert [c.id for c in state.claim("w", T + 49, max_jobs=10)] == ["b", "c"]
     assert state.next_ready_at() == T + 50
@@ -463,6 +463,38 @@ def test_claim_order_is_ready_time_then_enqueue_order() -> None:
     assert state.next_ready_at() == T + 100
     assert [c.id for c in state.claim("w", T + 100, max_jobs=10)] == ["late"]
     assert state.next_ready_at() is None
+
+
+def test_claims_take_the_highest_priority_first_then_ready_time_and_order() -> None:
+    state = make()
+    add(state, "low", now=T, priority=-5)
+    add(state, "a", "b", now=T)
+    add(state, "x1", now=T, type="x", priority=3)
+    add(state, "high", now=T, priority=10)
+    add(state, "soon", now=T, priority=100, delay_ms=50)  # not ready: waits
+    add(state, "x2", now=T + 1, type="x", priority=3)
+    assert [c.id for c in state.claim("w", T + 10, max_jobs=3)] == ["high", "x1", "x2"]
+    # a type filter keeps the order within the types asked for
+    add(state, "y", now=T + 10, type="y", priority=1)
+    assert [c.id for c in state.claim("w", T + 10, types=["default"])] == ["a"]
+    # the delayed job's priority counts once it is ready
+    assert [c.id for c in state.claim("w", T + 50, max_jobs=5)] == ["soon", "y", "b", "low"]
+
+
+def test_priority_is_stored_and_kept_through_retry_death_and_requeue() -> None:
+    state = make(default_max_attempts=1)
+    add(state, "p", now=T, priority=7)
+    add(state, "q", now=T)
+    state = roundtrip(state)
+    assert state.jobs["p"].priority == 7
+    assert b'"priority":7' in state.jobs["p"].encode()
+    assert b"priority" not in state.jobs["q"].encode()  # 0 is not written
+    assert claim1(state, now=T).id == "p"
+    state.fail("p", "w1", T, error="boom")
+    assert state.dead["p"].priority == 7
+    state = roundtrip(state)
+    state.requeue_dead("p", T + 1)
+    assert claim1(state, now=T + 2).id == "p"
 
 
 def test_a_retried_job_queues_from_when_it_becomes_ready() -> None:

@@ -77,6 +77,11 @@ class MJob:
     hb: int | None = None
     last_error: str | None = None
     cancel: bool = False
+    priority: int = 0
+
+    def claim_key(self) -> tuple[int, int, int]:
+        """The order claims take ready jobs in."""
+        return (-self.priority, self.ready_at, self.order)
 
 
 @dataclass
@@ -147,7 +152,7 @@ class Model:
                 and j.ready_at <= now
                 and (types is None or j.type in types)
             ),
-            key=lambda j: (j.ready_at, j.order),
+            key=MJob.claim_key,
         )
 
     def add(self, job: MJob) -> None:
@@ -229,6 +234,7 @@ def valid_item() -> st.SearchStrategy[NewJob]:
         id=st.one_of(st.none(), st.sampled_from(IDS)),
         max_attempts=st.sampled_from([None, 1, 2, 3]),
         delay_ms=st.sampled_from([0, 0, 0, 50, 700, 3000]),
+        priority=st.sampled_from([0, 0, 0, 1, -1, 5]),
     )
 
 
@@ -238,6 +244,7 @@ INVALID_ITEMS = [
     NewJob(1, max_attempts=0),
     NewJob(1, max_attempts=6),
     NewJob(1, delay_ms=-1),
+    NewJob(1, priority=2**31),
 ]
 
 
@@ -349,6 +356,7 @@ class QueueMachine(RuleBasedStateMachine):
                     created_at=now,
                     ready_at=now + item.delay_ms,
                     order=m.next_order,
+                    priority=item.priority,
                 )
             )
             m.next_order += 1
@@ -393,7 +401,7 @@ class QueueMachine(RuleBasedStateMachine):
         left = m.ready(now, types)
         if claimed and left:
             last = m.jobs[claimed[-1].id]
-            assert (last.ready_at, last.order) < (left[0].ready_at, left[0].order)
+            assert last.claim_key() < left[0].claim_key()
         assert len(claimed) == max_jobs or not left
 
     @precondition(has_leases)
@@ -557,6 +565,7 @@ class QueueMachine(RuleBasedStateMachine):
                 ready_at=now,
                 order=m.next_order,
                 last_error=old.last_error,
+                priority=old.priority,
             )
         )
         m.next_order += 1
@@ -735,14 +744,22 @@ class QueueMachine(RuleBasedStateMachine):
     def indexes_answer_like_a_scan(self) -> None:
         s = self.state
         # an index entry a claim would take is one for the job as it stands now
-        heaps = [(None, s.index.ready), (None, s.index.delayed), *s.index.by_type.items()]
+        heaps = [(None, s.index.ready), *s.index.by_type.items()]
         for heap_type, heap in heaps:
-            for ready_at, order, ticket, job_id in heap:
+            for minus_priority, ready_at, order, ticket, job_id in heap:
                 job = s.jobs.get(job_id)
                 if job is None or job.status != "unclaimed" or job.ticket != ticket:
                     continue  # stale: skipped by every reader
-                assert (ready_at, order) == (job.ready_at, job.order), job_id
+                assert (-minus_priority, ready_at, order) == (
+                    job.priority,
+                    job.ready_at,
+                    job.order,
+                ), job_id
                 assert heap_type in (None, job.type), job_id
+        for ready_at, order, ticket, job_id in s.index.delayed:
+            job = s.jobs.get(job_id)
+            if job is not None and job.status == "unclaimed" and job.ticket == ticket:
+                assert (ready_at, order) == (job.ready_at, job.order), job_id
         unclaimed = [j.ready_at for j in s.jobs.values() if j.status == "unclaimed"]
         assert s.next_ready_at() == (min(unclaimed) if unclaimed else None)
         leases = [j.heartbeat_at or 0 for j in s.jobs.values() if j.status == "in_progress"]

@@ -241,11 +241,18 @@ class SyncClient:
         max_attempts: int | None = None,
         delay: float | dt.timedelta | None = None,
         id: str | None = None,
+        priority: int = 0,
     ) -> str:
         """:meth:`Client.submit`: enqueue one job; its id once it is durable."""
         return self._loop.call(
             partial(
-                self._client.submit, type, payload, max_attempts=max_attempts, delay=delay, id=id
+                self._client.submit,
+                type,
+                payload,
+                max_attempts=max_attempts,
+                delay=delay,
+                id=id,
+                priority=priority,
             )
         )
 

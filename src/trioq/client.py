@@ -101,6 +101,8 @@ class JobSpec:
     id: str | None = None
     max_attempts: int | None = None
     delay: float | dt.timedelta | None = None
+    priority: int = 0
+    """Higher is claimed first (within a priority: ready time, then enqueue order)."""
 
 
 class Held(Protocol):
@@ -294,8 +296,12 @@ class Client:
         max_attempts: int | None = None,
         delay: float | dt.timedelta | None = None,
         id: str | None = None,
+        priority: int = 0,
     ) -> str:
         """Enqueue one job; returns its id once the broker has made it durable.
+
+        ``priority``: claims take the highest first (default 0; any 32-bit integer),
+        and within a priority the order of ready time, then enqueue order.
 
         Concurrent calls share requests (``POST /v1/jobs/bulk``), each with its own
         outcome: one caller's refused job never fails another's. A job the schema
@@ -303,7 +309,9 @@ class Client:
         (:class:`~trioq.QueueFull`) is retried with backoff until the client's
         ``retry_deadline``, like any 503 answer.
         """
-        spec = JobSpec(type, payload, id=id, max_attempts=max_attempts, delay=delay)
+        spec = JobSpec(
+            type, payload, id=id, max_attempts=max_attempts, delay=delay, priority=priority
+        )
         with submit_span(type) as trace:
             return await self._submit_one(_new_job(spec, "job: ", trace))
 
@@ -715,5 +723,6 @@ def _new_job(spec: JobSpec, prefix: str, trace: Carrier | None = None) -> NewJob
         max_attempts=spec.max_attempts,
         delay_ms=_delay_ms(spec.delay) or 0,
         trace=trace,
+        priority=spec.priority,
     )
     return checked_job(job, prefix, payload_json)

@@ -36,6 +36,9 @@ MAX_WAIT_MS = 30_000
 MAX_LIST = 1000
 MAX_ERROR_CHARS = 8192
 """A failure's ``error`` is cut to this many characters (and an ellipsis)."""
+MIN_PRIORITY = -(2**31)
+MAX_PRIORITY = 2**31 - 1
+"""A job's priority: a 32-bit signed integer; higher is claimed first."""
 MAX_TRACE_FIELDS = 8
 MAX_TRACE_KEY_CHARS = 64
 MAX_TRACE_VALUE_CHARS = 512
@@ -74,6 +77,7 @@ RULES: dict[str, str] = {
     "attempt": f"an integer from 1 to {MAX_ATTEMPT}",
     "error": "a string",
     "final": "a boolean",
+    "priority": f"an integer from {MIN_PRIORITY} to {MAX_PRIORITY}",
     "trace": (
         f"an object of at most {MAX_TRACE_FIELDS} string fields (names of 1-"
         f"{MAX_TRACE_KEY_CHARS} characters of A-Z a-z 0-9 . _ -, values of at most "
@@ -119,6 +123,7 @@ WorkerId = Annotated[
 Attempt = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPT)]
 MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS)]
 DelayMs = Annotated[StrictInt, Field(ge=0, le=MAX_DELAY_MS)]
+Priority = Annotated[StrictInt, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 ErrorText = Annotated[StrictStr, AfterValidator(_cut_error)]
 TraceCarrier = Annotated[
     dict[

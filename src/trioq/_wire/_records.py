@@ -18,6 +18,7 @@ from ._limits import (
     JobId,
     JobType,
     MaxAttempts,
+    Priority,
     TraceCarrier,
 )
 
@@ -44,7 +45,8 @@ class NewJob:
 
     ``type`` defaults to ``"default"``; ``id`` (client-chosen) makes the submit
     idempotent; ``max_attempts`` defaults to the broker's (3); ``delay_ms`` makes the
-    job claimable that much later; ``trace`` is the trace context the job carries to
+    job claimable that much later; ``priority`` (default 0): claims take the highest
+    first, and within a priority the order of ready time, then enqueue order; ``trace`` is the trace context the job carries to
     its worker (written by the client when tracing is on). Built freely (nothing is checked here): the
     queue model checks an unsealed one against the schema before it takes it.
     """
@@ -55,6 +57,7 @@ class NewJob:
     max_attempts: MaxAttempts | None = None
     delay_ms: DelayMs = 0
     trace: TraceCarrier | None = None
+    priority: Priority = 0
 
     @property
     def payload_json(self) -> bytes | None:
@@ -76,6 +79,8 @@ class NewJob:
             body["delayMs"] = self.delay_ms
         if self.trace:
             body["trace"] = self.trace
+        if self.priority:
+            body["priority"] = self.priority
         return body
 
 

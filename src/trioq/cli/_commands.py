@@ -32,7 +32,7 @@ CHUNK_BYTES = 512 * 1024
 CONTENT_ID_PREFIX = "sha256-"
 """A job id derived from a line's content: this and the hex digest (71 characters)."""
 
-_JOB_KEYS = {"type", "payload", "id", "delay", "maxAttempts"}
+_JOB_KEYS = {"type", "payload", "id", "delay", "maxAttempts", "priority"}
 
 
 # ------------------------------------------------------------------- submit
@@ -50,17 +50,25 @@ def submit(argv: Sequence[str], prog: str) -> int:
     p.add_argument("--id", help="the job's id (default: a new one)")
     p.add_argument("--delay", type=float, metavar="SECONDS", help="claimable this much later")
     p.add_argument("--max-attempts", type=int, metavar="N", help="attempts before dead-letter")
+    p.add_argument("--priority", type=int, metavar="N", help="higher is claimed first (default 0)")
     p.add_argument(
         "--file",
         type=Path,
         metavar="JOBS.jsonl",
         help='one job a line: {"type": ..., "payload": ..., "id"?, "delay"? (seconds), '
-        '"maxAttempts"?}; a line without "id" gets one derived from its type and payload',
+        '"maxAttempts"?, "priority"?}; a line without "id" gets one derived from its type '
+        "and payload",
     )
     args = p.parse_args(argv)
     if args.file is not None:
-        if args.type is not None or args.id or args.delay is not None or args.max_attempts:
-            p.error("--file takes no TYPE, JSON, --id, --delay or --max-attempts")
+        if (
+            args.type is not None
+            or args.id
+            or args.delay is not None
+            or args.max_attempts
+            or args.priority is not None
+        ):
+            p.error("--file takes no TYPE, JSON, --id, --delay, --max-attempts or --priority")
         try:
             jobs = read_jobs_file(args.file)
         except CliError as exc:
@@ -80,6 +88,8 @@ def submit(argv: Sequence[str], prog: str) -> int:
         item["delay"] = args.delay
     if args.max_attempts is not None:
         item["maxAttempts"] = args.max_attempts
+    if args.priority is not None:
+        item["priority"] = args.priority
     try:
         job = _new_job(item, derive_id=False)
     except CliError as exc:
@@ -146,6 +156,8 @@ def _new_job(item: object, *, derive_id: bool) -> NewJob:
         wire["id"] = content_id(item["type"], item["payload"])
     if item.get("maxAttempts") is not None:
         wire["maxAttempts"] = item["maxAttempts"]
+    if item.get("priority") is not None:
+        wire["priority"] = item["priority"]
     delay = item.get("delay")
     if delay is not None:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
@@ -167,6 +179,7 @@ async def _bulk(client: Client, jobs: list[NewJob]) -> list[Submitted | TrioqErr
             id=job.id,
             max_attempts=job.max_attempts,
             delay=job.delay_ms / 1000 if job.delay_ms else None,
+            priority=job.priority,
         )
         for job in jobs
     )

@@ -1,12 +1,16 @@
 """The indexes over the queued jobs that keep every mutation O(1) or O(log n).
 
-- Jobs ready to claim sit in heaps keyed by (ready time, enqueue order), one for all
-  types and one per type, with lazy deletion: a heap entry carries the job's
-  ``ticket`` at the time it was queued and is skipped once the ticket moved on.
-  Tickets come from one counter, so an entry left behind by a job that is gone never
-  matches a later job that reuses its id.
-- Jobs queued with a ready time in the future also sit in a heap of their own, so
-  the engine can wake waiting claims when they become ready.
+- Jobs queued with a ready time in the future sit in the delayed heap, keyed by
+  (ready time, enqueue order); the engine wakes waiting claims at its head's time.
+  When that time has come (:meth:`JobIndex.promote`, run by every claim), they move
+  to the ready heaps.
+- Jobs ready to claim sit in heaps keyed by (-priority, ready time, enqueue order),
+  one for all types and one per type: the highest priority first, and within a
+  priority the order of ready time, then enqueue order.
+- Every heap deletes lazily: an entry carries the job's ``ticket`` at the time it was
+  queued and is skipped once the ticket moved on. Tickets come from one counter, so
+  an entry left behind by a job that is gone never matches a later job that reuses
+  its id.
 - In-progress jobs sit in an ordered dict in heartbeat order, so lease expiry pops
   from the front (every lease has the same length).
 - Jobs are counted by type as they come and go (:class:`JobTable` counts the queued
@@ -21,12 +25,16 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Generator, Sequence
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from ._jobs import Job
 
+_E = TypeVar("_E", "HeapEntry", "ReadyEntry")
+
 HeapEntry = tuple[int, int, int, str]
-"""(ready_at, order, ticket, job id)"""
+"""A delayed heap's entry: (ready_at, order, ticket, job id)."""
+ReadyEntry = tuple[int, int, int, int, str]
+"""A ready heap's entry: (-priority, ready_at, order, ticket, job id)."""
 
 _REBUILD_STEP = 2048
 """Entries indexed by type between two checkpoints of a load."""
@@ -111,8 +119,8 @@ class JobIndex:
 
     def __init__(self, jobs: JobTable) -> None:
         self._jobs = jobs
-        self.ready: list[HeapEntry] = []
-        self.by_type: dict[str, list[HeapEntry]] = {}
+        self.ready: list[ReadyEntry] = []
+        self.by_type: dict[str, list[ReadyEntry]] = {}
         self.delayed: list[HeapEntry] = []
         self.leases: OrderedDict[str, str] = OrderedDict()
         """In-progress job ids in lease order, each with its job's type."""
@@ -140,55 +148,81 @@ class JobIndex:
     # ------------------------------------------------------------ the ready queue
 
     def push(self, job: Job, now: int) -> None:
-        """Queue an unclaimed ``job`` at its ready time (a new ticket)."""
+        """Queue an unclaimed ``job`` at its ready time (a new ticket): ready now, or
+        delayed until then."""
         self._tickets += 1
         job.ticket = self._tickets
-        entry = (job.ready_at, job.order, job.ticket, job.id)
-        heapq.heappush(self.ready, entry)
-        heapq.heappush(self.by_type.setdefault(job.type, []), entry)
-        self._entries += 2
         if job.ready_at > now:
-            # only a job that is not ready yet needs a wake-up at its ready time
-            heapq.heappush(self.delayed, entry)
+            heapq.heappush(self.delayed, (job.ready_at, job.order, job.ticket, job.id))
             self._entries += 1
+        else:
+            entry = (-job.priority, job.ready_at, job.order, job.ticket, job.id)
+            heapq.heappush(self.ready, entry)
+            heapq.heappush(self.by_type.setdefault(job.type, []), entry)
+            self._entries += 2
         if self._entries > 6 * self.unclaimed_count + 4096:
             self._rebuild()
 
     def pop_ready(self, types: Sequence[str] | None, now: int) -> Job | None:
         """Take the first job of ``types`` (all when ``None``) that is ready at
-        ``now``, in (ready time, enqueue order); None when there is none."""
+        ``now``, in (-priority, ready time, enqueue order); None when there is none."""
+        self.promote(now)
         if types is None:
             heaps = [self.ready]
         else:
             heaps = [h for t in dict.fromkeys(types) if (h := self.by_type.get(t))]
-        best: list[HeapEntry] | None = None
-        best_head: HeapEntry | None = None
+        best: list[ReadyEntry] | None = None
+        best_head: ReadyEntry | None = None
         for heap in heaps:
             head = self._valid_head(heap)
-            if head is not None and head[0] <= now and (best_head is None or head < best_head):
+            if head is not None and (best_head is None or head < best_head):
                 best, best_head = heap, head
         if best is None or best_head is None:
             return None
         heapq.heappop(best)
         self._entries -= 1
-        return self._jobs[best_head[3]]
+        return self._jobs[best_head[4]]
 
     def next_ready_at(self) -> int | None:
-        head = self._valid_head(self.ready)
-        return None if head is None else head[0]
+        """The earliest ready time of an unclaimed job (O(n): for tests and tools)."""
+        times = [j.ready_at for j in self._jobs.values() if j.status == "unclaimed"]
+        return min(times) if times else None
 
     def next_delayed_at(self) -> int | None:
         head = self._valid_head(self.delayed)
         return None if head is None else head[0]
 
     def pop_due(self, now: int) -> int:
-        """Forget delayed entries whose time has come; returns how many became ready."""
-        count = 0
-        while (head := self._valid_head(self.delayed)) is not None and head[0] <= now:
-            heapq.heappop(self.delayed)
-            self._entries -= 1
-            count += 1
-        return count
+        """Move the delayed jobs whose time has come to the ready heaps; returns how
+        many became ready."""
+        return self.promote(now)
+
+    def promote(self, now: int) -> int:
+        """:meth:`pop_due`: many at once (a load's) are heapified, not pushed."""
+        delayed, jobs = self.delayed, self._jobs
+        due: list[ReadyEntry] = []
+        while (head := self._valid_head(delayed)) is not None and head[0] <= now:
+            heapq.heappop(delayed)
+            job = jobs[head[3]]
+            due.append((-job.priority, head[0], head[1], head[2], head[3]))
+        if not due:
+            return 0
+        self._entries += len(due)  # one entry out, two in, each
+        if len(due) > 64 and len(due) * 4 > len(self.ready):
+            self.ready.extend(due)
+            heapq.heapify(self.ready)
+            grown: set[str] = set()
+            for entry in due:
+                job_type = jobs[entry[4]].type
+                self.by_type.setdefault(job_type, []).append(entry)
+                grown.add(job_type)
+            for job_type in grown:
+                heapq.heapify(self.by_type[job_type])
+        else:
+            for entry in due:
+                heapq.heappush(self.ready, entry)
+                heapq.heappush(self.by_type.setdefault(jobs[entry[4]].type, []), entry)
+        return len(due)
 
     # ------------------------------------------------------------------- leases
 
@@ -249,27 +283,23 @@ class JobIndex:
         for job in in_progress:
             leased_by_type[job.type] = leased_by_type.get(job.type, 0) + 1
         self.leased_by_type = leased_by_type
-        ready: list[HeapEntry] = []
-        for job in unclaimed:
+        delayed: list[HeapEntry] = []
+        for count, job in enumerate(unclaimed, 1):
             self._tickets += 1
             job.ticket = self._tickets
-            ready.append((job.ready_at, job.order, job.ticket, job.id))
-        # a sorted list is a heap; the document is nearly in (ready time, order)
-        # order, which timsort takes in about one pass
-        ready.sort()
-        yield None
-        by_type: dict[str, list[HeapEntry]] = {}
-        for count, entry in enumerate(ready, 1):
-            by_type.setdefault(self._jobs[entry[3]].type, []).append(entry)
+            delayed.append((job.ready_at, job.order, job.ticket, job.id))
             if count % _REBUILD_STEP == 0:
                 yield None
-        # every entry may be delayed; pop_due drops the ones already due
-        self.ready, self.by_type, self.delayed = ready, by_type, list(ready)
-        self._entries = 3 * len(ready)
+        # a sorted list is a heap; the document is nearly in (ready time, order)
+        # order, which timsort takes in about one pass. Every job enters as delayed
+        # (a load has no clock): the first claim or pop_due promotes the due ones
+        delayed.sort()
+        self.ready, self.by_type, self.delayed = [], {}, delayed
+        self._entries = len(delayed)
 
     # ----------------------------------------------------------------- helpers
 
-    def _valid_head(self, heap: list[HeapEntry]) -> HeapEntry | None:
+    def _valid_head(self, heap: list[_E]) -> _E | None:
         while heap:
             head = heap[0]
             if self._is_live(head):
@@ -278,20 +308,23 @@ class JobIndex:
             self._entries -= 1
         return None
 
-    def _is_live(self, entry: HeapEntry) -> bool:
-        job = self._jobs.get(entry[3])
-        return job is not None and job.status == "unclaimed" and job.ticket == entry[2]
+    def _is_live(self, entry: HeapEntry | ReadyEntry) -> bool:
+        """An entry of either heap, for the job as it stands now (its last two
+        fields are the ticket and the id)."""
+        job = self._jobs.get(entry[-1])
+        return job is not None and job.status == "unclaimed" and job.ticket == entry[-2]
 
     def _rebuild(self) -> None:
         """Drop stale heap entries (O(n), amortized over the pushes that made them)."""
-        ready: list[HeapEntry] = []
-        by_type: dict[str, list[HeapEntry]] = {}
+        delayed = [e for e in self.delayed if self._is_live(e)]
+        waiting = {e[3] for e in delayed}
+        ready: list[ReadyEntry] = []
+        by_type: dict[str, list[ReadyEntry]] = {}
         for job in self._jobs.values():
-            if job.status == "unclaimed":
-                entry = (job.ready_at, job.order, job.ticket, job.id)
+            if job.status == "unclaimed" and job.id not in waiting:
+                entry = (-job.priority, job.ready_at, job.order, job.ticket, job.id)
                 ready.append(entry)
                 by_type.setdefault(job.type, []).append(entry)
-        delayed = [e for e in self.delayed if self._is_live(e)]
         heapq.heapify(ready)
         heapq.heapify(delayed)
         for heap in by_type.values():

@@ -76,6 +76,8 @@ class Job:
     cancel_requested: bool = False
     trace: dict[str, str] | None = None
     """The trace context it was submitted with (stored only when there is one)."""
+    priority: int = 0
+    """Higher is claimed first (stored only when not 0)."""
     # A fresh value of the state's ticket counter each time the job enters the
     # ready queue; stale heap entries carry another ticket and are skipped.
     ticket: int = 0
@@ -107,6 +109,8 @@ class Job:
         }
         if self.trace:
             body["trace"] = self.trace
+        if self.priority:
+            body["priority"] = self.priority
         return body
 
     def encode(self) -> bytes:
@@ -134,6 +138,7 @@ class Job:
             last_error=_opt_str(raw.get("lastError")),
             cancel_requested=bool(raw.get("cancelRequested", False)),
             trace=_opt_trace(raw.get("trace")),
+            priority=_int(raw.get("priority", 0)),
         )
 
 
@@ -152,6 +157,7 @@ class DeadJob:
     reason: DeadReason
     last_error: str | None
     trace: dict[str, str] | None = None
+    priority: int = 0
     encoded: bytes | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -168,6 +174,8 @@ class DeadJob:
         }
         if self.trace:
             body["trace"] = self.trace
+        if self.priority:
+            body["priority"] = self.priority
         return body
 
     def encode(self) -> bytes:
@@ -191,6 +199,7 @@ class DeadJob:
             reason=reason,
             last_error=_opt_str(raw.get("lastError")),
             trace=_opt_trace(raw.get("trace")),
+            priority=_int(raw.get("priority", 0)),
         )
 
 

@@ -319,6 +319,7 @@ class QueueState:
             order=self.next_order,
             payload_json=payload_json,
             trace=item.trace or None,
+            priority=item.priority,
         )
         self.next_order += 1
         self._add(job, now)
@@ -481,6 +482,7 @@ class QueueState:
             order=self.next_order,
             last_error=dead.last_error,
             trace=dead.trace,
+            priority=dead.priority,
         )
         self.next_order += 1
         self._add(job, now)
@@ -659,6 +661,7 @@ class QueueState:
             reason=reason,
             last_error=job.last_error,
             trace=job.trace,
+            priority=job.priority,
         )
         self.counters["dead"] += 1
         for dropped in self.archive.bury(dead, self.limits.dead_letter_cap):
