@@ -78,6 +78,7 @@ class MJob:
     last_error: str | None = None
     cancel: bool = False
     priority: int = 0
+    unique_key: str | None = None
 
     def claim_key(self) -> tuple[int, int, int]:
         """The order claims take ready jobs in."""
@@ -132,6 +133,11 @@ class Model:
 
     def knows(self, job_id: str) -> bool:
         return job_id in self.jobs or job_id in self.dead or job_id in self.finished
+
+    def holder(self, key: str) -> str | None:
+        """The queued job a submit with uniqueness ``key`` duplicates: the first in
+        document order with it."""
+        return next((j.id for j in self.jobs.values() if j.unique_key == key), None)
 
     def held(self, job_id: str, worker: str, attempt: int | None) -> type[TrioqError] | None:
         job = self.jobs.get(job_id)
@@ -235,6 +241,7 @@ def valid_item() -> st.SearchStrategy[NewJob]:
         max_attempts=st.sampled_from([None, 1, 2, 3]),
         delay_ms=st.sampled_from([0, 0, 0, 50, 700, 3000]),
         priority=st.sampled_from([0, 0, 0, 1, -1, 5]),
+        unique_key=st.sampled_from([None, None, None, "k1", "k2"]),
     )
 
 
@@ -245,6 +252,8 @@ INVALID_ITEMS = [
     NewJob(1, max_attempts=6),
     NewJob(1, delay_ms=-1),
     NewJob(1, priority=2**31),
+    NewJob(1, unique_key=""),
+    NewJob(1, unique_key="\ud800"),
 ]
 
 
@@ -324,28 +333,47 @@ class QueueMachine(RuleBasedStateMachine):
         if invalid is not None:
             self.expect(outcome, BrokerProtocolError)
             return
-        new = sum(
-            1
-            for i, item in enumerate(items)
-            if item.id is None or not (m.knows(item.id) or item.id in [x.id for x in items[:i]])
-        )
+        # what each item becomes: a new job, or the duplicate of a known id or of the
+        # job holding its uniqueness key (queued, or earlier in this batch)
+        plan: list[str | None] = []  # None: new; else the id it duplicates
+        ids: set[str] = set()
+        keys: dict[str, str] = {}
+        for item in items:
+            if item.id is not None and (item.id in ids or m.knows(item.id)):
+                plan.append(item.id)
+                continue
+            key = item.unique_key
+            holder = None if key is None else (m.holder(key) or keys.get(key))
+            if holder is not None:
+                plan.append(holder)
+                continue
+            plan.append(None)
+            if item.id is not None:
+                ids.add(item.id)
+            if key is not None:
+                keys[key] = item.id or "?"  # a generated id: checked below
+        new = plan.count(None)
         if len(m.jobs) + new > m.limits.max_queued:
             self.expect(outcome, QueueFull)
             return
         results = self.expect(outcome, None)
         assert len(results) == len(items)
-        seen: set[str] = set()
-        for item, result in zip(items, results, strict=True):
+        made: dict[str, str] = {}  # key -> the id the new job with it got
+        for item, result, dup_of in zip(items, results, plan, strict=True):
+            if dup_of is not None:
+                assert result.duplicate
+                if dup_of == "?":
+                    assert item.unique_key is not None
+                    dup_of = made[item.unique_key]
+                assert result.id == dup_of
+                continue
+            assert not result.duplicate
             if item.id is not None:
                 assert result.id == item.id
             else:
                 assert len(result.id) == 32
-            # an id the queue still knows (or seen earlier in this batch) creates nothing
-            duplicate = result.id in seen or m.knows(result.id)
-            assert result.duplicate == duplicate
-            if duplicate:
-                continue
-            seen.add(result.id)
+            if item.unique_key is not None:
+                made[item.unique_key] = result.id
             self.accepted.add(result.id)
             m.add(
                 MJob(
@@ -357,6 +385,7 @@ class QueueMachine(RuleBasedStateMachine):
                     ready_at=now + item.delay_ms,
                     order=m.next_order,
                     priority=item.priority,
+                    unique_key=item.unique_key,
                 )
             )
             m.next_order += 1
@@ -566,6 +595,7 @@ class QueueMachine(RuleBasedStateMachine):
                 order=m.next_order,
                 last_error=old.last_error,
                 priority=old.priority,
+                unique_key=old.unique_key,
             )
         )
         m.next_order += 1
@@ -760,6 +790,8 @@ class QueueMachine(RuleBasedStateMachine):
             job = s.jobs.get(job_id)
             if job is not None and job.status == "unclaimed" and job.ticket == ticket:
                 assert (ready_at, order) == (job.ready_at, job.order), job_id
+        keys = {j.unique_key for j in self.model.jobs.values() if j.unique_key is not None}
+        assert s.jobs.holders == {k: self.model.holder(k) for k in keys}
         unclaimed = [j.ready_at for j in s.jobs.values() if j.status == "unclaimed"]
         assert s.next_ready_at() == (min(unclaimed) if unclaimed else None)
         leases = [j.heartbeat_at or 0 for j in s.jobs.values() if j.status == "in_progress"]

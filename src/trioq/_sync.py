@@ -242,6 +242,7 @@ class SyncClient:
         delay: float | dt.timedelta | None = None,
         id: str | None = None,
         priority: int = 0,
+        unique_key: str | None = None,
     ) -> str:
         """:meth:`Client.submit`: enqueue one job; its id once it is durable."""
         return self._loop.call(
@@ -253,6 +254,7 @@ class SyncClient:
                 delay=delay,
                 id=id,
                 priority=priority,
+                unique_key=unique_key,
             )
         )
 

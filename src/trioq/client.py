@@ -103,6 +103,8 @@ class JobSpec:
     delay: float | dt.timedelta | None = None
     priority: int = 0
     """Higher is claimed first (within a priority: ready time, then enqueue order)."""
+    unique_key: str | None = None
+    """While a job with this key is queued or running, this one is its duplicate."""
 
 
 class Held(Protocol):
@@ -297,11 +299,14 @@ class Client:
         delay: float | dt.timedelta | None = None,
         id: str | None = None,
         priority: int = 0,
+        unique_key: str | None = None,
     ) -> str:
         """Enqueue one job; returns its id once the broker has made it durable.
 
         ``priority``: claims take the highest first (default 0; any 32-bit integer),
         and within a priority the order of ready time, then enqueue order.
+        ``unique_key``: while a job with this key is queued or running, this submit
+        returns that job's id and enqueues nothing.
 
         Concurrent calls share requests (``POST /v1/jobs/bulk``), each with its own
         outcome: one caller's refused job never fails another's. A job the schema
@@ -310,7 +315,13 @@ class Client:
         ``retry_deadline``, like any 503 answer.
         """
         spec = JobSpec(
-            type, payload, id=id, max_attempts=max_attempts, delay=delay, priority=priority
+            type,
+            payload,
+            id=id,
+            max_attempts=max_attempts,
+            delay=delay,
+            priority=priority,
+            unique_key=unique_key,
         )
         with submit_span(type) as trace:
             return await self._submit_one(_new_job(spec, "job: ", trace))
@@ -724,5 +735,6 @@ def _new_job(spec: JobSpec, prefix: str, trace: Carrier | None = None) -> NewJob
         delay_ms=_delay_ms(spec.delay) or 0,
         trace=trace,
         priority=spec.priority,
+        unique_key=spec.unique_key,
     )
     return checked_job(job, prefix, payload_json)

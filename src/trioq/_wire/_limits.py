@@ -39,6 +39,7 @@ MAX_ERROR_CHARS = 8192
 MIN_PRIORITY = -(2**31)
 MAX_PRIORITY = 2**31 - 1
 """A job's priority: a 32-bit signed integer; higher is claimed first."""
+MAX_UNIQUE_KEY_CHARS = 256
 MAX_TRACE_FIELDS = 8
 MAX_TRACE_KEY_CHARS = 64
 MAX_TRACE_VALUE_CHARS = 512
@@ -78,6 +79,7 @@ RULES: dict[str, str] = {
     "error": "a string",
     "final": "a boolean",
     "priority": f"an integer from {MIN_PRIORITY} to {MAX_PRIORITY}",
+    "uniqueKey": f"a string of 1-{MAX_UNIQUE_KEY_CHARS} characters, none a control character",
     "trace": (
         f"an object of at most {MAX_TRACE_FIELDS} string fields (names of 1-"
         f"{MAX_TRACE_KEY_CHARS} characters of A-Z a-z 0-9 . _ -, values of at most "
@@ -124,6 +126,10 @@ Attempt = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPT)]
 MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS)]
 DelayMs = Annotated[StrictInt, Field(ge=0, le=MAX_DELAY_MS)]
 Priority = Annotated[StrictInt, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
+UniqueKey = Annotated[
+    StrictStr,
+    Field(pattern=rf"^{TYPE_CHARS}{{1,{MAX_UNIQUE_KEY_CHARS}}}$", examples=["report:2026-12-01"]),
+]
 ErrorText = Annotated[StrictStr, AfterValidator(_cut_error)]
 TraceCarrier = Annotated[
     dict[

@@ -20,6 +20,7 @@ from ._limits import (
     MaxAttempts,
     Priority,
     TraceCarrier,
+    UniqueKey,
 )
 
 
@@ -46,7 +47,9 @@ class NewJob:
     ``type`` defaults to ``"default"``; ``id`` (client-chosen) makes the submit
     idempotent; ``max_attempts`` defaults to the broker's (3); ``delay_ms`` makes the
     job claimable that much later; ``priority`` (default 0): claims take the highest
-    first, and within a priority the order of ready time, then enqueue order; ``trace`` is the trace context the job carries to
+    first, and within a priority the order of ready time, then enqueue order;
+    ``unique_key``: while a job with this key is queued or running, a submit with it
+    is that job's duplicate (its id back, ``duplicate: true``); ``trace`` is the trace context the job carries to
     its worker (written by the client when tracing is on). Built freely (nothing is checked here): the
     queue model checks an unsealed one against the schema before it takes it.
     """
@@ -58,6 +61,7 @@ class NewJob:
     delay_ms: DelayMs = 0
     trace: TraceCarrier | None = None
     priority: Priority = 0
+    unique_key: UniqueKey | None = None
 
     @property
     def payload_json(self) -> bytes | None:
@@ -81,6 +85,8 @@ class NewJob:
             body["trace"] = self.trace
         if self.priority:
             body["priority"] = self.priority
+        if self.unique_key is not None:
+            body["uniqueKey"] = self.unique_key
         return body
 
 

@@ -32,7 +32,7 @@ CHUNK_BYTES = 512 * 1024
 CONTENT_ID_PREFIX = "sha256-"
 """A job id derived from a line's content: this and the hex digest (71 characters)."""
 
-_JOB_KEYS = {"type", "payload", "id", "delay", "maxAttempts", "priority"}
+_JOB_KEYS = {"type", "payload", "id", "delay", "maxAttempts", "priority", "uniqueKey"}
 
 
 # ------------------------------------------------------------------- submit
@@ -52,12 +52,17 @@ def submit(argv: Sequence[str], prog: str) -> int:
     p.add_argument("--max-attempts", type=int, metavar="N", help="attempts before dead-letter")
     p.add_argument("--priority", type=int, metavar="N", help="higher is claimed first (default 0)")
     p.add_argument(
+        "--unique-key",
+        metavar="KEY",
+        help="while a job with this key is queued or running, submit nothing new",
+    )
+    p.add_argument(
         "--file",
         type=Path,
         metavar="JOBS.jsonl",
         help='one job a line: {"type": ..., "payload": ..., "id"?, "delay"? (seconds), '
-        '"maxAttempts"?, "priority"?}; a line without "id" gets one derived from its type '
-        "and payload",
+        '"maxAttempts"?, "priority"?, "uniqueKey"?}; a line without "id" gets one derived '
+        "from its type and payload",
     )
     args = p.parse_args(argv)
     if args.file is not None:
@@ -67,8 +72,12 @@ def submit(argv: Sequence[str], prog: str) -> int:
             or args.delay is not None
             or args.max_attempts
             or args.priority is not None
+            or args.unique_key is not None
         ):
-            p.error("--file takes no TYPE, JSON, --id, --delay, --max-attempts or --priority")
+            p.error(
+                "--file takes no TYPE, JSON, --id, --delay, --max-attempts, --priority or "
+                "--unique-key"
+            )
         try:
             jobs = read_jobs_file(args.file)
         except CliError as exc:
@@ -90,6 +99,8 @@ def submit(argv: Sequence[str], prog: str) -> int:
         item["maxAttempts"] = args.max_attempts
     if args.priority is not None:
         item["priority"] = args.priority
+    if args.unique_key is not None:
+        item["uniqueKey"] = args.unique_key
     try:
         job = _new_job(item, derive_id=False)
     except CliError as exc:
@@ -156,8 +167,9 @@ def _new_job(item: object, *, derive_id: bool) -> NewJob:
         wire["id"] = content_id(item["type"], item["payload"])
     if item.get("maxAttempts") is not None:
         wire["maxAttempts"] = item["maxAttempts"]
-    if item.get("priority") is not None:
-        wire["priority"] = item["priority"]
+    for optional in ("priority", "uniqueKey"):
+        if item.get(optional) is not None:
+            wire[optional] = item[optional]
     delay = item.get("delay")
     if delay is not None:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
@@ -180,6 +192,7 @@ async def _bulk(client: Client, jobs: list[NewJob]) -> list[Submitted | TrioqErr
             max_attempts=job.max_attempts,
             delay=job.delay_ms / 1000 if job.delay_ms else None,
             priority=job.priority,
+            unique_key=job.unique_key,
         )
         for job in jobs
     )

@@ -48,42 +48,70 @@ def lease_order(job: Job) -> tuple[int, int]:
 
 
 class JobTable(dict[str, Job]):
-    """The state's ``jobs`` dict, counting its jobs by type as they are stored,
-    replaced and deleted (``[]=``, ``del``, ``pop``; the other ways to change a
-    dict raise rather than let the counts drift)."""
+    """The state's ``jobs`` dict, counting its jobs by type and noting which job
+    holds each uniqueness key, as jobs are stored, replaced and deleted (``[]=``,
+    ``del``, ``pop``; the other ways to change a dict raise rather than let the
+    counts drift)."""
 
-    __slots__ = ("by_type",)
+    __slots__ = ("by_type", "holders", "key_counts")
 
     def __init__(self) -> None:
         super().__init__()
         self.by_type: dict[str, int] = {}
         """Queued jobs (unclaimed or in progress) of each type that has one."""
+        self.holders: dict[str, str] = {}
+        """The queued job holding each uniqueness key: the first in table order of
+        those with it (one, but for a dead job requeued while another held its key)."""
+        self.key_counts: dict[str, int] = {}
+        """Queued jobs with each uniqueness key."""
 
     def __setitem__(self, job_id: str, job: Job) -> None:
         old = self.get(job_id)
+        if old is not None and old.type == job.type and old.unique_key == job.unique_key:
+            super().__setitem__(job_id, job)  # replaced in place: same counts and holder
+            return
         if old is not None:
-            self._uncount(old.type)
+            self._forget(old)
         super().__setitem__(job_id, job)
         self.by_type[job.type] = self.by_type.get(job.type, 0) + 1
+        key = job.unique_key
+        if key is not None:
+            self.holders.setdefault(key, job_id)
+            self.key_counts[key] = self.key_counts.get(key, 0) + 1
 
     def __delitem__(self, job_id: str) -> None:
         job = self[job_id]
         super().__delitem__(job_id)
-        self._uncount(job.type)
+        self._forget(job)
 
     def pop(self, job_id: str, default: Job | None = None) -> Job | None:  # type: ignore[override]
         job = super().pop(job_id, None)
         if job is None:
             return default
-        self._uncount(job.type)
+        self._forget(job)
         return job
 
-    def _uncount(self, job_type: str) -> None:
-        left = self.by_type[job_type] - 1
+    def _forget(self, job: Job) -> None:
+        left = self.by_type[job.type] - 1
         if left:
-            self.by_type[job_type] = left
+            self.by_type[job.type] = left
         else:
-            del self.by_type[job_type]  # the counts hold only types with jobs
+            del self.by_type[job.type]  # the counts hold only types with jobs
+        key = job.unique_key
+        if key is None:
+            return
+        left = self.key_counts[key] - 1
+        if not left:
+            del self.key_counts[key]
+            del self.holders[key]
+        else:
+            self.key_counts[key] = left
+            if self.holders[key] == job.id:
+                # the rare second job with the key (see holders) takes it over: the
+                # first in table order, as a decode of the stored state finds it
+                self.holders[key] = next(
+                    j.id for j in self.values() if j.unique_key == key and j is not job
+                )
 
     def _unsupported(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("JobTable counts jobs by type: use [] =, del or pop")

@@ -78,6 +78,8 @@ class Job:
     """The trace context it was submitted with (stored only when there is one)."""
     priority: int = 0
     """Higher is claimed first (stored only when not 0)."""
+    unique_key: str | None = None
+    """While this job is queued, a submit with the same key is its duplicate."""
     # A fresh value of the state's ticket counter each time the job enters the
     # ready queue; stale heap entries carry another ticket and are skipped.
     ticket: int = 0
@@ -111,6 +113,8 @@ class Job:
             body["trace"] = self.trace
         if self.priority:
             body["priority"] = self.priority
+        if self.unique_key is not None:
+            body["uniqueKey"] = self.unique_key
         return body
 
     def encode(self) -> bytes:
@@ -139,6 +143,7 @@ class Job:
             cancel_requested=bool(raw.get("cancelRequested", False)),
             trace=_opt_trace(raw.get("trace")),
             priority=_int(raw.get("priority", 0)),
+            unique_key=_opt_str(raw.get("uniqueKey")),
         )
 
 
@@ -158,6 +163,7 @@ class DeadJob:
     last_error: str | None
     trace: dict[str, str] | None = None
     priority: int = 0
+    unique_key: str | None = None
     encoded: bytes | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -176,6 +182,8 @@ class DeadJob:
             body["trace"] = self.trace
         if self.priority:
             body["priority"] = self.priority
+        if self.unique_key is not None:
+            body["uniqueKey"] = self.unique_key
         return body
 
     def encode(self) -> bytes:
@@ -200,6 +208,7 @@ class DeadJob:
             last_error=_opt_str(raw.get("lastError")),
             trace=_opt_trace(raw.get("trace")),
             priority=_int(raw.get("priority", 0)),
+            unique_key=_opt_str(raw.get("uniqueKey")),
         )
 
 

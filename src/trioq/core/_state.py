@@ -29,7 +29,7 @@ from .._errors import (
     QueueFull,
     TrioqError,
 )
-from .._wire import MAX_ATTEMPTS, MAX_DELAY_MS, WORKER_ID, checked_job, parse
+from .._wire import MAX_ATTEMPTS, MAX_DELAY_MS, RULES, WORKER_ID, checked_job, parse
 from .._wire import ClaimedJob as ClaimedJob
 from .._wire import FailReport as FailReport
 from .._wire import JobReport as JobReport
@@ -261,10 +261,18 @@ class QueueState:
         seen: set[str] = set()
         results: list[EnqueueResult] = []
         new_bytes = 0
+        keys: dict[str, str] = {}  # uniqueness keys taken earlier in this batch
         for index, item in enumerate(items):
             payload_json = self._checked(item, f"jobs[{index}]" if len(items) > 1 else "job")
             job_id = item.id if item.id is not None else _new_id(self.rng)
             duplicate = job_id in seen or self.knows(job_id)
+            key = item.unique_key
+            if not duplicate and key is not None:
+                holder = self.jobs.holders.get(key) or keys.get(key)
+                if holder is not None:
+                    job_id, duplicate = holder, True
+                else:
+                    keys[key] = job_id
             results.append(EnqueueResult(job_id, duplicate))
             if not duplicate:
                 seen.add(job_id)
@@ -288,6 +296,10 @@ class QueueState:
         payload_json = self._checked(item, f"jobs[{index}]")
         if item.id is not None and self.knows(item.id):
             return EnqueueResult(item.id, True)
+        if item.unique_key is not None:
+            holder = self.jobs.holders.get(item.unique_key)
+            if holder is not None:
+                return EnqueueResult(holder, True)
         self._check_room(1, len(payload_json) + 256)
         job_id = item.id if item.id is not None else _new_id(self.rng)
         self._create(item, job_id, payload_json, now)
@@ -320,6 +332,7 @@ class QueueState:
             payload_json=payload_json,
             trace=item.trace or None,
             priority=item.priority,
+            unique_key=item.unique_key,
         )
         self.next_order += 1
         self._add(job, now)
@@ -483,6 +496,7 @@ class QueueState:
             last_error=dead.last_error,
             trace=dead.trace,
             priority=dead.priority,
+            unique_key=dead.unique_key,
         )
         self.next_order += 1
         self._add(job, now)
@@ -574,6 +588,8 @@ class QueueState:
             raise BrokerProtocolError(
                 f"{where}: maxAttempts must be an integer from 1 to {limits.max_attempts_limit}"
             )
+        if item.unique_key is not None and not valid_text(item.unique_key):
+            raise BrokerProtocolError(f"{where}: uniqueKey must be {RULES['uniqueKey']}")
         if item.delay_ms > limits.max_delay_ms:
             raise BrokerProtocolError(
                 f"{where}: delayMs must be an integer from 0 to {limits.max_delay_ms}"
@@ -662,6 +678,7 @@ class QueueState:
             last_error=job.last_error,
             trace=job.trace,
             priority=job.priority,
+            unique_key=job.unique_key,
         )
         self.counters["dead"] += 1
         for dropped in self.archive.bury(dead, self.limits.dead_letter_cap):
