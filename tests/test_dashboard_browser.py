@@ -1,11 +1,12 @@
 """The web dashboard in headless Chromium against a real broker (a ``python -m
 trioq.broker`` subprocess on 127.0.0.1, port 0, memory storage, tokens of every
-scope): it asks for the token and goes live over the WebSocket, shows a job
-submitted through the API within 2 s, submits through its form (checked in the page
-and by the broker), requeues a dead job, cancels a job, pages through 10,000 jobs
-to the last page, tells a worker token what it may not do, reads over HTTP when the
-WebSocket cannot be opened, filters (when the broker can), and writes screenshots
-into the test's tmp dir (their paths are printed: run with ``-s`` to see them).
+scope): it asks for the token and goes live over the WebSocket (the stats pushed),
+shows the leader's lease and a job submitted through the API within 2 s, submits
+through its form (checked in the page and by the broker), requeues a dead job,
+cancels a job, pages through 10,000 jobs to the last page, tells a worker token what it may not do, reads over HTTP when the
+WebSocket cannot be opened, filters (when the broker can), fits a phone's width
+(390x844: no sideways scrolling of the page), and writes screenshots into the test's
+tmp dir (their paths are printed: run with ``-s`` to see them).
 
 Driven by Playwright for Python (the ``playwright`` package: its driver ships in
 the wheel) with Debian's Chromium at /usr/bin/chromium; no browser is downloaded.
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from _broker_proc import broker_process
 from trioq.broker._routes import ROUTES
@@ -139,6 +140,44 @@ def log_in(page: Page, token: str) -> None:
     expect(page.locator("#conn")).to_have_attribute("data-state", "websocket")
 
 
+PHONE: ViewportSize = {"width": 390, "height": 844}
+"""A phone's viewport in CSS pixels (an iPhone 12 to 15's)."""
+
+_OVERFLOWING = """() => {
+  const width = window.innerWidth;
+  const wide = [];
+  for (const node of document.querySelectorAll("body *")) {
+    if (node.closest(".scroll") && !node.classList.contains("scroll")) continue;
+    const box = node.getBoundingClientRect();
+    if (box.width && box.right > width + 0.5) {
+      wide.push(`${node.tagName.toLowerCase()}#${node.id}.${node.className}: ${box.right}`);
+    }
+  }
+  return wide;
+}"""
+"""The elements that reach past the viewport's right edge (inside a ``.scroll``
+container, the table that scrolls in it does not count: only the container)."""
+
+
+def check_phone_layout(page: Page, shot: Path) -> None:
+    """At a phone's width the page never scrolls sideways (only a table may, inside
+    its own ``.scroll`` container); then a full-page screenshot to ``shot``."""
+    page.set_viewport_size(PHONE)
+    expect(page.locator("main")).to_be_visible()
+    page.wait_for_function("() => window.innerWidth === 390")
+    scroll_width, inner_width = page.evaluate(
+        "[document.scrollingElement.scrollWidth, window.innerWidth]"
+    )
+    assert scroll_width <= inner_width, (
+        f"the page is {scroll_width - inner_width}px wider than a phone's screen: "
+        f"{page.evaluate(_OVERFLOWING)}"
+    )
+    assert page.evaluate(_OVERFLOWING) == []
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"phone screenshot: {shot}")
+    assert shot.stat().st_size > 0
+
+
 def job_row(page: Page, table: str, job_id: str) -> Any:
     return page.locator(f"#{table} tbody tr[data-job-id='{job_id}']")
 
@@ -175,6 +214,8 @@ async def test_the_dashboard_loads_goes_live_and_shows_an_api_job_within_2_s(
         expect(page.locator("#stat-unclaimed")).to_have_text("1")
         expect(job_row(page, "jobs-table", job_id)).to_contain_text("queued")
         expect(page.locator("#storage-list")).to_contain_text("commits")
+        # the storage panel follows the commits (read after the push of this one)
+        expect(page.locator("#storage-list dd").first).not_to_have_text("0")
 
         # the detail of a job: a click on its row
         job_row(page, "jobs-table", job_id).locator("td").first.click()
@@ -182,20 +223,29 @@ async def test_the_dashboard_loads_goes_live_and_shows_an_api_job_within_2_s(
         expect(page.locator("#detail-payload")).to_contain_text('"to": "a@example.com"')
         expect(page.locator("#detail-error")).to_have_text("none")
 
+        # the leader's lease (GET /healthz): its age and the limit
+        expect(page.locator("#leader")).to_contain_text(f"leader: {api.base_url}".rstrip("/"))
+        expect(page.locator("#lease")).to_contain_text(
+            re.compile(r"lease renewed \d+\.\d s ago \(stale after \d+(\.\d)? s\)")
+        )
+        # the stats are pushed (subscribeStats), not polled
+        expect(page.locator("#conn")).to_have_text("live (WebSocket, pushed)")
+
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"dashboard screenshot: {shot}")
-        # readable on a phone: nothing wider than the screen but the tables' scrollers
-        page.set_viewport_size({"width": 390, "height": 844})
-        overflow = page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
+        # long words where the page writes what the broker says: a 128-character type
+        # (the longest) without a space, a long error message
+        long_type = "t" * 128
+        answer = api.post("/v1/jobs", json={"id": "x" * 100, "type": long_type, "payload": 1})
+        assert answer.status_code == 200, answer.text
+        expect(job_row(page, "jobs-table", "x" * 100)).to_be_visible()
+        page.fill("#lookup-id", "no-such-job-" + "y" * 150)
+        page.click("#lookup-form button[type=submit]")
+        expect(page.locator("#detail-message")).to_contain_text("BrokerProtocolError")
         phone = tmp_path / "dashboard-phone.png"
-        page.screenshot(path=str(phone), full_page=True)
-        print(f"phone screenshot: {phone}")
+        check_phone_layout(page, phone)
         assert shot.stat().st_size > 0
-        assert phone.stat().st_size > 0
 
     await in_browser(tmp_path, scenario)
 

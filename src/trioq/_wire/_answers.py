@@ -194,13 +194,19 @@ class DeadPage(WireModel):
 
 
 class Health(WireModel):
-    """``GET /healthz``: which broker answered, its role and epoch, and the leader's URL."""
+    """``GET /healthz``: which broker answered, its role and epoch, the leader's URL,
+    and the lease: ``leaseAgeMs``, on the leader, the milliseconds since it last
+    renewed its lease in storage (its last commit that landed; ``null`` on any other
+    broker), and ``leaseMs``, the age at which standbys take a lease as stale.
+    (The two lease fields are newer: a reader must not require them.)"""
 
     status: Literal["ok"]
     broker_id: str
     role: Literal["starting", "leader", "standby", "stopped"]
     epoch: int
     leader: str | None
+    lease_age_ms: int | None = None
+    lease_ms: int | None = None
 
 
 class Ready(WireModel):

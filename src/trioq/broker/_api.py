@@ -64,6 +64,10 @@ class BrokerApi:
             "role": e.role.value,
             "epoch": e.epoch,
             "leader": e.url if e.is_leader else e.leader_url,
+            # the lease: renewed by every commit (at least every heartbeat interval);
+            # standbys take over once it is leaseMs old (their own clocks)
+            "leaseAgeMs": e.lease_age_ms,
+            "leaseMs": round(e.config.broker_heartbeat_timeout * 1000),
         }
 
     def ready(self) -> dict[str, Any]:

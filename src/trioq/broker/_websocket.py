@@ -12,11 +12,23 @@ Calls on one connection run concurrently, up to :data:`WS_MAX_IN_FLIGHT`: a nurs
 per connection holds them, and a long-poll claim does not hold up the calls behind
 it. When the broker closes, the socket stops reading, finishes the calls it has in
 flight and closes with 1001 (going away).
+
+Pushes: ``subscribeStats`` (the scopes of ``getStats``) makes the broker push
+``{"event": "stats", "data": <getStats' result>}`` (or ``"error"`` instead of
+``"data"``: a standby's ``NotLeader``) after each commit that landed and changed the
+stats, at most :data:`STATS_MAX_PER_SECOND` a second, and at least every
+:data:`STATS_EVERY` seconds; ``unsubscribeStats`` stops it. A push has no ``id``
+(every reply has one, null included), so no client mistakes it for a reply; only a
+connection that subscribed gets any. The pushing task runs in the connection's nursery
+(:class:`_Connection`): it ends with the connection, or at the broker's close, when
+reading stops. These two methods belong to a connection, not to the API: they are
+not in :data:`METHODS` (nor the OpenAPI document's table); docs/http-api.md lists them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -58,6 +70,7 @@ from .._wire import (
     parse_exchange,
     parse_new_job,
 )
+from ..core._engine import Engine
 from ._api import BrokerApi
 from ._dashboard import accepted_subprotocol, websocket_authorization
 from ._json import decode_object
@@ -67,6 +80,13 @@ log = logging.getLogger("trioq.http")
 
 WS_MAX_IN_FLIGHT = 64
 """Calls one connection may have in flight; the next message waits for a slot."""
+
+STATS_MAX_PER_SECOND = 4
+"""Bound on the stats pushes one subscribed connection gets in a second."""
+
+STATS_EVERY = 2.0
+"""Seconds after which a subscriber gets the stats even if no commit changed them
+(a dashboard's rates stay live; a standby's ``NotLeader`` is repeated)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +175,10 @@ class WebSocketEndpoint:
         self.max_request_bytes = max_request_bytes
         self.closing = closing
         self.authorize = authorize
+        self.feed = CommitFeed(api.engine)
+        """What wakes the stats pushers of every connection."""
+        self.stats_max_per_second: float = STATS_MAX_PER_SECOND
+        self.stats_every: float = STATS_EVERY
 
     async def serve(self) -> None:
         """Accept, then answer messages until the client goes or the broker closes."""
@@ -164,9 +188,9 @@ class WebSocketEndpoint:
             # scope every call of the connection is checked against
             scope = self.authorize(websocket_authorization())
         await websocket.accept(subprotocol=accepted_subprotocol())
-        send_lock = trio.Lock()
         slots = trio.Semaphore(WS_MAX_IN_FLIGHT)
         async with trio.open_nursery() as calls:
+            connection = _Connection(self, calls)
             with trio.CancelScope() as reading:
                 if self.closing is not None:
                     calls.start_soon(self._stop_reading_when_closing, reading)
@@ -177,8 +201,10 @@ class WebSocketEndpoint:
                     if raw is None:
                         raw = b""
                     await slots.acquire()
-                    calls.start_soon(self._answer, raw, send_lock, slots, scope)
-            # the broker is closing: the calls in flight finish (the nursery waits)
+                    calls.start_soon(self._answer, raw, connection, slots, scope)
+            # the broker is closing: pushes stop, the calls in flight finish (the
+            # nursery waits)
+            connection.close()
         await websocket.close(1001, "the broker is shutting down")
 
     async def _stop_reading_when_closing(self, reading: trio.CancelScope) -> None:
@@ -187,18 +213,27 @@ class WebSocketEndpoint:
         reading.cancel()
 
     async def _answer(
-        self, raw: str | bytes, send_lock: trio.Lock, slots: trio.Semaphore, scope: Scope
+        self, raw: str | bytes, connection: _Connection, slots: trio.Semaphore, scope: Scope
     ) -> None:
         try:
-            reply = await self.reply(raw, scope=scope)
+            reply, pushes = await self._reply(raw, scope, connection)
         finally:
             slots.release()
-        async with send_lock:
-            await websocket.send(orjson.dumps(reply).decode())
+        await connection.send(reply)
+        if pushes is not None:
+            connection.start_pushing(pushes)  # after the reply: it comes first
 
     async def reply(self, raw: str | bytes, *, scope: Scope) -> dict[str, Any]:
         """The reply to one message from a connection whose token has ``scope``,
-        errors included."""
+        errors included (without a connection, the subscriptions are unknown)."""
+        reply, _ = await self._reply(raw, scope, None)
+        return reply
+
+    async def _reply(
+        self, raw: str | bytes, scope: Scope, connection: _Connection | None
+    ) -> tuple[dict[str, Any], trio.CancelScope | None]:
+        """The reply, and the cancel scope of the pushes to start once it is sent (a
+        subscribe that started a subscription), or None."""
         request_id: Any = None
         try:
             if len(raw) > self.max_request_bytes:
@@ -209,19 +244,174 @@ class WebSocketEndpoint:
                 raise BrokerProtocolError("id must be a string, a number or null")
             envelope = parse(RpcRequest, message)
             method = _BY_NAME.get(envelope.method)
+            if method is None and connection is not None and envelope.method in SUBSCRIPTIONS:
+                if scope not in STATS_SCOPES:
+                    raise Forbidden(forbidden_message(scope, envelope.method))
+                if envelope.method == "subscribeStats":
+                    answer, pushes = connection.subscribe()
+                    return {"id": request_id, "ok": True, "result": answer}, pushes
+                return {"id": request_id, "ok": True, "result": connection.unsubscribe()}, None
             if method is None:
                 raise BrokerProtocolError(f"unknown method {envelope.method!r}")
             if scope not in method.scopes:
                 raise Forbidden(forbidden_message(scope, envelope.method))
             params = method.read(envelope.params or {})
             result = await method.call(self.api, params)
-            return {"id": request_id, "ok": True, "result": result}
+            return {"id": request_id, "ok": True, "result": result}, None
         except TrioqError as exc:
-            return {"id": request_id, "ok": False, "error": exc.to_body()}
+            return {"id": request_id, "ok": False, "error": exc.to_body()}, None
         except Exception as exc:
             log.exception("unexpected error in a WebSocket call")
             error = InternalError(f"internal error: {exc!r}")
-            return {"id": request_id, "ok": False, "error": error.to_body()}
+            return {"id": request_id, "ok": False, "error": error.to_body()}, None
+
+
+SUBSCRIPTIONS = frozenset({"subscribeStats", "unsubscribeStats"})
+"""The methods of a connection rather than of the API (see the module's doc)."""
+
+STATS_SCOPES = _BY_NAME["getStats"].scopes
+"""Who may subscribe to the stats: whoever may read them."""
+
+
+class CommitFeed:
+    """Wakes the stats pushers of one broker after each commit that landed.
+
+    It chains itself onto the engine's ``observe_commit`` hook (keeping the observer
+    that was there: the broker's metrics) when the first subscriber comes; until
+    then nothing is added to a commit. :attr:`pushers` counts the pushing tasks
+    that run, for tests.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.commits = 0
+        """Commits that landed since :meth:`attach` (a subscriber's bookmark)."""
+        self.pushers = 0
+        self._landed = trio.Event()
+        self._observer: Callable[[int, int, dict[tuple[str, str], int]], None] | None = None
+
+    def attach(self) -> None:
+        """Observe the engine's commits (once; again if the hook was replaced)."""
+        engine = self.engine
+        if self._observer is not None and engine.observe_commit is self._observer:
+            return
+        previous = engine.observe_commit
+
+        def observe(size: int, written: int, events: dict[tuple[str, str], int]) -> None:
+            if previous is not None:
+                previous(size, written, events)
+            self.commits += 1
+            self._landed.set()
+            self._landed = trio.Event()
+
+        self._observer = observe
+        engine.observe_commit = observe
+
+    async def wait_beyond(self, seen: int) -> None:
+        """Return once a commit landed after the one :attr:`commits` was ``seen`` at."""
+        while self.commits == seen:
+            await self._landed.wait()
+
+
+def stats_event(api: BrokerApi) -> dict[str, Any]:
+    """A stats push: ``{"event": "stats", "data"}``, or ``"error"`` (``NotLeader``)."""
+    try:
+        return {"event": "stats", "data": api.stats()}
+    except TrioqError as exc:
+        return {"event": "stats", "error": exc.to_body()}
+
+
+async def push_stats(
+    api: BrokerApi,
+    feed: CommitFeed,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    *,
+    max_per_second: float = STATS_MAX_PER_SECOND,
+    every: float = STATS_EVERY,
+) -> None:
+    """Send the stats now, then after each commit that changed them (coalesced: the
+    starts of two sends are at least ``1 / max_per_second`` apart) and at least every
+    ``every`` seconds; until cancelled."""
+    feed.attach()
+    gap = 1 / max_per_second
+    feed.pushers += 1
+    try:
+        last_at = -math.inf
+        last: dict[str, Any] | None = None
+        seen = feed.commits
+        while True:
+            if last is not None:
+                with trio.move_on_at(last_at + every):
+                    await feed.wait_beyond(seen)
+                await trio.sleep_until(last_at + gap)  # commits meanwhile: one push
+            seen = feed.commits
+            event = stats_event(api)
+            now = trio.current_time()
+            if event == last and now < last_at + every:
+                continue  # a commit that changed no count (a lease refresh, a heartbeat)
+            last_at, last = now, event
+            await send(event)
+    finally:
+        feed.pushers -= 1
+
+
+class _Connection:
+    """One WebSocket connection's sending side and its subscription: its pushing
+    task runs in the connection's nursery, in a cancel scope of its own (stopped by
+    ``unsubscribeStats``, at the broker's close, or with the connection)."""
+
+    def __init__(self, endpoint: WebSocketEndpoint, nursery: trio.Nursery) -> None:
+        self.endpoint = endpoint
+        self.nursery = nursery
+        self.send_lock = trio.Lock()
+        self.stats: trio.CancelScope | None = None
+        """The pushes' cancel scope while subscribed."""
+        self._closed = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await websocket.send(orjson.dumps(message).decode())
+
+    def subscribe(self) -> tuple[dict[str, Any], trio.CancelScope | None]:
+        """Subscribe: the answer, and the scope of the pushes to start once it is
+        sent (:meth:`start_pushing`); None if already subscribed (nothing changes)."""
+        pushes = None
+        if self.stats is None and not self._closed:
+            self.stats = pushes = trio.CancelScope()
+        answer = {
+            "subscribed": True,
+            "event": "stats",
+            "maxPerSecond": self.endpoint.stats_max_per_second,
+            "everyMs": round(self.endpoint.stats_every * 1000),
+        }
+        return answer, pushes
+
+    def unsubscribe(self) -> dict[str, Any]:
+        if self.stats is not None:
+            self.stats.cancel()
+        self.stats = None
+        return {"subscribed": False}
+
+    def start_pushing(self, pushes: trio.CancelScope) -> None:
+        """The subscribe's reply was sent: push (unless it was unsubscribed since)."""
+        if pushes is self.stats and not self._closed:
+            self.nursery.start_soon(self._push, pushes)
+
+    async def _push(self, pushes: trio.CancelScope) -> None:
+        endpoint = self.endpoint
+        with pushes:
+            await push_stats(
+                endpoint.api,
+                endpoint.feed,
+                self.send,
+                max_per_second=endpoint.stats_max_per_second,
+                every=endpoint.stats_every,
+            )
+
+    def close(self) -> None:
+        """Reading stopped: stop pushing, start nothing more."""
+        self._closed = True
+        self.unsubscribe()
 
 
 def forbidden_message(scope: Scope, what: str) -> str:

@@ -219,6 +219,15 @@ class Engine:
     def last_batch_size(self) -> int:
         return self._committer.last_batch_size
 
+    @property
+    def lease_age_ms(self) -> int | None:
+        """Milliseconds (on :attr:`wall_clock`) since this leader last renewed its
+        lease in storage (its last commit that landed, or its takeover); None unless
+        it leads."""
+        if not self.is_leader:
+            return None
+        return max(0, self.wall_clock() - self._committer.last_commit_wall)
+
     def note(self, event: str, state: QueueState, job_id: str) -> None:
         """Count ``event`` for ``job_id``'s type in :attr:`type_events` (only while
         someone observes commits: O(1), a dict lookup)."""

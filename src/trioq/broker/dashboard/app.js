@@ -7,15 +7,20 @@
 // (a browser cannot set a header on a handshake). A 401 asks for the token again; a
 // 403 says which call the token's scope may not make.
 //
-// Live updates: the WebSocket (`/v1/ws`, JSON-RPC) answers calls, it does not push.
-// The page calls getStats/listJobs/listDead on it once a second; while it cannot be
-// opened, the same reads go over HTTP with exponential backoff on errors, and the
-// socket is retried with backoff.
+// Live updates: the WebSocket (`/v1/ws`, JSON-RPC) answers calls and, once the page
+// sends `subscribeStats`, pushes `{event: "stats", data}` (no `id`) after each commit
+// that changed the stats (at most 4 a second) and every 2 s; each push refreshes
+// the panels, and a slow tick (5 s) reads the rest. A broker without subscribeStats
+// (older) answers it as an unknown method: the page then reads once a second over
+// the socket instead. While the socket cannot be opened, the same reads go over HTTP
+// with exponential backoff on errors, and the socket is retried with backoff.
 "use strict";
 
 (() => {
   const TOKEN_KEY = "trioq.token";
   const TICK_MS = 1000;
+  const PUSH_TICK_MS = 5000;
+  const METRICS_EVERY_MS = 1000;
   const MAX_BACKOFF_MS = 30000;
   const CALL_TIMEOUT_MS = 10000;
   const CHART_SAMPLES = 120;
@@ -77,6 +82,7 @@
   // ------------------------------------------------------------------ HTTP
 
   async function http(method, path, body) {
+    const sent = auth.token;
     const init = { method, headers: { ...auth.headers() }, cache: "no-store" };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -96,13 +102,15 @@
     if (!response.ok) {
       const tag = data && data._tag ? data._tag : String(response.status);
       const message = data && data.message ? data.message : response.statusText;
-      throw onAuthError(new ApiError(response.status, tag, message, data));
+      throw onAuthError(new ApiError(response.status, tag, message, data), sent);
     }
     return data;
   }
 
-  function onAuthError(err) {
-    if (err.status === 401 && !auth.waiting) {
+  // `sent`: the token the refused request carried. A 401 to a request sent with an
+  // older token (one in flight when a new token was given) is not about this one.
+  function onAuthError(err, sent = auth.token) {
+    if (err.status === 401 && !auth.waiting && sent === auth.token) {
       const had = Boolean(auth.token);
       auth.set("");
       live.close();
@@ -132,6 +140,7 @@
   const live = {
     ws: null,
     open: false,
+    pushing: false,
     nextId: 1,
     pending: new Map(),
     retryMs: 1000,
@@ -154,11 +163,17 @@
         this.open = true;
         this.retryMs = 1000;
         setConn("websocket", "live (WebSocket)");
-        tick();
+        this.subscribe().finally(() => tick());
       };
       ws.onmessage = (event) => {
         let reply;
         try { reply = JSON.parse(event.data); } catch { return; }
+        if (!reply || typeof reply !== "object") return;
+        // a push has no id (every reply has one, null included)
+        if (!("id" in reply)) {
+          if (reply.event === "stats" && ws === this.ws) onPush(reply);
+          return;
+        }
         const waiter = this.pending.get(reply.id);
         if (!waiter) return;
         this.pending.delete(reply.id);
@@ -171,8 +186,10 @@
       };
       ws.onclose = () => {
         const wasOpen = this.open;
+        const wasPushing = this.pushing;
         this.ws = null;
         this.open = false;
+        this.pushing = false;
         for (const waiter of this.pending.values()) {
           clearTimeout(waiter.timer);
           waiter.reject(new ApiError(0, "Disconnected", "the WebSocket closed"));
@@ -180,7 +197,20 @@
         this.pending.clear();
         if (!auth.waiting) setConn("polling", wasOpen ? "polling (WebSocket lost)" : "polling (HTTP)");
         this.scheduleRetry();
+        if (wasPushing && !auth.waiting) tick(); // back to reading every second
       };
+    },
+
+    // ask the broker to push the stats; an older broker answers "unknown method"
+    // (and a token that may not read the stats, Forbidden): then the page polls
+    async subscribe() {
+      try {
+        await this.send("subscribeStats");
+        this.pushing = true;
+        setConn("websocket", "live (WebSocket, pushed)");
+      } catch {
+        this.pushing = false;
+      }
     },
 
     scheduleRetry() {
@@ -198,6 +228,7 @@
       }
       this.ws = null;
       this.open = false;
+      this.pushing = false;
       this.pending.clear();
     },
 
@@ -278,7 +309,7 @@
     $("by-type-wrap").hidden = !byType;
     if (byType) {
       const rows = Object.entries(byType).sort(([a], [b]) => a.localeCompare(b))
-        .map(([type, c]) => el("tr", {}, el("td", {}, type), el("td", { class: "num" }, fmt(c.unclaimed)),
+        .map(([type, c]) => el("tr", {}, el("td", { title: type }, type), el("td", { class: "num" }, fmt(c.unclaimed)),
           el("td", { class: "num" }, fmt(c.inProgress))));
       $("by-type").tBodies[0].replaceChildren(...rows);
       $("type-list").replaceChildren(...Object.keys(byType).map((t) => el("option", { value: t })));
@@ -329,11 +360,12 @@
   }
 
   async function metricsText() {
+    const sent = auth.token;
     const response = await fetch("/metrics", { headers: auth.headers(), cache: "no-store" });
     if (!response.ok) {
       let body = {};
       try { body = await response.json(); } catch { /* not JSON */ }
-      throw onAuthError(new ApiError(response.status, body._tag || String(response.status), body.message || response.statusText, body));
+      throw onAuthError(new ApiError(response.status, body._tag || String(response.status), body.message || response.statusText, body), sent);
     }
     return response.text();
   }
@@ -361,14 +393,31 @@
 
   // ------------------------------------------------------------------ leader
 
+  const seconds = (ms) => `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
+
   async function refreshHealth() {
+    const lease = $("lease");
     try {
       const h = await http("GET", "/healthz");
-      const leader = h.role === "leader" ? "this broker" : (h.leader || "unknown");
+      const leader = h.role === "leader" ? `${h.leader || location.origin} (this broker)` : (h.leader || "unknown");
       $("leader").textContent = `broker ${h.brokerId} · ${h.role} · epoch ${h.epoch} · leader: ${leader}`;
       $("leader").dataset.role = h.role;
+      // the lease: renewed by each of the leader's commits; standbys take over once
+      // it is leaseMs old (a broker older than these fields reports neither)
+      if (typeof h.leaseAgeMs === "number" && typeof h.leaseMs === "number") {
+        lease.textContent = `lease renewed ${seconds(h.leaseAgeMs)} ago (stale after ${seconds(h.leaseMs)})`;
+        lease.dataset.state = h.leaseAgeMs * 2 > h.leaseMs ? "late" : "ok";
+      } else if (typeof h.leaseMs === "number") {
+        lease.textContent = `lease: known on the leader (stale after ${seconds(h.leaseMs)})`;
+        lease.dataset.state = "";
+      } else {
+        lease.textContent = "lease: not reported by this broker";
+        lease.dataset.state = "";
+      }
+      lease.hidden = false;
     } catch (err) {
       $("leader").textContent = `broker: ${describe(err)}`;
+      lease.hidden = true;
     }
   }
 
@@ -402,8 +451,8 @@
     const rows = page.jobs.map((job) => {
       const status = job.cancelRequested ? "cancelling" : job.status;
       const row = el("tr", { dataset: { jobId: job.jobId }, onclick: () => showJob(job.jobId) },
-        el("td", { class: "mono" }, job.jobId),
-        el("td", {}, job.type),
+        el("td", { class: "mono", title: job.jobId }, job.jobId),
+        el("td", { title: job.type }, job.type),
         el("td", { class: `status-${status}` }, status === "unclaimed" ? "queued" : status.replace("_", " ")),
         el("td", { class: "num" }, `${job.attempts}/${job.maxAttempts}`),
         el("td", { class: "mono" }, job.workerId || "–"),
@@ -520,8 +569,8 @@
     if (seq !== dead.seq) return page;
     $("stat-dead").textContent = fmt(page.total);
     const rows = page.jobs.map((job) => el("tr", { dataset: { jobId: job.jobId }, onclick: () => showJob(job.jobId) },
-      el("td", { class: "mono" }, job.jobId),
-      el("td", {}, job.type),
+      el("td", { class: "mono", title: job.jobId }, job.jobId),
+      el("td", { title: job.type }, job.type),
       el("td", {}, job.reason),
       el("td", { class: "num" }, `${job.attempts}/${job.maxAttempts}`),
       el("td", { class: "num" }, age(job.diedAt)),
@@ -598,14 +647,17 @@
     if (ticking || auth.waiting) return;
     ticking = true;
     let failed = false;
+    // pushed: the pushes refresh the panels, a tick (every 5 s) reads everything
+    const pushing = live.pushing;
     try {
-      failed = !(await refreshAll());
-      if (ticks++ % 5 === 0) await refreshHealth();
+      failed = !(await refreshAll(pushing));
+      if (ticks++ % 5 === 0 || pushing) await refreshHealth();
     } finally {
       ticking = false;
     }
     // errors that are not the token's (a broker away, 503s) slow the reads down
-    backoffMs = failed ? Math.min(backoffMs * 2, MAX_BACKOFF_MS) : TICK_MS;
+    const every = live.pushing ? PUSH_TICK_MS : TICK_MS;
+    backoffMs = failed ? Math.min(backoffMs * 2, MAX_BACKOFF_MS) : every;
     if (failed && !live.open && !auth.waiting) setConn("offline", `retrying in ${Math.round(backoffMs / 1000)} s`);
     if (!auth.waiting) tickTimer = setTimeout(tick, backoffMs);
   }
@@ -617,23 +669,41 @@
   const TABLES_EVERY = 5;
   let lastCounts = null;
 
-  async function refreshAll(force = false) {
+  // `push`: a stats push to show instead of reading the stats (then /metrics is read
+  // at most once a second, and the tables only when the counts moved)
+  async function refreshAll(force = false, push = null) {
+    const statsRead = push === null ? live.call("getStats")
+      : push.error ? Promise.reject(pushError(push.error)) : Promise.resolve(push.data);
+    // (a token that may not read /metrics is told so by the ticks, not every push)
+    const sinceMetrics = performance.now() - lastMetricsAt;
+    const readMetrics = push === null || (!metricsDenied && sinceMetrics >= METRICS_EVERY_MS);
+    if (readMetrics) lastMetricsAt = performance.now();
+    else if (!metricsTimer && !metricsDenied) {
+      // read soon after all: the storage panel shows this push's commit too
+      metricsTimer = setTimeout(() => {
+        metricsTimer = null;
+        lastMetricsAt = performance.now();
+        refreshStorage().then((m) => {
+          if (m.trioq_jobs_completed_total !== undefined) addSample(m.trioq_jobs_completed_total, m.trioq_jobs_enqueued_total);
+        }, () => {});
+      }, METRICS_EVERY_MS - sinceMetrics);
+    }
     const [statsResult, storageResult] = await Promise.allSettled([
-      live.call("getStats").then((s) => { say("stats-message", "", ""); renderStats(s); return s; }),
-      refreshStorage(),
+      statsRead.then((s) => { say("stats-message", "", ""); renderStats(s); return s; }),
+      readMetrics ? refreshStorage() : Promise.resolve(undefined),
     ]);
     const s = statsResult.status === "fulfilled" ? statsResult.value : null;
     const counts = s ? [s.total, s.unclaimed, s.inProgress, s.completedTotal].join() : null;
-    const tables = force || counts === null || counts !== lastCounts || ticks % TABLES_EVERY === 0;
+    const tables = force || counts === null || counts !== lastCounts || (push === null && ticks % TABLES_EVERY === 0);
     lastCounts = counts;
     const results = [statsResult, storageResult];
     if (tables) results.push(...(await Promise.allSettled([refreshJobs(), refreshDead()])));
-    // one chart sample a tick: from /metrics (completed and submitted) when this
+    // one chart sample a read: from /metrics (completed and submitted) when this
     // token may read it, else the completed count of the stats
     const [stats, metrics] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
     if (metrics && metrics.trioq_jobs_completed_total !== undefined) {
       addSample(metrics.trioq_jobs_completed_total, metrics.trioq_jobs_enqueued_total);
-    } else if (stats) {
+    } else if (stats && (storageResult.status === "rejected" || metricsDenied)) {
       addSample(stats.completedTotal, undefined);
     }
     let answered = true;
@@ -652,15 +722,44 @@
     return answered;
   }
 
+  function pushError(e) {
+    return onAuthError(new ApiError(STATUS_OF_TAG[e._tag] || 503, e._tag, e.message, e));
+  }
+
+  // stats pushes: one refresh at a time, the latest push kept for the next
+  let pushed = null;
+  let pushRunning = false;
+
+  async function onPush(message) {
+    pushed = message;
+    if (pushRunning || auth.waiting) return;
+    pushRunning = true;
+    try {
+      while (pushed && !auth.waiting) {
+        const next = pushed;
+        pushed = null;
+        await refreshAll(false, next);
+      }
+    } finally {
+      pushRunning = false;
+    }
+  }
+
+  let lastMetricsAt = -Infinity;
+  let metricsTimer = null;
+  let metricsDenied = false;
+
   async function refreshStorage() {
     try {
       const m = parseMetrics(await metricsText());
+      metricsDenied = false;
       let throttle = null;
       try { throttle = await http("GET", "/v1/throttle-stats"); } catch { /* shown by metrics */ }
       renderStorage(m, throttle);
       say("storage-message", "", "");
       return m;
     } catch (err) {
+      metricsDenied = err instanceof ApiError && err.status === 403;
       say("storage-message", describe(err), "error");
       throw err;
     }
