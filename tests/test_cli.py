@@ -338,8 +338,33 @@ async def test_dev_with_a_bad_target_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "q").exists()  # nothing started
 
 
+async def test_schedules_set_list_delete(broker_url: str) -> None:
+    name = unique("nightly")
+    result = await trioq(
+        "schedules", "set", name, "report", '{"k": 1}', "--cron", "0 3 * * *",
+        "--timezone", "Europe/Paris", "--broker", broker_url,
+    )  # fmt: skip
+    assert result.status == 0, result
+    assert result.out.startswith(f"{name}: next at ")
+    listed = await trioq("schedules", "--json", "--broker", broker_url)
+    mine = [s for s in map(orjson.loads, listed.out.splitlines()) if s["name"] == name]
+    assert [(s["cron"], s["timezone"], s["payload"]) for s in mine] == [
+        ("0 3 * * *", "Europe/Paris", {"k": 1})
+    ]
+    assert (await trioq("schedules", "delete", name, "--broker", broker_url)).status == 0
+    gone = await trioq("schedules", "delete", name, "--broker", broker_url)
+    assert_one_line_failure(gone, "schedules", "NotFound")
+    bad = await trioq("schedules", "set", name, "t", "--cron", "nope", "--broker", broker_url)
+    assert_one_line_failure(bad, "schedules", "cron")
+    both = await trioq("schedules", "set", name, "t", "--broker", broker_url)
+    assert both.status == 2
+    assert "exactly one of --cron and --every" in both.err
+
+
 async def test_every_command_has_help() -> None:
-    for command in ("submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "dev"):
+    for command in (
+        "submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "schedules", "dev"
+    ):  # fmt: skip
         result = await trioq(command, "--help")
         assert result.status == 0, result
         assert f"usage: trioq {command}" in result.out

@@ -50,6 +50,9 @@ ROUTE_SCOPES: dict[str, set[str]] = {
     "requeue": {A},
     "stats": {W, A},
     "throttle_stats": {A},
+    "list_schedules": {P, W, A},
+    "put_schedule": {P, W, A},
+    "delete_schedule": {A},
 }
 """Who may call each route that needs a token (admin: everything)."""
 
@@ -98,6 +101,9 @@ REQUESTS: dict[str, tuple[str, str, Any]] = {
     "requeue": ("POST", "/v1/dead/j1/requeue", None),
     "stats": ("GET", "/v1/stats", None),
     "throttle_stats": ("GET", "/v1/throttle-stats", None),
+    "list_schedules": ("GET", "/v1/schedules", None),
+    "put_schedule": ("PUT", "/v1/schedules/s1", {"type": "t", "everyMs": 60000}),
+    "delete_schedule": ("DELETE", "/v1/schedules/nope", None),
 }
 
 PARAMS: dict[str, dict[str, Any]] = {

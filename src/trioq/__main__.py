@@ -18,7 +18,8 @@ usage: trioq COMMAND [options]   (trioq COMMAND --help for each)
   get       show one job
   dead      list dead-lettered jobs
   requeue   move a dead job (or --all) back to the queue
-  cancel    cancel a job"""
+  cancel    cancel a job
+  schedules list, set or delete periodic jobs"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -274,6 +274,20 @@ class SyncClient:
         specs = list(jobs)
         return self._loop.call(partial(self._client.submit_bulk, specs))
 
+    def set_schedule(
+        self, name: str, type: str, payload: Any = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """:meth:`Client.set_schedule`: create or replace a periodic job."""
+        return self._loop.call(partial(self._client.set_schedule, name, type, payload, **kwargs))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """:meth:`Client.schedules`: every periodic job, as stored."""
+        return self._loop.call(self._client.schedules)
+
+    def delete_schedule(self, name: str) -> None:
+        """:meth:`Client.delete_schedule`: delete a periodic job."""
+        self._loop.call(partial(self._client.delete_schedule, name))
+
     def cancel(self, job_id: str) -> str:
         """:meth:`Client.cancel`: cancel a job; its status afterwards."""
         return self._loop.call(partial(self._client.cancel, job_id))

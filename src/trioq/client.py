@@ -75,6 +75,7 @@ from ._wire import (
     HeldJob,
     JobStatus,
     NewJob,
+    ScheduleRequest,
     adapter,
     checked_job,
     parse,
@@ -458,6 +459,56 @@ class Client:
     async def requeue(self, job_id: str) -> None:
         """Move a dead-lettered job back to the queue."""
         await self._call("POST", f"/v1/dead/{job_id}/requeue", {})
+
+    # ---------------------------------------------------------------- schedules
+
+    async def set_schedule(
+        self,
+        name: str,
+        type: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: float | dt.timedelta | None = None,
+        timezone: str = "UTC",
+        missed: str = "once",
+        grace: float = 60.0,
+        max_attempts: int | None = None,
+        priority: int = 0,
+    ) -> dict[str, Any]:
+        """Create or replace the periodic job ``name`` (``PUT /v1/schedules/{name}``):
+        a job of ``type`` with ``payload`` at each occurrence of ``cron`` (in
+        ``timezone``) or ``every`` seconds (at least 1). ``missed``: what the leader
+        does with occurrences missed while no broker led: ``"once"`` enqueues the
+        latest once, ``"skip"`` only if at most ``grace`` seconds late. Returns the
+        stored schedule (with its ``nextAt``). Replacing a schedule with the same
+        timing keeps its next occurrence."""
+        body: dict[str, Any] = {
+            "type": type,
+            "payload": to_json_value(payload),
+            "timezone": timezone,
+            "missed": missed,
+            "graceMs": round(grace * 1000),
+            "priority": priority,
+        }
+        if cron is not None:
+            body["cron"] = cron
+        if every is not None:
+            body["everyMs"] = _delay_ms(every)
+        if max_attempts is not None:
+            body["maxAttempts"] = max_attempts
+        parse(ScheduleRequest, body)  # a bad schedule raises here, before sending
+        return dict((await self._call("PUT", f"/v1/schedules/{name}", body)).json())
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every periodic job (``GET /v1/schedules``), as stored."""
+        answer = (await self._call("GET", "/v1/schedules")).json()
+        return list(answer["schedules"])
+
+    async def delete_schedule(self, name: str) -> None:
+        """Delete a periodic job (``NotFound`` if there is none of that name); the
+        jobs it enqueued already stay."""
+        await self._call("DELETE", f"/v1/schedules/{name}")
 
     # -------------------------------------------------------------------- worker
 

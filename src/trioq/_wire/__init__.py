@@ -113,6 +113,7 @@ from ._records import ClaimedJob as ClaimedJob
 from ._records import FailReport as FailReport
 from ._records import JobReport as JobReport
 from ._records import NewJob as NewJob
+from ._requests import SCHEDULE_NAME_PATTERN as SCHEDULE_NAME_PATTERN
 from ._requests import ClaimRequest as ClaimRequest
 from ._requests import ExchangeClaim as ExchangeClaim
 from ._requests import ExchangeRequest as ExchangeRequest
@@ -124,5 +125,6 @@ from ._requests import JobRef as JobRef
 from ._requests import ListQuery as ListQuery
 from ._requests import NoBody as NoBody
 from ._requests import RpcRequest as RpcRequest
+from ._requests import ScheduleRequest as ScheduleRequest
 from ._requests import SubmitBatch as SubmitBatch
 from ._requests import SubmitBulk as SubmitBulk

@@ -231,3 +231,30 @@ class RpcReply(WireModel):
     ok: bool
     result: Any = None
     error: ErrorBody | None = None
+
+
+class ScheduleView(WireModel):
+    """A periodic job as stored (``PUT``/``GET /v1/schedules``): its request's
+    fields, and ``anchorMs`` (fixed intervals count from it), ``nextAt`` (the next
+    occurrence not yet enqueued) and ``lastAt`` (the last one enqueued), in ms since
+    the epoch."""
+
+    name: str
+    type: str
+    payload: Any
+    cron: str | None = None
+    every_ms: int | None = None
+    timezone: str
+    missed: Literal["once", "skip"]
+    grace_ms: int
+    max_attempts: int | None = None
+    priority: int
+    anchor_ms: int
+    next_at: int
+    last_at: int | None
+
+
+class SchedulesPage(WireModel):
+    """``GET /v1/schedules``: every periodic job, in the order they were created."""
+
+    schedules: list[ScheduleView]

@@ -79,6 +79,12 @@ RULES: dict[str, str] = {
     "error": "a string",
     "final": "a boolean",
     "priority": f"an integer from {MIN_PRIORITY} to {MAX_PRIORITY}",
+    "name": "1-64 characters of A-Z a-z 0-9 . _ -",
+    "cron": "a cron expression: 5 fields (minute hour day month weekday), or 6 with seconds last",
+    "everyMs": f"an integer from 1000 to {MAX_DELAY_MS}",
+    "timezone": "an IANA time zone name such as UTC or Europe/Paris",
+    "missed": 'either "once" or "skip"',
+    "graceMs": f"an integer from 0 to {MAX_DELAY_MS}",
     "uniqueKey": f"a string of 1-{MAX_UNIQUE_KEY_CHARS} characters, none a control character",
     "trace": (
         f"an object of at most {MAX_TRACE_FIELDS} string fields (names of 1-"

@@ -15,8 +15,10 @@ from pydantic import (
 )
 
 from ._limits import (
+    DEFAULT_TYPE,
     MAX_BATCH,
     MAX_CLAIM,
+    MAX_DELAY_MS,
     MAX_WAIT_MS,
     Attempt,
     Cursor,
@@ -25,6 +27,8 @@ from ._limits import (
     JobId,
     JobType,
     Limit,
+    MaxAttempts,
+    Priority,
     WireModel,
     WorkerId,
     blank_is_none,
@@ -224,3 +228,31 @@ class RpcRequest(WireModel):
     id: StrictStr | StrictInt | StrictFloat | None = None
     method: StrictStr
     params: dict[str, Any] | None = None
+
+
+SCHEDULE_NAME_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+
+
+class ScheduleRequest(WireModel):
+    """``PUT /v1/schedules/{name}``: a periodic job (create or replace). Exactly one
+    of ``cron`` (5 fields, or 6 with seconds last) and ``everyMs``; ``timezone``
+    (IANA, default UTC) is the cron's; ``missed`` says what a recovery does with the
+    occurrences missed while no broker led: ``once`` enqueues the latest once,
+    ``skip`` only if it is at most ``graceMs`` late. ``maxAttempts`` and ``priority``
+    are each occurrence's job's."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"type": "report:daily", "payload": {}, "cron": "0 6 * * *"}]
+        }
+    )
+
+    type: JobType = DEFAULT_TYPE
+    payload: Any = None
+    cron: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None
+    every_ms: Annotated[StrictInt, Field(ge=1000, le=MAX_DELAY_MS)] | None = None
+    timezone: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "UTC"
+    missed: Literal["once", "skip"] = "once"
+    grace_ms: DelayMs = 60_000
+    max_attempts: MaxAttempts | None = None
+    priority: Priority = 0

@@ -26,7 +26,7 @@ from .._wire import (
     NewJob,
     ParsedExchange,
 )
-from .._wire._requests import JobsQuery
+from .._wire._requests import JobsQuery, ScheduleRequest
 from ..core._engine import Engine
 from ..core._jobs import DeadJob, FinishedJob, Job
 from ..core._state import EnqueueResult, Outcome, QueueState, Reports
@@ -177,6 +177,17 @@ class BrokerApi:
     async def requeue(self, job_id: str) -> dict[str, Any]:
         await self.engine.requeue_dead(job_id)
         return {"jobId": job_id, "status": "unclaimed"}
+
+    async def put_schedule(self, name: str, request: ScheduleRequest) -> dict[str, Any]:
+        return await self.engine.put_schedule(name, request)
+
+    async def delete_schedule(self, name: str) -> None:
+        await self.engine.delete_schedule(name)
+
+    async def list_schedules(self) -> dict[str, Any]:
+        return await self.engine.read(
+            lambda state: {"schedules": [s.view() for s in state.schedules.values()]}
+        )
 
     # ------------------------------------------------------------------- reads
 

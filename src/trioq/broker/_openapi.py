@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .._tokens import Scope
-from .._wire import ErrorBody, JobId
+from .._wire import SCHEDULE_NAME_PATTERN, ErrorBody, JobId
 from ._routes import JSON, ROUTES, Route
 from ._websocket import METHODS
 
@@ -40,8 +40,9 @@ _ERRORS = {
 
 
 def openapi_path(rule: str) -> str:
-    """A route's rule as an OpenAPI path: ``/v1/jobs/<job_id>`` is ``/v1/jobs/{id}``."""
-    return _RULE_VARIABLE.sub("{id}", rule)
+    """A route's rule as an OpenAPI path: ``/v1/jobs/<job_id>`` is ``/v1/jobs/{id}``,
+    ``/v1/schedules/<name>`` is ``/v1/schedules/{name}``."""
+    return _RULE_VARIABLE.sub("{id}", rule).replace("<name>", "{name}")
 
 
 class _Schemas:
@@ -136,6 +137,15 @@ def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
     parameters: list[dict[str, Any]] = []
     if "{id}" in openapi_path(route.path):
         parameters.append({"name": "id", "in": "path", "required": True, "schema": schemas[JobId]})
+    if "{name}" in openapi_path(route.path):
+        parameters.append(
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": SCHEDULE_NAME_PATTERN},
+            }
+        )
     if route.query is not None:
         name = schemas[route.query]["$ref"].rsplit("/", 1)[-1]
         for field, schema in schemas.definitions[name]["properties"].items():
@@ -160,7 +170,7 @@ def _responses(route: Route, schemas: _Schemas) -> dict[str, Any]:
         or "{id}" in openapi_path(route.path),
         401: not route.public,
         403: not route.public and route.scopes != frozenset(Scope),
-        404: "{id}" in openapi_path(route.path),
+        404: "{id}" in openapi_path(route.path) or route.name == "delete_schedule",
         409: bool(route.conflicts),
         413: route.body is not None,
         503: route.leader_only or route.name == "readyz",

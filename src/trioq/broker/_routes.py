@@ -53,7 +53,8 @@ from .._wire import (
     parse_exchange,
     parse_new_job,
 )
-from .._wire._requests import JobsQuery
+from .._wire._answers import SchedulesPage, ScheduleView
+from .._wire._requests import JobsQuery, ScheduleRequest
 from ._api import BrokerApi
 from ._json import decode_object
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -148,6 +149,13 @@ ROUTES: tuple[Route, ...] = (
           body=NoBody, body_optional=True, answer=JobStatus,
           conflicts="the job exists but is not dead (JobNotDead)", scopes=ADMIN),
     Route("stats", "GET", "/v1/stats", "Queue counters", answer=Stats, scopes=WORKER),
+    Route("list_schedules", "GET", "/v1/schedules", "The periodic jobs",
+          answer=SchedulesPage, scopes=ANY_SCOPE),
+    Route("put_schedule", "PUT", "/v1/schedules/<name>",
+          "Create or replace a periodic job (workers declare theirs at start)",
+          body=ScheduleRequest, answer=ScheduleView, scopes=ANY_SCOPE),
+    Route("delete_schedule", "DELETE", "/v1/schedules/<name>", "Delete a periodic job",
+          scopes=ADMIN),
     Route("throttle_stats", "GET", "/v1/throttle-stats", "Storage throttle counters",
           answer=ThrottleStats, scopes=ADMIN),
 )  # fmt: skip
@@ -256,6 +264,17 @@ class RestHandlers:
 
     async def throttle_stats(self) -> Response:
         return json_response(self.api.throttle_stats())
+
+    async def list_schedules(self) -> Response:
+        return json_response(await self.api.list_schedules())
+
+    async def put_schedule(self, name: str) -> Response:
+        body = parse(ScheduleRequest, await _body())
+        return json_response(await self.api.put_schedule(name, body))
+
+    async def delete_schedule(self, name: str) -> Response:
+        await self.api.delete_schedule(name)
+        return _no_content()
 
 
 def _query() -> ListQuery:

@@ -1,6 +1,6 @@
 """The ``trioq`` command's sub-commands beyond ``broker``, ``worker`` and
 ``inspect``: the ones that talk to a running broker (``submit``, ``stats``,
-``jobs``, ``get``, ``dead``, ``requeue``, ``cancel``) and ``dev`` (a broker and
+``jobs``, ``get``, ``dead``, ``requeue``, ``cancel``, ``schedules``) and ``dev`` (a broker and
 workers in one command). docs/cli.md describes each.
 
 Every failure is one line on stderr (``trioq CMD: what went wrong, what to check``)
@@ -18,6 +18,7 @@ __all__ = ["COMMANDS", "main"]
 def _runners() -> dict[str, Callable[[Sequence[str], str], int]]:
     from . import _commands as c
     from ._dev import dev
+    from ._schedules import schedules
 
     return {
         "submit": c.submit,
@@ -27,11 +28,12 @@ def _runners() -> dict[str, Callable[[Sequence[str], str], int]]:
         "dead": c.dead,
         "requeue": c.requeue,
         "cancel": c.cancel,
+        "schedules": schedules,
         "dev": dev,
     }
 
 
-COMMANDS = ("submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "dev")
+COMMANDS = ("submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "schedules", "dev")
 """The sub-commands this package runs."""
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import DocumentInvalid
-from ._codec import LeaderInfo, _array
+from ._codec import LeaderInfo, _array, load_schedules
 from ._index import lease_order
 from ._jobs import DeadJob, FinishedJob, Job
 
@@ -79,9 +79,11 @@ class Changes:
     """Finished records added to or removed from the dedup window."""
     header: bool = False
     """Whether ``counters`` or ``nextOrder`` changed (set when the changes are taken)."""
+    schedules: bool = False
+    """Whether the schedules changed (then the record carries them all)."""
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.dead or self.finished or self.header)
+        return bool(self.jobs or self.dead or self.finished or self.header or self.schedules)
 
 
 # -------------------------------------------------------------- the record
@@ -145,6 +147,8 @@ def encode_record(
     if changes.header:
         record["counters"] = state.counters
         record["nextOrder"] = state.next_order
+    if changes.schedules:
+        record["schedules"] = [s.to_json() for s in state.schedules.values()]
     return orjson.dumps(record)
 
 
@@ -188,6 +192,7 @@ def apply_record(
         raise DocumentInvalid(f"{name} is damaged: its seq is {header.seq}, not {seq}")
     actions = [_checked_op(op, i, name) for i, op in enumerate(raw["ops"])]
     counters = _checked_counters(raw, state.counters, name)
+    schedules = None if "schedules" not in raw else load_schedules(raw["schedules"], name)
     leased: list[Job] = []
     for action, value in actions:
         action(state, value, leased)
@@ -200,6 +205,9 @@ def apply_record(
     if counters is not None:
         state.counters.update(counters[0])
         state.next_order = counters[1]
+    if schedules is not None:
+        state.schedules = schedules
+        state.note_schedules()
     state.seq = header.seq
     state.leader = header.leader
     return header

@@ -22,6 +22,7 @@ import trio
 
 from .._errors import DocumentInvalid
 from ._jobs import DeadJob, FinishedJob, Job
+from ._schedules import Schedule
 
 if TYPE_CHECKING:
     from ._state import Limits, QueueState
@@ -82,8 +83,10 @@ def encode(state: QueueState) -> bytes:
 
 
 def _header(state: QueueState) -> dict[str, Any]:
-    """The document's fields before its records (a copy: the state may change)."""
-    return {
+    """The document's fields before its records (a copy: the state may change).
+    ``schedules`` only when there are some: a queue without them is stored as
+    before."""
+    header = {
         "format": FORMAT,
         "formatVersion": FORMAT_VERSION,
         "seq": state.seq,
@@ -91,6 +94,25 @@ def _header(state: QueueState) -> dict[str, Any]:
         "nextOrder": state.next_order,
         "counters": dict(state.counters),
     }
+    if state.schedules:
+        header["schedules"] = [s.to_json() for s in state.schedules.values()]
+    return header
+
+
+def load_schedules(raw: object, name: str) -> dict[str, Schedule]:
+    """The stored ``schedules`` list, checked (DocumentInvalid naming ``name``)."""
+    if not isinstance(raw, list):
+        raise DocumentInvalid(f"{name} is damaged: 'schedules' is not an array")
+    schedules: dict[str, Schedule] = {}
+    for item in raw:
+        try:
+            if not isinstance(item, dict):
+                raise ValueError(f"a schedule is not an object: {item!r}")
+            schedule = Schedule.from_json(item)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DocumentInvalid(f"{name} is damaged: a schedule: {exc!r}") from exc
+        schedules[schedule.name] = schedule
+    return schedules
 
 
 def snapshot(state: QueueState) -> Callable[[], bytes]:
@@ -216,6 +238,8 @@ def decode_steps(
         state.seq = _nonneg(raw["seq"])
         state.leader = _leader_from(raw.get("leader"))
         state.next_order = _nonneg(raw["nextOrder"])
+        if "schedules" in raw:
+            state.schedules = load_schedules(raw["schedules"], name)
         counters = raw["counters"]
         for counter in state.counters:
             state.counters[counter] = _nonneg(counters.get(counter, 0))

@@ -153,10 +153,14 @@ class Committer:
 
     def next_timer(self) -> float:
         """Trio time at which the loop must commit without a mutation: the lease
-        refresh, and while claims wait, the first of their deadlines, the next
-        delayed job's ready time and the next lease expiry."""
+        refresh, the next periodic job's occurrence, and while claims wait, the first
+        of their deadlines, the next delayed job's ready time and the next lease
+        expiry."""
         engine, book = self.engine, self.engine.book
         wake = self.last_start + engine.config.broker_heartbeat_interval
+        state = engine.state
+        if state is not None and (due := state.next_schedule_at()) is not None:
+            wake = min(wake, trio.current_time() + max(0, due - engine.wall_clock()) / 1000)
         if book.waiting:
             wake = min(wake, book.next_deadline())
             state = engine.state
@@ -237,6 +241,11 @@ class Committer:
                 if job_id in state.dead:
                     engine.note("dead", state, job_id)
         state.pop_due(now)
+        fired, periodic = state.fire_schedules(now)
+        changed = changed or fired
+        if periodic and engine.observe_commit is not None:
+            for job_id in periodic:
+                engine.note("enqueued", state, job_id)
         cancelled = state.counters["cancelled"]
         live: list[Mutation] = []
         for mutation in batch:

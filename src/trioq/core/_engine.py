@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import trio
 
 from .._errors import DocumentInvalid, NotLeader, TrioqError
+from .._wire import ScheduleRequest
 from ..storage._protocol import Storage
 from ._campaign import Campaign
 from ._codec import LeaderInfo, describe_object, load
@@ -435,6 +436,13 @@ class Engine:
 
     async def requeue_dead(self, job_id: str) -> None:
         await self._submit(lambda s, now: s.requeue_dead(job_id, now))
+
+    async def put_schedule(self, name: str, request: ScheduleRequest) -> dict[str, Any]:
+        """Create or replace a periodic job; its stored form once committed."""
+        return await self._submit(lambda s, now: s.put_schedule(name, request, now).view())  # type: ignore[no-any-return]
+
+    async def delete_schedule(self, name: str) -> None:
+        await self._submit(lambda s, now: s.delete_schedule(name))
 
     async def _submit(self, op: Operation | None, *, claim: ClaimRequest | None = None) -> Any:
         return await self._hand_over(Mutation(op, claim))

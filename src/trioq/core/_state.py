@@ -29,17 +29,26 @@ from .._errors import (
     QueueFull,
     TrioqError,
 )
-from .._wire import MAX_ATTEMPTS, MAX_DELAY_MS, RULES, WORKER_ID, checked_job, parse
+from .._wire import (
+    MAX_ATTEMPTS,
+    MAX_DELAY_MS,
+    RULES,
+    WORKER_ID,
+    ScheduleRequest,
+    checked_job,
+    parse,
+)
 from .._wire import ClaimedJob as ClaimedJob
 from .._wire import FailReport as FailReport
 from .._wire import JobReport as JobReport
 from .._wire import NewJob as NewJob
-from . import _codec
+from . import _codec, _schedules
 from ._archive import DEDUP_CAP, Archive
 from ._changes import Changes, added, changed, removed
 from ._codec import LeaderInfo as LeaderInfo
 from ._index import JobIndex, JobTable
 from ._jobs import DeadJob, DeadReason, FinishedJob, FinishedOutcome, Job, valid_text
+from ._schedules import Schedule
 
 log = logging.getLogger("trioq.state")
 
@@ -137,6 +146,8 @@ class QueueState:
     jobs: JobTable = field(default_factory=JobTable, init=False)
     index: JobIndex = field(init=False)
     archive: Archive = field(default_factory=Archive, init=False)
+    schedules: dict[str, Schedule] = field(default_factory=dict, init=False)
+    """Periodic jobs by name (:mod:`trioq.core._schedules`)."""
     job_bytes: int = field(default=0, init=False)
     """Encoded size of the queued jobs as of the last :meth:`encode` (jobs that
     entered since count with their size when they entered)."""
@@ -244,6 +255,30 @@ class QueueState:
         # comparing the eight counters when changes are taken is cheaper than a
         # hook at every increment, and cannot miss one
         return (self.next_order, *self.counters.values())
+
+    # ------------------------------------------------------------- schedules
+
+    def note_schedules(self) -> None:
+        """The schedules changed: the next log record carries them all."""
+        if self._changes is not None:
+            self._changes.schedules = True
+
+    def put_schedule(self, name: str, request: ScheduleRequest, now: int) -> Schedule:
+        """Create or replace a periodic job (:func:`trioq.core._schedules.put`)."""
+        return _schedules.put(self, name, request, now)
+
+    def delete_schedule(self, name: str) -> None:
+        """Remove a periodic job; NotFound if there is none of that name."""
+        _schedules.delete(self, name)
+
+    def fire_schedules(self, now: int) -> tuple[bool, list[str]]:
+        """Enqueue the occurrences due at ``now``: whether a schedule moved on (the
+        state changed), and the ids enqueued."""
+        return _schedules.fire(self, now) if self.schedules else (False, [])
+
+    def next_schedule_at(self) -> int | None:
+        """When the next occurrence is due (None without schedules)."""
+        return _schedules.next_due(self)
 
     def _touched(self, job: Job) -> None:
         """``job``'s stored fields changed in place: drop its cached encoding and
