@@ -97,12 +97,20 @@ async def test_counters_and_histograms_move_as_jobs_flow(tmp_path: Path) -> None
         assert by_type(after, "failed") == {"boom": 1}
         assert by_type(after, "dead") == {"boom": 1}
         assert by_type(after, "expired") == {}
+        assert by_type(after, "cancelled") == by_type(after, "requeued") == {}
+        # a cancel and a requeue count by type too
+        await client.requeue((await client.dead())["jobs"][0]["jobId"])
+        later = (await client.jobs(type="later"))["jobs"][0]["jobId"]
+        assert await client.cancel(later) == "cancelled"
+        counted = await scrape()
+        assert by_type(counted, "requeued") == {"boom": 1}
+        assert by_type(counted, "cancelled") == {"later": 1}
         queued = {
             dict(labels)["type"]: (dict(labels)["status"], v)
-            for (name, labels), v in after.items()
+            for (name, labels), v in counted.items()
             if name == "trioq_queued_jobs" and v
         }
-        assert queued == {"later": ("unclaimed", 1)}
+        assert queued == {"boom": ("unclaimed", 1)}  # requeued; "later" was cancelled
 
         # every commit that landed is in both per-commit histograms
         commits = after[("trioq_commits_total", ())]

@@ -84,7 +84,16 @@ MAX_TYPE_LABELS = 100
 OTHER_TYPE = "_other"
 """The ``type`` label of the job types past :data:`MAX_TYPE_LABELS`."""
 
-TYPE_EVENTS = ("enqueued", "claimed", "completed", "failed", "expired", "dead")
+TYPE_EVENTS = (
+    "enqueued",
+    "claimed",
+    "completed",
+    "failed",
+    "expired",
+    "dead",
+    "cancelled",
+    "requeued",
+)
 """The events counted by job type (``trioq_type_<event>_total``)."""
 
 _TYPE_EVENT_HELP = {
@@ -94,6 +103,8 @@ _TYPE_EVENT_HELP = {
     "failed": "Failed attempts reported, by type.",
     "expired": "Leases that ran out, by type.",
     "dead": "Jobs dead-lettered, by type.",
+    "cancelled": "Cancels accepted (queued jobs at once, running ones at their next report), by type.",
+    "requeued": "Dead jobs requeued, by type.",
 }
 
 _QUEUED_STATUSES = (("unclaimed", "unclaimed"), ("in_progress", "inProgress"))

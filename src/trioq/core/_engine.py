@@ -432,10 +432,20 @@ class Engine:
         return await self._submit(lambda s, now: s.release(job_id, worker_id, now, attempt))  # type: ignore[no-any-return]
 
     async def cancel(self, job_id: str) -> str:
-        return await self._submit(lambda s, now: s.cancel(job_id, now))  # type: ignore[no-any-return]
+        def op(state: QueueState, now: int) -> str:
+            status = state.cancel(job_id, now)
+            if status in ("cancelled", "cancelling"):
+                self.note("cancelled", state, job_id)
+            return status
+
+        return await self._submit(op)  # type: ignore[no-any-return]
 
     async def requeue_dead(self, job_id: str) -> None:
-        await self._submit(lambda s, now: s.requeue_dead(job_id, now))
+        def op(state: QueueState, now: int) -> None:
+            state.requeue_dead(job_id, now)
+            self.note("requeued", state, job_id)
+
+        await self._submit(op)
 
     async def put_schedule(self, name: str, request: ScheduleRequest) -> dict[str, Any]:
         """Create or replace a periodic job; its stored form once committed."""
