@@ -121,7 +121,8 @@ class Stats(WireModel):
 
 
 class QueuedJobView(WireModel):
-    """A queued or in-progress job's record."""
+    """A queued or in-progress job's record (``priority``, ``uniqueKey`` and
+    ``trace`` only when the job has them)."""
 
     job_id: str
     id: str
@@ -137,6 +138,9 @@ class QueuedJobView(WireModel):
     heartbeat_at: int | None
     last_error: str | None
     cancel_requested: bool
+    priority: int | None = None
+    unique_key: str | None = None
+    trace: dict[str, str] | None = None
 
 
 class DeadJobView(WireModel):
@@ -153,6 +157,9 @@ class DeadJobView(WireModel):
     died_at: int
     reason: Literal["exhausted", "final", "expired"]
     last_error: str | None
+    priority: int | None = None
+    unique_key: str | None = None
+    trace: dict[str, str] | None = None
 
 
 class FinishedJobView(WireModel):
