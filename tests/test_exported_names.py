@@ -47,6 +47,7 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         "InternalError",
         "PayloadInvalid",
         "JobTimeout",
+        "JobFailed",
         # client
         "Client",
         "SyncClient",
@@ -109,6 +110,7 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         "Held",
         "Outcome",
         "Submitted",
+        "Completion",
         "new_job_id",
         "parse_urls",
         "to_json_value",

@@ -17,6 +17,7 @@ from ._errors import CASConflict as CASConflict
 from ._errors import DocumentInvalid as DocumentInvalid
 from ._errors import Forbidden as Forbidden
 from ._errors import InternalError as InternalError
+from ._errors import JobFailed as JobFailed
 from ._errors import JobNotDead as JobNotDead
 from ._errors import JobNotFound as JobNotFound
 from ._errors import LeaseLost as LeaseLost
@@ -72,6 +73,7 @@ __all__ = [
     "Forbidden",
     "InternalError",
     "JobContext",
+    "JobFailed",
     "JobNotDead",
     "JobNotFound",
     "JobSpec",

@@ -236,6 +236,22 @@ class JobNotDead(TrioqError):
     status = 409
 
 
+class JobFailed(TrioqError):
+    """:meth:`Client.result <trioq.Client.result>` of a job that will not complete:
+    it was dead-lettered (``status`` ``"dead"``, ``reason`` why, the message its last
+    error) or cancelled."""
+
+    tag = "JobFailed"
+    status = 409
+
+    def __init__(
+        self, message: str, *, job_status: str = "dead", reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.job_status = job_status
+        self.reason = reason
+
+
 class NotFound(TrioqError):
     """No such route (an unknown job id is :class:`JobNotFound`)."""
 

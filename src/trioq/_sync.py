@@ -296,6 +296,11 @@ class SyncClient:
         """:meth:`Client.get`: a job's record (``JobNotFound`` if there is none)."""
         return self._loop.call(partial(self._client.get, job_id))
 
+    def result(self, job_id: str, *, timeout: float | None = None) -> Any:
+        """:meth:`Client.result`: wait for a job to end; its handler's result
+        (``JobFailed`` for a dead or cancelled job, ``TimeoutError`` after ``timeout``)."""
+        return self._loop.call(partial(self._client.result, job_id, timeout=timeout))
+
     def stats(self, *, retry_deadline: float | None = None) -> dict[str, Any]:
         """:meth:`Client.stats`: queue counters from the leader."""
         return self._loop.call(partial(self._client.stats, retry_deadline=retry_deadline))
@@ -377,9 +382,13 @@ class SyncClient:
         """:meth:`Client.heartbeat`: renew a held job's lease."""
         self._loop.call(partial(self._client.heartbeat, job_id, worker_id, attempt=attempt))
 
-    def complete(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
-        """:meth:`Client.complete`: report a held job done."""
-        self._loop.call(partial(self._client.complete, job_id, worker_id, attempt=attempt))
+    def complete(
+        self, job_id: str, worker_id: str, *, attempt: int | None = None, result: Any = None
+    ) -> None:
+        """:meth:`Client.complete`: report a held job done (with its result)."""
+        self._loop.call(
+            partial(self._client.complete, job_id, worker_id, attempt=attempt, result=result)
+        )
 
     def fail(
         self,

@@ -59,7 +59,7 @@ from ._calls import Caller, error_from_body, own_copy
 from ._calls import error_from_response as error_from_response
 from ._calls import parse_urls as parse_urls
 from ._coalescer import BULK_BYTES, MAX_BULK, Coalescer
-from ._errors import NotLeader, PayloadTooLarge, QueueFull, TrioqError
+from ._errors import JobFailed, NotLeader, PayloadTooLarge, QueueFull, TrioqError
 from ._tokens import secret_value, ssl_context
 from ._tracing import Carrier, submit_span
 from ._wire import (
@@ -138,6 +138,24 @@ class Submitted:
 
     job_id: str
     duplicate: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Completion:
+    """A completed job with its handler's result, for :meth:`Client.exchange`'s
+    ``complete`` (a bare :class:`Held` completes without one)."""
+
+    job: Held
+    result_json: bytes
+    """The result's JSON (:func:`encode_payload` of the handler's return value)."""
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int | None:
+        return self.job.attempt
 
 
 Outcome = str | TrioqError
@@ -575,6 +593,10 @@ class Client:
         for name, held in (("heartbeat", heartbeat), ("complete", complete), ("release", release)):
             if held:
                 body[name] = [_held_item(job) for job in _bounded(name, held)]
+        if complete:
+            for item, job in zip(body["complete"], complete, strict=True):
+                if isinstance(job, Completion):
+                    item["result"] = orjson.Fragment(job.result_json)
         if fail:
             body["fail"] = [_fail_item(failure) for failure in _bounded("fail", fail)]
         wait_ms = 0
@@ -601,8 +623,48 @@ class Client:
     async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         await self._call("POST", f"/v1/jobs/{job_id}/heartbeat", _held(worker_id, attempt))
 
-    async def complete(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
-        await self._call("POST", f"/v1/jobs/{job_id}/complete", _held(worker_id, attempt))
+    async def complete(
+        self, job_id: str, worker_id: str, *, attempt: int | None = None, result: Any = None
+    ) -> None:
+        """Complete a held job; ``result`` (JSON, or a pydantic model) is kept with it
+        for :meth:`result`."""
+        body = _held(worker_id, attempt)
+        if result is not None:
+            body["result"] = orjson.Fragment(encode_payload(result))
+        await self._call("POST", f"/v1/jobs/{job_id}/complete", body)
+
+    async def result(self, job_id: str, *, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the broker long-polls up to it)
+        """Wait for a job to end and return its handler's result (JSON as decoded;
+        None when the handler returned nothing). Long-polls ``GET
+        /v1/jobs/{id}/result``, so waiting costs a request every 30 s, not a busy
+        loop. Raises :class:`~trioq.JobFailed` for a job dead-lettered (its last
+        error) or cancelled, :class:`~trioq.JobNotFound` for an unknown job (or one
+        whose record left the dedup window), and ``TimeoutError`` after ``timeout``
+        seconds (None: wait as long as it takes)."""
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            left = MAX_WAIT_MS if deadline is None else (deadline - anyio.current_time()) * 1000
+            wait_ms = max(0, min(MAX_WAIT_MS, round(left)))
+            response = await self._call(
+                "GET",
+                f"/v1/jobs/{job_id}/result",
+                params={"waitMs": wait_ms},
+                extra_timeout=wait_ms / 1000,
+            )
+            answer = response.json()
+            status = answer["status"]
+            if status == "completed":
+                return answer.get("result")
+            if status == "dead":
+                raise JobFailed(
+                    f"job {job_id!r} is dead ({answer.get('reason')}): {answer.get('error')}",
+                    job_status="dead",
+                    reason=answer.get("reason"),
+                )
+            if status == "cancelled":
+                raise JobFailed(f"job {job_id!r} was cancelled", job_status="cancelled")
+            if deadline is not None and anyio.current_time() >= deadline:
+                raise TimeoutError(f"job {job_id!r} is still {status} after {timeout:g} s")
 
     async def fail(
         self,

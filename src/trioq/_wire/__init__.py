@@ -115,6 +115,8 @@ from ._records import JobReport as JobReport
 from ._records import NewJob as NewJob
 from ._requests import SCHEDULE_NAME_PATTERN as SCHEDULE_NAME_PATTERN
 from ._requests import ClaimRequest as ClaimRequest
+from ._requests import CompleteCall as CompleteCall
+from ._requests import CompleteRequest as CompleteRequest
 from ._requests import ExchangeClaim as ExchangeClaim
 from ._requests import ExchangeRequest as ExchangeRequest
 from ._requests import FailCall as FailCall
@@ -124,6 +126,7 @@ from ._requests import HeldJobCall as HeldJobCall
 from ._requests import JobRef as JobRef
 from ._requests import ListQuery as ListQuery
 from ._requests import NoBody as NoBody
+from ._requests import ResultQuery as ResultQuery
 from ._requests import RpcRequest as RpcRequest
 from ._requests import ScheduleRequest as ScheduleRequest
 from ._requests import SubmitBatch as SubmitBatch

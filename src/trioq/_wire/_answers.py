@@ -265,3 +265,15 @@ class SchedulesPage(WireModel):
     """``GET /v1/schedules``: every periodic job, in the order they were created."""
 
     schedules: list[ScheduleView]
+
+
+class JobResult(WireModel):
+    """``GET /v1/jobs/{id}/result``: the job's status, and once it ended, its
+    ``result`` (completed: the handler's return value, ``null`` if it returned
+    none) or its ``error`` (dead: its last error; ``reason``: why it died)."""
+
+    job_id: str
+    status: Literal["unclaimed", "in_progress", "completed", "cancelled", "dead"]
+    result: Any = None
+    error: str | None = None
+    reason: Literal["exhausted", "final", "expired"] | None = None

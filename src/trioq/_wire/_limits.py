@@ -157,6 +157,13 @@ Limit = Annotated[
     Field(ge=1, le=MAX_LIST),
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LIST}),
 ]
+WaitQuery = Annotated[
+    StrictInt,
+    BeforeValidator(_digits_to_int),
+    Field(ge=0, le=MAX_WAIT_MS),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}),
+]
+"""``waitMs`` as a query parameter (decimal digits)."""
 Cursor = Annotated[
     StrictStr,
     BeforeValidator(_int_to_digits),

@@ -134,10 +134,12 @@ class ClaimedJob:
 @dataclass(frozen=True, slots=True)
 class JobReport:
     """A heartbeat, complete or release in an exchange (``POST /v1/jobs/exchange``):
-    the job, and the attempt the worker holds (optional, as in ``HeldJob``)."""
+    the job, and the attempt the worker holds (optional, as in ``HeldJob``); a
+    complete's ``result`` is the handler's return value (JSON; ignored elsewhere)."""
 
     job_id: JobId
     attempt: Attempt | None = None
+    result: Any = None
 
 
 @with_config(

@@ -29,6 +29,7 @@ from ._limits import (
     Limit,
     MaxAttempts,
     Priority,
+    WaitQuery,
     WireModel,
     WorkerId,
     blank_is_none,
@@ -148,6 +149,16 @@ class HeldJob(WireModel):
     attempt: Attempt | None = None
 
 
+class CompleteRequest(HeldJob):
+    """``POST /v1/jobs/{id}/complete``: ``result`` is the handler's return value
+    (any JSON; kept with the finished job, ``--max-result-bytes`` at most)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"workerId": "worker-1", "result": {"sent": True}}]}
+    )
+    result: Any = None
+
+
 class FailRequest(HeldJob):
     """``POST /v1/jobs/{id}/fail``. Without ``retryInMs`` the broker's backoff applies;
     ``final`` dead-letters at once. ``error`` is cut to 8192 characters."""
@@ -208,6 +219,22 @@ class HeldJobCall(HeldJob):
     )
 
     job_id: JobId
+
+
+class CompleteCall(CompleteRequest):
+    """WebSocket ``completeJob``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"jobId": "order-17", "workerId": "worker-1"}]}
+    )
+
+    job_id: JobId
+
+
+class ResultQuery(WireModel):
+    """``GET /v1/jobs/{id}/result``: wait up to ``waitMs`` for the job to end."""
+
+    wait_ms: Annotated[WaitQuery | None, BeforeValidator(blank_is_none)] = None
 
 
 class FailCall(FailRequest):

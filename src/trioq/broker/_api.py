@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+import trio
+
 from .._errors import JobNotFound, TrioqError
 from .._wire import (
     MAX_LIST,
@@ -26,7 +29,7 @@ from .._wire import (
     NewJob,
     ParsedExchange,
 )
-from .._wire._requests import JobsQuery, ScheduleRequest
+from .._wire._requests import CompleteRequest, JobsQuery, ScheduleRequest
 from ..core._engine import Engine
 from ..core._jobs import DeadJob, FinishedJob, Job
 from ..core._state import EnqueueResult, Outcome, QueueState, Reports
@@ -154,7 +157,22 @@ class BrokerApi:
         await self.engine.heartbeat(job_id, call.worker_id, attempt=call.attempt)
 
     async def complete(self, job_id: str, call: HeldJob) -> None:
-        await self.engine.complete(job_id, call.worker_id, attempt=call.attempt)
+        result = call.result if isinstance(call, CompleteRequest) else None
+        await self.engine.complete(job_id, call.worker_id, attempt=call.attempt, result=result)
+
+    async def job_result(self, job_id: str, wait: float) -> dict[str, Any]:
+        """The job's outcome (``JobResult``); a job that has not ended yet is waited
+        for, up to ``wait`` seconds, commit by commit (committed state only)."""
+        deadline = trio.current_time() + wait
+        while True:
+            landed = self.engine.landed  # taken before the read: no commit is missed
+            answer = await self.engine.read(lambda state: _result_view(state, job_id))
+            if answer["status"] not in ("unclaimed", "in_progress"):
+                return answer
+            if trio.current_time() >= deadline:
+                return answer
+            with trio.move_on_at(deadline):
+                await landed.wait()
 
     async def fail(self, job_id: str, call: FailRequest) -> dict[str, Any]:
         status = await self.engine.fail(
@@ -305,3 +323,22 @@ def job_view(record: Job | DeadJob | FinishedJob) -> dict[str, Any]:
     elif isinstance(record, FinishedJob):
         view["status"] = record.outcome
     return view
+
+
+def _result_view(state: QueueState, job_id: str) -> dict[str, Any]:
+    record = state.lookup(job_id)
+    if record is None:
+        raise JobNotFound(f"no job {job_id!r} (or it left the dedup window)")
+    if isinstance(record, Job):
+        return {"jobId": job_id, "status": record.status}
+    if isinstance(record, DeadJob):
+        return {
+            "jobId": job_id,
+            "status": "dead",
+            "error": record.last_error,
+            "reason": record.reason,
+        }
+    answer: dict[str, Any] = {"jobId": job_id, "status": record.outcome, "result": None}
+    if record.result_json is not None:
+        answer["result"] = orjson.Fragment(record.result_json)
+    return answer

@@ -53,8 +53,8 @@ from .._wire import (
     parse_exchange,
     parse_new_job,
 )
-from .._wire._answers import SchedulesPage, ScheduleView
-from .._wire._requests import JobsQuery, ScheduleRequest
+from .._wire._answers import JobResult, SchedulesPage, ScheduleView
+from .._wire._requests import CompleteRequest, JobsQuery, ResultQuery, ScheduleRequest
 from ._api import BrokerApi
 from ._json import decode_object
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -128,8 +128,8 @@ ROUTES: tuple[Route, ...] = (
           body=ExchangeRequest, answer=ExchangeAnswer, scopes=WORKER),
     Route("heartbeat", "POST", f"{_ID}/heartbeat", "Renew a job's lease",
           body=HeldJob, conflicts=_HELD, scopes=WORKER),
-    Route("complete", "POST", f"{_ID}/complete", "Complete a job",
-          body=HeldJob, conflicts=_HELD, scopes=WORKER),
+    Route("complete", "POST", f"{_ID}/complete", "Complete a job (with its result, if any)",
+          body=CompleteRequest, conflicts=_HELD, scopes=WORKER),
     Route("fail", "POST", f"{_ID}/fail", "Fail an attempt (retry later, or dead-letter)",
           body=FailRequest, answer=FailAnswer, conflicts=_HELD, scopes=WORKER),
     Route("release", "POST", f"{_ID}/release",
@@ -139,6 +139,9 @@ ROUTES: tuple[Route, ...] = (
           body=NoBody, body_optional=True, answer=JobStatus, scopes=ADMIN),
     Route("get_job", "GET", "/v1/jobs/<job_id:job_id>", "A job's record (finished jobs too)",
           answer=JobView, scopes=ANY_SCOPE),
+    Route("job_result", "GET", f"{_ID}/result",
+          "A job's outcome and result, waiting up to waitMs for it to end",
+          query=ResultQuery, answer=JobResult, scopes=ANY_SCOPE),
     Route("list_jobs", "GET", "/v1/jobs",
           "Queue stats and a page of queued jobs (filtered by status and type)",
           query=JobsQuery, answer=JobsPage, scopes=ADMIN),
@@ -230,7 +233,7 @@ class RestHandlers:
         return _no_content()
 
     async def complete(self, job_id: str) -> Response:
-        await self.api.complete(_wire.job_id(job_id), parse(HeldJob, await _body()))
+        await self.api.complete(_wire.job_id(job_id), parse(CompleteRequest, await _body()))
         return _no_content()
 
     async def fail(self, job_id: str) -> Response:
@@ -248,6 +251,11 @@ class RestHandlers:
 
     async def get_job(self, job_id: str) -> Response:
         return json_response(await self.api.get_job(_wire.job_id(job_id)))
+
+    async def job_result(self, job_id: str) -> Response:
+        query = parse(ResultQuery, request.args.to_dict())
+        answer = await self.api.job_result(_wire.job_id(job_id), (query.wait_ms or 0) / 1000)
+        return json_response(answer)
 
     async def list_jobs(self) -> Response:
         return json_response(await self.api.list_jobs(parse(JobsQuery, request.args.to_dict())))

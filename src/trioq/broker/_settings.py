@@ -257,6 +257,15 @@ class BrokerSettings(Settings):
         Field(gt=0),
         Public("--max-payload-bytes", "TRIOQ_MAX_PAYLOAD_BYTES", "largest job payload"),
     ] = 1024 * 1024
+    max_result_bytes: Annotated[
+        int,
+        Field(gt=0),
+        Public(
+            "--max-result-bytes",
+            "TRIOQ_MAX_RESULT_BYTES",
+            "largest job result kept (a handler's return value, as JSON)",
+        ),
+    ] = 64 * 1024
     max_request_bytes: Annotated[
         int,
         Field(gt=0),
@@ -599,6 +608,7 @@ class BrokerSettings(Settings):
             max_queued=self.max_queued,
             max_document_bytes=self.max_document_bytes,
             max_payload_bytes=self.max_payload_bytes,
+            max_result_bytes=self.max_result_bytes,
             dedup_window_ms=_ms(self.dedup_window),
             dedup_cap=self.dedup_cap,
         )

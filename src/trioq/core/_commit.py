@@ -113,6 +113,8 @@ class Committer:
             engine.committed_counters = dict(state.counters)
             engine.committed_by_type = state.counts_by_type()
         engine.book.answer_readers(state)
+        landed, engine.landed = engine.landed, trio.Event()
+        landed.set()
 
     # ----------------------------------------------------------------- the loop
 

@@ -147,6 +147,9 @@ class Engine:
         self.leader: LeaderInfo | None = None
         """The leader as last seen in the document (ours when leading)."""
         self.metrics: dict[str, int] = dict.fromkeys(ENGINE_COUNTERS, 0)
+        self.landed = trio.Event()
+        """Set (and replaced) each time the state is what is stored again: a reader
+        waiting for a change (a job's result) waits for it, then reads."""
         self.committed_stats: dict[str, int] = {}
         """Counts of the last committed state (``QueueState.stats`` plus ``dead``),
         for metrics and ``/v1/stats``; empty until this engine first leads."""
@@ -392,9 +395,11 @@ class Engine:
     async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
         await self._submit(lambda s, now: s.heartbeat(job_id, worker_id, now, attempt))
 
-    async def complete(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> None:
+    async def complete(
+        self, job_id: str, worker_id: str, *, attempt: int | None = None, result: Any = None
+    ) -> None:
         def op(s: QueueState, now: int) -> None:
-            s.complete(job_id, worker_id, now, attempt)
+            s.complete(job_id, worker_id, now, attempt, result)
             self.note("completed", s, job_id)
 
         await self._submit(op)

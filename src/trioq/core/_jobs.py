@@ -214,7 +214,8 @@ class DeadJob:
 
 @dataclass(slots=True, eq=False)
 class FinishedJob:
-    """A finished job kept for the dedup window: its id, outcome and a summary."""
+    """A finished job kept for the dedup window: its id, outcome and a summary, and
+    its handler's result (its JSON) when it returned one."""
 
     id: str
     type: str
@@ -222,10 +223,11 @@ class FinishedJob:
     attempts: int
     created_at: int
     finished_at: int
+    result_json: bytes | None = None
     encoded: bytes | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
             "type": self.type,
             "outcome": self.outcome,
@@ -233,6 +235,9 @@ class FinishedJob:
             "createdAt": self.created_at,
             "finishedAt": self.finished_at,
         }
+        if self.result_json is not None:
+            body["result"] = orjson.Fragment(self.result_json)
+        return body
 
     def encode(self) -> bytes:
         if self.encoded is None:
@@ -251,6 +256,7 @@ class FinishedJob:
             attempts=_int(raw["attempts"]),
             created_at=_int(raw["createdAt"]),
             finished_at=_int(raw["finishedAt"]),
+            result_json=None if "result" not in raw else kept(orjson.dumps(raw["result"])),
         )
 
 

@@ -18,7 +18,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .._errors import (
     BrokerProtocolError,
@@ -42,6 +42,7 @@ from .._wire import ClaimedJob as ClaimedJob
 from .._wire import FailReport as FailReport
 from .._wire import JobReport as JobReport
 from .._wire import NewJob as NewJob
+from .._wire._payload import encode_payload, too_deep
 from . import _codec, _schedules
 from ._archive import DEDUP_CAP, Archive
 from ._changes import Changes, added, changed, removed
@@ -76,6 +77,8 @@ class Limits:
     retry_max_ms: int = 300_000
     retry_jitter: float = 0.2
     """Retry delays vary by up to this fraction either way."""
+    max_result_bytes: int = 64 * 1024
+    """Cap on a completed job's stored result (its JSON)."""
     max_delay_ms: int = MAX_DELAY_MS
     """Cap on a job's ``delay_ms`` and on a failure's ``retry_in_ms``: the wire's (365
     days, so stored times stay far inside JSON's exact-integer range), or lower."""
@@ -415,9 +418,34 @@ class QueueState:
             changed(self._changes.jobs, job.id)
         self.index.renew(job)
 
-    def complete(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
+    def complete(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: int,
+        attempt: int | None = None,
+        result: Any = None,
+    ) -> None:
+        """Record a job's success; ``result`` (its handler's return value, any JSON)
+        is kept with the finished record. A result that is not JSON or is over
+        ``max_result_bytes`` is refused (BrokerProtocolError, PayloadTooLarge) and
+        changes nothing."""
+        result_json = None if result is None else self._checked_result(result)
         job = self._live_lease(job_id, worker_id, attempt, now)
-        self._finish(job, "completed", now)
+        self._finish(job, "completed", now, result_json)
+
+    def _checked_result(self, result: Any) -> bytes:
+        try:
+            data = encode_payload(result)
+        except (TypeError, ValueError) as exc:
+            raise BrokerProtocolError(f"result: {exc}") from None
+        if too_deep(data, result):
+            raise BrokerProtocolError("result is nested more than 64 levels deep")
+        if len(data) > self.limits.max_result_bytes:
+            raise PayloadTooLarge(
+                f"result is {len(data)} bytes, over the limit of {self.limits.max_result_bytes}"
+            )
+        return data
 
     def fail(
         self,
@@ -691,9 +719,13 @@ class QueueState:
         self._touched(job)
         self.index.push(job, now)
 
-    def _finish(self, job: Job, outcome: FinishedOutcome, now: int) -> None:
+    def _finish(
+        self, job: Job, outcome: FinishedOutcome, now: int, result_json: bytes | None = None
+    ) -> None:
         self._leave_queue(job)
-        self._remember(FinishedJob(job.id, job.type, outcome, job.attempts, job.created_at, now))
+        self._remember(
+            FinishedJob(job.id, job.type, outcome, job.attempts, job.created_at, now, result_json)
+        )
         self.counters[outcome] += 1
 
     def _remember(self, record: FinishedJob) -> None:
@@ -736,7 +768,7 @@ def _heartbeat(state: QueueState, report: JobReport, worker_id: str, now: int) -
 
 
 def _complete(state: QueueState, report: JobReport, worker_id: str, now: int) -> str:
-    state.complete(report.job_id, worker_id, now, report.attempt)
+    state.complete(report.job_id, worker_id, now, report.attempt, report.result)
     return "completed"
 
 

@@ -45,7 +45,7 @@ import trio
 from .._calls import own_copy
 from .._errors import BrokerUnreachable, TrioqError
 from .._wire import MAX_BATCH, MAX_CLAIM
-from ..client import Claimed, Client, ExchangeAnswer, Failure, Outcome
+from ..client import Claimed, Client, Completion, ExchangeAnswer, Failure, Outcome
 from ._outage import Outage
 
 log = logging.getLogger("trioq.worker")
@@ -62,6 +62,8 @@ class Report:
 
     job: Claimed
     failure: Failure | None = None
+    completion: Completion | None = None
+    """A completion that carries the handler's result."""
     result: Outcome | None = None
     withdrawn: bool = False
     """Its sender stopped waiting: if it has not gone yet, it never goes."""
@@ -182,8 +184,11 @@ class Courier:
         self._poke()
         return report
 
-    def complete(self, job: Claimed) -> Report:
-        report = Report(job)
+    def complete(self, job: Claimed, result_json: bytes | None = None) -> Report:
+        """Report ``job`` completed, with its result's JSON if it has one."""
+        report = Report(
+            job, completion=None if result_json is None else Completion(job, result_json)
+        )
         self._pending.complete.append(report)
         return self._bounded(report)
 
@@ -345,7 +350,7 @@ class Courier:
         return await self.client.exchange(
             self.worker_id,
             heartbeat=[r.job for r in reports.heartbeat],
-            complete=[r.job for r in reports.complete],
+            complete=[r.completion or r.job for r in reports.complete],
             fail=[r.failure for r in reports.fail if r.failure is not None],
             release=[r.job for r in reports.release],
             claim=claim,

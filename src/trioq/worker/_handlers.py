@@ -146,18 +146,18 @@ def _payload_validator(annotation: Any) -> Callable[[Any], Any]:
     return lambda value: adapter.validate_python(value, strict=False)
 
 
-async def call_handler(handler: Handler, payload: Any, ctx: JobContext) -> None:
+async def call_handler(handler: Handler, payload: Any, ctx: JobContext) -> Any:
+    """Call the handler; what it returned (its result)."""
     kwargs: dict[str, Any] = {}
     if handler.payload_param is not None:
         kwargs[handler.payload_param] = payload
     if handler.context_param is not None:
         kwargs[handler.context_param] = ctx
     if handler.is_async:
-        await handler.fn(**kwargs)
-    else:
-        # a thread, so a blocking handler cannot starve the heartbeats; it is
-        # not abandoned on cancel (the job ends when the function returns)
-        await trio.to_thread.run_sync(lambda: handler.fn(**kwargs))
+        return await handler.fn(**kwargs)
+    # a thread, so a blocking handler cannot starve the heartbeats; it is not
+    # abandoned on cancel (the job ends when the function returns)
+    return await trio.to_thread.run_sync(lambda: handler.fn(**kwargs))
 
 
 async def run_hooks(hooks: list[Hook], job: Claimed, *args: Any) -> None:

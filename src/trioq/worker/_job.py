@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import JobNotFound, LeaseLost, TrioqError
+from .._errors import BrokerProtocolError, JobNotFound, LeaseLost, PayloadTooLarge, TrioqError
 from .._logging import job_fields
 from .._tracing import JobTrace
+from .._wire import encode_payload
 from ..client import Claimed, Client, Failure, Outcome
 from ._courier import Courier, Report
 from ._handlers import Handler, Hooks, JobContext, call_handler, label, run_hooks
@@ -46,10 +47,12 @@ log = logging.getLogger("trioq.worker")
 
 @dataclass(slots=True, frozen=True)
 class _Outcome:
-    """How a handler call ended: ``error`` is None on success."""
+    """How a handler call ended: ``error`` is None on success, and ``value`` is
+    what the handler returned."""
 
     error: str | None
     final: bool = False
+    value: Any = None
 
 
 _SUCCESS = _Outcome(None)
@@ -177,7 +180,7 @@ class JobRunner:
             # prefetched, and the worker stopped before a slot came free
             await self._release(job, lease)
         elif outcome.error is None:
-            await self._report_completion(job, ctx, lease)
+            await self._report_completion(job, ctx, lease, outcome.value)
         else:
             await self._report_failure(job, ctx, lease, outcome.error, final=outcome.final)
 
@@ -247,15 +250,16 @@ class JobRunner:
             return _Outcome(text, final=True)
         if handler.timeout is None:  # no cancel scope then: one per job costs
             try:
-                await call_handler(handler, payload, ctx)
+                value = await call_handler(handler, payload, ctx)
             except Exception as exc:
                 return _raised(job, exc)
-            return _SUCCESS
+            return _SUCCESS if value is None else _Outcome(None, value=value)
         timeout = handler.timeout
         scope = trio.move_on_after(timeout)
+        value = None
         try:
             with scope:
-                await call_handler(handler, payload, ctx)
+                value = await call_handler(handler, payload, ctx)
         except Exception as exc:
             if not scope.cancel_called:
                 return _raised(job, exc)
@@ -264,7 +268,7 @@ class JobRunner:
             text = f"timed out after {timeout:g} s"
             log.info("%s %s", label(job), text, extra=_fields(job, "failed", error=text))
             return _Outcome(text)
-        return _SUCCESS
+        return _SUCCESS if value is None else _Outcome(None, value=value)
 
     def _heartbeat_interval(self, lease: float) -> float:
         """The configured interval, shortened to renew at least three times per lease."""
@@ -322,10 +326,29 @@ class JobRunner:
         assert lease.scope is not None
         lease.scope.cancel(reason=f"lease lost: {why}")
 
-    async def _report_completion(self, job: Claimed, ctx: JobContext, lease: _Lease) -> None:
+    async def _report_completion(
+        self, job: Claimed, ctx: JobContext, lease: _Lease, value: Any = None
+    ) -> None:
+        result_json = None
+        if value is not None:
+            try:
+                result_json = encode_payload(value)
+            except (TypeError, ValueError) as exc:
+                # the same return value would fail again: no retry
+                text = f"its result cannot be stored: {exc}"
+                log.warning("%s: %s", label(job), text, extra=_fields(job, "failed", error=text))
+                await self._report_failure(job, ctx, lease, text, final=True)
+                return
         self._let_go(lease)
         with lease.reporting("complete"):
-            result = await self._hand_over(job, "completion", self.courier.complete(job))
+            report = self.courier.complete(job, result_json)
+            result = await self._hand_over(job, "completion", report)
+        if isinstance(result, PayloadTooLarge | BrokerProtocolError):
+            # the broker refused the result (over --max-result-bytes, too deep)
+            text = f"its result was refused: {result}"
+            log.warning("%s: %s", label(job), text, extra=_fields(job, "failed", error=text))
+            await self._report_failure(job, ctx, lease, text, final=True)
+            return
         reported = isinstance(result, str)
         if isinstance(result, LeaseLost | JobNotFound):
             # sent again after an exchange whose answer was lost: the first send may
@@ -428,6 +451,8 @@ class JobRunner:
                 self.settings.release_timeout,
             )
             return None
+        if what == "completion" and isinstance(result, PayloadTooLarge | BrokerProtocolError):
+            return result  # a refused result: the caller fails the job instead
         if not isinstance(result, str | LeaseLost | JobNotFound):
             log.warning(
                 "%s: could not report its %s (%s: %s); its lease will expire",
