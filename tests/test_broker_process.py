@@ -43,6 +43,8 @@ async def test_ready_line_and_a_round_trip(tmp_path: Path) -> None:
         assert str(tmp_path / "data") in broker.storage
         async with httpx.AsyncClient(base_url=broker.url, verify=False) as http:
             health = (await http.get("/healthz")).json()
+            assert isinstance(health.pop("leaseAgeMs"), int)  # the leader's lease age
+            assert health.pop("leaseMs") == 10_000  # when standbys call it stale
             assert health == {
                 "status": "ok",
                 "brokerId": broker.broker_id,

@@ -361,9 +361,32 @@ async def test_schedules_set_list_delete(broker_url: str) -> None:
     assert "exactly one of --cron and --every" in both.err
 
 
+async def test_types_pause_resume_and_limit(broker_url: str) -> None:
+    job_type = unique("held")
+    submitted = await trioq("submit", job_type, "1", "--broker", broker_url)
+    assert (await trioq("types", "pause", job_type, "--broker", broker_url)).status == 0
+    listed = await trioq("types", "--json", "--broker", broker_url)
+    mine = [r for r in map(orjson.loads, listed.out.splitlines()) if r["type"] == job_type]
+    assert mine == [{"type": job_type, "paused": True, "unclaimed": 1, "inProgress": 0}]
+    async with Client(broker_url) as client:
+        assert await client.claim("w", types=[job_type]) == []
+    limited = await trioq(
+        "types", "limit", job_type, "--per-second", "5", "--max-in-progress", "none",
+        "--broker", broker_url,
+    )  # fmt: skip
+    assert orjson.loads(limited.out) == {"type": job_type, "paused": True, "maxPerSecond": 5.0}
+    assert (await trioq("types", "resume", job_type, "--broker", broker_url)).status == 0
+    async with Client(broker_url) as client:
+        [claimed] = await client.claim("w", types=[job_type])
+    assert claimed.id == submitted.out.strip()
+    bad = await trioq("types", "limit", job_type, "--per-second", "-1", "--broker", broker_url)
+    assert bad.status == 2
+
+
 async def test_every_command_has_help() -> None:
     for command in (
-        "submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "schedules", "dev"
+        "submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "schedules", "types",
+        "dev",
     ):  # fmt: skip
         result = await trioq(command, "--help")
         assert result.status == 0, result

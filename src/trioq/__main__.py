@@ -19,7 +19,8 @@ usage: trioq COMMAND [options]   (trioq COMMAND --help for each)
   dead      list dead-lettered jobs
   requeue   move a dead job (or --all) back to the queue
   cancel    cancel a job
-  schedules list, set or delete periodic jobs"""
+  schedules list, set or delete periodic jobs
+  types     list, pause, resume or limit job types"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future
 from functools import partial
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
@@ -274,11 +274,67 @@ class SyncClient:
         specs = list(jobs)
         return self._loop.call(partial(self._client.submit_bulk, specs))
 
+    def set_type_rule(
+        self,
+        type: str,
+        *,
+        paused: bool | EllipsisType = ...,
+        max_in_progress: int | EllipsisType | None = ...,
+        max_per_second: float | EllipsisType | None = ...,
+    ) -> dict[str, Any]:
+        """:meth:`Client.set_type_rule`: pause, resume or limit a job type."""
+        return self._loop.call(
+            partial(
+                self._client.set_type_rule,
+                type,
+                paused=paused,
+                max_in_progress=max_in_progress,
+                max_per_second=max_per_second,
+            )
+        )
+
+    def pause(self, type: str) -> None:
+        """:meth:`Client.pause`: claims skip jobs of ``type``."""
+        self._loop.call(partial(self._client.pause, type))
+
+    def resume(self, type: str) -> None:
+        """:meth:`Client.resume`: claims take jobs of ``type`` again."""
+        self._loop.call(partial(self._client.resume, type))
+
+    def type_rules(self) -> list[dict[str, Any]]:
+        """:meth:`Client.type_rules`: each type's rule, with its queued counts."""
+        return self._loop.call(self._client.type_rules)
+
     def set_schedule(
-        self, name: str, type: str, payload: Any = None, **kwargs: Any
+        self,
+        name: str,
+        type: str,
+        payload: Any = None,
+        *,
+        cron: str | None = None,
+        every: float | dt.timedelta | None = None,
+        timezone: str = "UTC",
+        missed: str = "once",
+        grace: float = 60.0,
+        max_attempts: int | None = None,
+        priority: int = 0,
     ) -> dict[str, Any]:
         """:meth:`Client.set_schedule`: create or replace a periodic job."""
-        return self._loop.call(partial(self._client.set_schedule, name, type, payload, **kwargs))
+        return self._loop.call(
+            partial(
+                self._client.set_schedule,
+                name,
+                type,
+                payload,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                missed=missed,
+                grace=grace,
+                max_attempts=max_attempts,
+                priority=priority,
+            )
+        )
 
     def schedules(self) -> list[dict[str, Any]]:
         """:meth:`Client.schedules`: every periodic job, as stored."""

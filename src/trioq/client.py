@@ -44,7 +44,7 @@ import ssl
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Any, Protocol, Self
 
 import anyio
@@ -76,6 +76,7 @@ from ._wire import (
     JobStatus,
     NewJob,
     ScheduleRequest,
+    TypeRuleRequest,
     adapter,
     checked_job,
     parse,
@@ -477,6 +478,42 @@ class Client:
     async def requeue(self, job_id: str) -> None:
         """Move a dead-lettered job back to the queue."""
         await self._call("POST", f"/v1/dead/{job_id}/requeue", {})
+
+    # --------------------------------------------------------------- type rules
+
+    async def set_type_rule(
+        self,
+        type: str,
+        *,
+        paused: bool | EllipsisType = ...,
+        max_in_progress: int | EllipsisType | None = ...,
+        max_per_second: float | EllipsisType | None = ...,
+    ) -> dict[str, Any]:
+        """Change a job type's rule (``PUT /v1/types``, admin): ``paused`` (claims
+        skip the type), ``max_in_progress`` (across all workers), ``max_per_second``
+        (claims a second); ``None`` clears a limit, an argument left out keeps what
+        is stored. Returns the rule."""
+        body: dict[str, Any] = {"type": type}
+        if paused is not ...:
+            body["paused"] = paused
+        if max_in_progress is not ...:
+            body["maxInProgress"] = max_in_progress
+        if max_per_second is not ...:
+            body["maxPerSecond"] = max_per_second
+        parse(TypeRuleRequest, body)
+        return dict((await self._call("PUT", "/v1/types", body)).json())
+
+    async def pause(self, type: str) -> None:
+        """Claims skip jobs of ``type`` until :meth:`resume` (they stay queued)."""
+        await self.set_type_rule(type, paused=True)
+
+    async def resume(self, type: str) -> None:
+        """Claims take jobs of ``type`` again."""
+        await self.set_type_rule(type, paused=False)
+
+    async def type_rules(self) -> list[dict[str, Any]]:
+        """Each type's rule, with its queued counts (``GET /v1/types``)."""
+        return list((await self._call("GET", "/v1/types")).json()["types"])
 
     # ---------------------------------------------------------------- schedules
 

@@ -131,3 +131,4 @@ from ._requests import RpcRequest as RpcRequest
 from ._requests import ScheduleRequest as ScheduleRequest
 from ._requests import SubmitBatch as SubmitBatch
 from ._requests import SubmitBulk as SubmitBulk
+from ._requests import TypeRuleRequest as TypeRuleRequest

@@ -277,3 +277,21 @@ class JobResult(WireModel):
     result: Any = None
     error: str | None = None
     reason: Literal["exhausted", "final", "expired"] | None = None
+
+
+class TypeRuleView(WireModel):
+    """A job type's rule (``PUT /v1/types``; an item of ``GET /v1/types``, which
+    adds the type's queued counts)."""
+
+    type: str
+    paused: bool
+    max_in_progress: int | None = None
+    max_per_second: float | None = None
+    unclaimed: int | None = None
+    in_progress: int | None = None
+
+
+class TypesPage(WireModel):
+    """``GET /v1/types``: each type that has a rule, with its queued counts."""
+
+    types: list[TypeRuleView]

@@ -283,3 +283,19 @@ class ScheduleRequest(WireModel):
     grace_ms: DelayMs = 60_000
     max_attempts: MaxAttempts | None = None
     priority: Priority = 0
+
+
+class TypeRuleRequest(WireModel):
+    """``PUT /v1/types``: change a job type's rule. The fields given replace the
+    stored ones (``null`` clears a limit); absent ones stay. ``paused``: claims skip
+    the type; ``maxInProgress``: at most that many of its jobs in progress across all
+    workers; ``maxPerSecond``: at most that many claims of it a second."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"type": "email:send", "maxPerSecond": 50}]}
+    )
+
+    type: JobType
+    paused: StrictBool | None = None
+    max_in_progress: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    max_per_second: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None

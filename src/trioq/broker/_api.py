@@ -29,7 +29,7 @@ from .._wire import (
     NewJob,
     ParsedExchange,
 )
-from .._wire._requests import CompleteRequest, JobsQuery, ScheduleRequest
+from .._wire._requests import CompleteRequest, JobsQuery, ScheduleRequest, TypeRuleRequest
 from ..core._engine import Engine
 from ..core._jobs import DeadJob, FinishedJob, Job
 from ..core._state import EnqueueResult, Outcome, QueueState, Reports
@@ -201,6 +201,20 @@ class BrokerApi:
 
     async def delete_schedule(self, name: str) -> None:
         await self.engine.delete_schedule(name)
+
+    async def put_type_rule(self, request: TypeRuleRequest) -> dict[str, Any]:
+        return await self.engine.put_type_rule(request)
+
+    async def list_type_rules(self) -> dict[str, Any]:
+        def view(state: QueueState) -> dict[str, Any]:
+            counts = state.counts_by_type()
+            rules = []
+            for rule in state.type_rules.values():
+                queued = counts.get(rule.type, {"unclaimed": 0, "inProgress": 0})
+                rules.append(rule.to_json() | queued)
+            return {"types": rules}
+
+        return await self.engine.read(view)
 
     async def list_schedules(self) -> dict[str, Any]:
         return await self.engine.read(

@@ -53,8 +53,14 @@ from .._wire import (
     parse_exchange,
     parse_new_job,
 )
-from .._wire._answers import JobResult, SchedulesPage, ScheduleView
-from .._wire._requests import CompleteRequest, JobsQuery, ResultQuery, ScheduleRequest
+from .._wire._answers import JobResult, SchedulesPage, ScheduleView, TypeRuleView, TypesPage
+from .._wire._requests import (
+    CompleteRequest,
+    JobsQuery,
+    ResultQuery,
+    ScheduleRequest,
+    TypeRuleRequest,
+)
 from ._api import BrokerApi
 from ._json import decode_object
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -152,6 +158,11 @@ ROUTES: tuple[Route, ...] = (
           body=NoBody, body_optional=True, answer=JobStatus,
           conflicts="the job exists but is not dead (JobNotDead)", scopes=ADMIN),
     Route("stats", "GET", "/v1/stats", "Queue counters", answer=Stats, scopes=WORKER),
+    Route("list_type_rules", "GET", "/v1/types", "The job types' rules (paused, limits)",
+          answer=TypesPage, scopes=ANY_SCOPE),
+    Route("put_type_rule", "PUT", "/v1/types",
+          "Pause, resume or limit a job type (the fields given change)",
+          body=TypeRuleRequest, answer=TypeRuleView, scopes=ADMIN),
     Route("list_schedules", "GET", "/v1/schedules", "The periodic jobs",
           answer=SchedulesPage, scopes=ANY_SCOPE),
     Route("put_schedule", "PUT", "/v1/schedules/<name>",
@@ -272,6 +283,12 @@ class RestHandlers:
 
     async def throttle_stats(self) -> Response:
         return json_response(self.api.throttle_stats())
+
+    async def list_type_rules(self) -> Response:
+        return json_response(await self.api.list_type_rules())
+
+    async def put_type_rule(self) -> Response:
+        return json_response(await self.api.put_type_rule(parse(TypeRuleRequest, await _body())))
 
     async def list_schedules(self) -> Response:
         return json_response(await self.api.list_schedules())

@@ -1,6 +1,6 @@
 """The ``trioq`` command's sub-commands beyond ``broker``, ``worker`` and
 ``inspect``: the ones that talk to a running broker (``submit``, ``stats``,
-``jobs``, ``get``, ``dead``, ``requeue``, ``cancel``, ``schedules``) and ``dev`` (a broker and
+``jobs``, ``get``, ``dead``, ``requeue``, ``cancel``, ``schedules``, ``types``) and ``dev`` (a broker and
 workers in one command). docs/cli.md describes each.
 
 Every failure is one line on stderr (``trioq CMD: what went wrong, what to check``)
@@ -19,6 +19,7 @@ def _runners() -> dict[str, Callable[[Sequence[str], str], int]]:
     from . import _commands as c
     from ._dev import dev
     from ._schedules import schedules
+    from ._types import types
 
     return {
         "submit": c.submit,
@@ -29,11 +30,23 @@ def _runners() -> dict[str, Callable[[Sequence[str], str], int]]:
         "requeue": c.requeue,
         "cancel": c.cancel,
         "schedules": schedules,
+        "types": types,
         "dev": dev,
     }
 
 
-COMMANDS = ("submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "schedules", "dev")
+COMMANDS = (
+    "submit",
+    "stats",
+    "jobs",
+    "get",
+    "dead",
+    "requeue",
+    "cancel",
+    "schedules",
+    "types",
+    "dev",
+)
 """The sub-commands this package runs."""
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from .._errors import DocumentInvalid
-from ._codec import LeaderInfo, _array, load_schedules
+from ._codec import LeaderInfo, _array, load_schedules, load_type_rules
 from ._index import lease_order
 from ._jobs import DeadJob, FinishedJob, Job
 
@@ -81,9 +81,13 @@ class Changes:
     """Whether ``counters`` or ``nextOrder`` changed (set when the changes are taken)."""
     schedules: bool = False
     """Whether the schedules changed (then the record carries them all)."""
+    types: bool = False
+    """Whether the type rules changed (then the record carries them all)."""
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.dead or self.finished or self.header or self.schedules)
+        return bool(
+            self.jobs or self.dead or self.finished or self.header or self.schedules or self.types
+        )
 
 
 # -------------------------------------------------------------- the record
@@ -149,6 +153,8 @@ def encode_record(
         record["nextOrder"] = state.next_order
     if changes.schedules:
         record["schedules"] = [s.to_json() for s in state.schedules.values()]
+    if changes.types:
+        record["types"] = [r.to_json() for r in state.type_rules.values()]
     return orjson.dumps(record)
 
 
@@ -193,6 +199,7 @@ def apply_record(
     actions = [_checked_op(op, i, name) for i, op in enumerate(raw["ops"])]
     counters = _checked_counters(raw, state.counters, name)
     schedules = None if "schedules" not in raw else load_schedules(raw["schedules"], name)
+    rules = None if "types" not in raw else load_type_rules(raw["types"], name)
     leased: list[Job] = []
     for action, value in actions:
         action(state, value, leased)
@@ -208,6 +215,9 @@ def apply_record(
     if schedules is not None:
         state.schedules = schedules
         state.note_schedules()
+    if rules is not None:
+        state.type_rules = rules
+        state.note_rules()
     state.seq = header.seq
     state.leader = header.leader
     return header

@@ -23,6 +23,7 @@ import trio
 from .._errors import DocumentInvalid
 from ._jobs import DeadJob, FinishedJob, Job
 from ._schedules import Schedule
+from ._type_rules import TypeRule
 
 if TYPE_CHECKING:
     from ._state import Limits, QueueState
@@ -96,7 +97,25 @@ def _header(state: QueueState) -> dict[str, Any]:
     }
     if state.schedules:
         header["schedules"] = [s.to_json() for s in state.schedules.values()]
+    if state.type_rules:
+        header["types"] = [r.to_json() for r in state.type_rules.values()]
     return header
+
+
+def load_type_rules(raw: object, name: str) -> dict[str, TypeRule]:
+    """The stored ``types`` list, checked (DocumentInvalid naming ``name``)."""
+    if not isinstance(raw, list):
+        raise DocumentInvalid(f"{name} is damaged: 'types' is not an array")
+    rules: dict[str, TypeRule] = {}
+    for item in raw:
+        try:
+            if not isinstance(item, dict):
+                raise ValueError(f"a type rule is not an object: {item!r}")
+            rule = TypeRule.from_json(item)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DocumentInvalid(f"{name} is damaged: a type rule: {exc!r}") from exc
+        rules[rule.type] = rule
+    return rules
 
 
 def load_schedules(raw: object, name: str) -> dict[str, Schedule]:
@@ -240,6 +259,8 @@ def decode_steps(
         state.next_order = _nonneg(raw["nextOrder"])
         if "schedules" in raw:
             state.schedules = load_schedules(raw["schedules"], name)
+        if "types" in raw:
+            state.type_rules = load_type_rules(raw["types"], name)
         counters = raw["counters"]
         for counter in state.counters:
             state.counters[counter] = _nonneg(counters.get(counter, 0))

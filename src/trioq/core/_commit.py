@@ -168,7 +168,8 @@ class Committer:
             state = engine.state
             if state is not None:
                 now_t, now_w = trio.current_time(), engine.wall_clock()
-                for at in (state.next_delayed_at(), state.next_lease_expiry()):
+                unblock = state.next_unblock_at(now_w)
+                for at in (state.next_delayed_at(), state.next_lease_expiry(), unblock):
                     if at is not None:
                         wake = min(wake, now_t + max(0, at - now_w) / 1000)
         return wake

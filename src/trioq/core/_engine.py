@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import trio
 
 from .._errors import DocumentInvalid, NotLeader, TrioqError
-from .._wire import ScheduleRequest
+from .._wire import ScheduleRequest, TypeRuleRequest
 from ..storage._protocol import Storage
 from ._campaign import Campaign
 from ._codec import LeaderInfo, describe_object, load
@@ -458,6 +458,10 @@ class Engine:
 
     async def delete_schedule(self, name: str) -> None:
         await self._submit(lambda s, now: s.delete_schedule(name))
+
+    async def put_type_rule(self, request: TypeRuleRequest) -> dict[str, Any]:
+        """Pause, resume or limit a job type; its rule once committed."""
+        return await self._submit(lambda s, now: s.put_type_rule(request).to_json())  # type: ignore[no-any-return]
 
     async def _submit(self, op: Operation | None, *, claim: ClaimRequest | None = None) -> Any:
         return await self._hand_over(Mutation(op, claim))

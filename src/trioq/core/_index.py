@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import NoReturn, TypeVar
 
 from ._jobs import Job
@@ -191,11 +191,21 @@ class JobIndex:
         if self._entries > 6 * self.unclaimed_count + 4096:
             self._rebuild()
 
-    def pop_ready(self, types: Sequence[str] | None, now: int) -> Job | None:
+    def pop_ready(
+        self,
+        types: Sequence[str] | None,
+        now: int,
+        blocked: Callable[[str], bool] | None = None,
+    ) -> Job | None:
         """Take the first job of ``types`` (all when ``None``) that is ready at
-        ``now``, in (-priority, ready time, enqueue order); None when there is none."""
+        ``now``, in (-priority, ready time, enqueue order), skipping the types
+        ``blocked`` says no to (per-type rules: then the per-type heaps are compared,
+        O(types)); None when there is none."""
         self.promote(now)
-        if types is None:
+        if blocked is not None:
+            names = self.by_type if types is None else dict.fromkeys(types)
+            heaps = [h for t in names if (h := self.by_type.get(t)) and not blocked(t)]
+        elif types is None:
             heaps = [self.ready]
         else:
             heaps = [h for t in dict.fromkeys(types) if (h := self.by_type.get(t))]

@@ -18,6 +18,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from .._errors import (
@@ -35,6 +36,7 @@ from .._wire import (
     RULES,
     WORKER_ID,
     ScheduleRequest,
+    TypeRuleRequest,
     checked_job,
     parse,
 )
@@ -43,13 +45,14 @@ from .._wire import FailReport as FailReport
 from .._wire import JobReport as JobReport
 from .._wire import NewJob as NewJob
 from .._wire._payload import encode_payload, too_deep
-from . import _codec, _schedules
+from . import _codec, _schedules, _type_rules
 from ._archive import DEDUP_CAP, Archive
 from ._changes import Changes, added, changed, removed
 from ._codec import LeaderInfo as LeaderInfo
 from ._index import JobIndex, JobTable
 from ._jobs import DeadJob, DeadReason, FinishedJob, FinishedOutcome, Job, valid_text
 from ._schedules import Schedule
+from ._type_rules import TypeRule
 
 log = logging.getLogger("trioq.state")
 
@@ -151,6 +154,8 @@ class QueueState:
     archive: Archive = field(default_factory=Archive, init=False)
     schedules: dict[str, Schedule] = field(default_factory=dict, init=False)
     """Periodic jobs by name (:mod:`trioq.core._schedules`)."""
+    type_rules: dict[str, TypeRule] = field(default_factory=dict, init=False)
+    """Per-type rules by type (:mod:`trioq.core._type_rules`)."""
     job_bytes: int = field(default=0, init=False)
     """Encoded size of the queued jobs as of the last :meth:`encode` (jobs that
     entered since count with their size when they entered)."""
@@ -283,6 +288,21 @@ class QueueState:
         """When the next occurrence is due (None without schedules)."""
         return _schedules.next_due(self)
 
+    # ------------------------------------------------------------- type rules
+
+    def note_rules(self) -> None:
+        """The type rules changed: the next log record carries them all."""
+        if self._changes is not None:
+            self._changes.types = True
+
+    def put_type_rule(self, request: TypeRuleRequest) -> TypeRule:
+        """Pause, resume or limit a job type (:func:`trioq.core._type_rules.put`)."""
+        return _type_rules.put(self, request)
+
+    def next_unblock_at(self, now: int) -> int | None:
+        """When a rate-limited type with unclaimed jobs may be claimed again."""
+        return _type_rules.next_unblock_at(self, now) if self.type_rules else None
+
     def _touched(self, job: Job) -> None:
         """``job``'s stored fields changed in place: drop its cached encoding and
         note the change. Every place that changes a job's stored field calls it
@@ -384,10 +404,19 @@ class QueueState:
         types: Sequence[str] | None = None,
         max_jobs: int = 1,
     ) -> list[ClaimedJob]:
-        """Claim up to ``max_jobs`` ready jobs in (ready time, enqueue order)."""
+        """Claim up to ``max_jobs`` ready jobs in (priority, ready time, enqueue order),
+        skipping the types their rules block (paused, at their in-progress limit, or
+        out of claims for this second)."""
         check_claim(worker_id, max_jobs)
         claimed: list[ClaimedJob] = []
-        while len(claimed) < max_jobs and (job := self.index.pop_ready(types, now)) is not None:
+        rules = self.type_rules
+        blocked = partial(_type_rules.blocked, self, now=now) if rules else None
+        while (
+            len(claimed) < max_jobs
+            and (job := self.index.pop_ready(types, now, blocked)) is not None
+        ):
+            if rules and (rule := rules.get(job.type)) is not None:
+                rule.take_token(now)
             job.status = "in_progress"
             job.attempts += 1
             job.worker_id = worker_id
