@@ -5,6 +5,11 @@ Options: a command-line flag wins over the environment (``BROKER_URL``,
 which win over the defaults (the rule of every trioq setting: :mod:`trioq._settings`).
 Exit codes: 0 after a drain (SIGINT/SIGTERM), 1 when the broker cannot be used, 2 for
 a usage error (bad target, bad option).
+
+With ``--processes N`` (N > 1) the command supervises N worker processes
+(:mod:`._supervisor`), each started as this command with the same arguments plus
+``--processes 1`` (and ``--worker-id ID-k``, ``--metrics-port PORT+k-1`` for child
+``k`` when those are set).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .._settings import SettingsError
 from .._signals import run_until_signalled
 from ..client import Client
 from ._settings import WorkerSettings
+from ._supervisor import STOP_MARGIN, Supervisor
 from ._worker import Worker
 
 log = logging.getLogger("trioq.worker")
@@ -64,6 +70,10 @@ def load_worker(spec: str) -> Worker:
         raise UsageError(f"{spec} is a {type(target).__name__}, not a trioq.Worker")
     if not target.handlers:
         raise UsageError(f"{spec} has no handlers registered (use @worker.job('type'))")
+    try:
+        target.check_handlers()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return target
 
 
@@ -134,6 +144,13 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m trioq.worker")
         return 2
     # text or JSON lines (--log-format); httpx kept at WARNING (a line per request)
     configure_logging(level, worker.settings.log_format)
+    if worker.settings.processes > 1:
+        try:
+            commands = child_commands(sys.argv[1:] if argv is None else argv, worker.settings)
+        except UsageError as exc:
+            print(f"trioq worker: {exc}", file=sys.stderr)
+            return 2
+        return trio.run(_supervise, worker, commands)
     # Everything imported so far lives as long as the process: out of the collector's
     # sight, a full collection no longer walks it (a worker allocates a few objects
     # per job, and gen-2 passes over the startup heap cost ~10 us a job)
@@ -162,6 +179,50 @@ async def _run_until_signalled(worker: Worker) -> int:
         return 0
 
     return await run_until_signalled(serve, drain=worker.drain, abort=worker.abort, log=log)
+
+
+def child_commands(argv: list[str], settings: WorkerSettings) -> list[list[str]]:
+    """The command of each supervised worker process: this one's arguments, and
+    ``--processes 1`` (a later flag wins); child ``k`` (1..N) gets ``--worker-id
+    ID-k`` when a worker id is set, and ``--metrics-port PORT+k-1`` when a non-zero
+    metrics port is (0 stays 0: each a free port)."""
+    count = settings.processes
+    port = settings.metrics_port
+    if port and port + count - 1 > 65535:
+        raise UsageError(
+            f"--metrics-port {port} with --processes {count}: the last worker's port "
+            f"would be {port + count - 1}, above 65535"
+        )
+    commands = []
+    for k in range(1, count + 1):
+        command = [sys.executable, "-m", "trioq.worker", *argv, "--processes", "1"]
+        if settings.worker_id is not None:
+            command += ["--worker-id", f"{settings.worker_id}-{k}"]
+        if port:
+            command += ["--metrics-port", str(port + k - 1)]
+        commands.append(command)
+    return commands
+
+
+async def _supervise(worker: Worker, commands: list[list[str]]) -> int:
+    """Probe the broker, then supervise the worker processes until a signal (the
+    first stops them with a drain, the second makes each stop at once)."""
+    settings = worker.settings
+    supervisor = Supervisor(commands, stop_deadline=settings.shutdown_grace + STOP_MARGIN)
+
+    async def serve() -> int:
+        if not await _broker_usable(settings):
+            return 1
+        # the ready line: the worker processes are being started
+        print(
+            f"trioq worker supervisor (pid {os.getpid()}): {len(commands)} worker "
+            f"processes; types {', '.join(sorted(worker.handlers))}; "
+            f"broker {settings.broker_url}",
+            flush=True,
+        )
+        return await supervisor.run()
+
+    return await run_until_signalled(serve, drain=supervisor.stop, abort=supervisor.abort, log=log)
 
 
 async def _broker_usable(settings: WorkerSettings) -> bool:

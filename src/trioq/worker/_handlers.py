@@ -1,5 +1,11 @@
 """Handlers: what ``@worker.job`` registers and checks, the :class:`JobContext` a
-handler may ask for, the hooks, and how one handler is called."""
+handler may ask for, the hooks, and how one handler is called.
+
+How a handler runs (``@worker.job(..., run=...)``, :data:`RunMode`): ``"async"`` on
+the event loop (an ``async def``), ``"thread"`` in a worker thread (a plain ``def``:
+the default for one), ``"process"`` in the worker's process pool (a plain ``def``
+defined at a module's top level; :mod:`._processes`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import trio
 from pydantic import TypeAdapter
@@ -16,8 +22,13 @@ from pydantic import TypeAdapter
 from .._errors import TrioqError
 from ..client import Claimed
 from ..core._jobs import valid_type
+from ._processes import ProcessPool, check_by_reference
 
 log = logging.getLogger("trioq.worker")
+
+RunMode = Literal["async", "thread", "process"]
+"""Where a handler runs: on the event loop, in a thread, or in a pool process."""
+RUN_MODES: tuple[str, ...] = get_args(RunMode)
 
 
 @dataclass(slots=True, frozen=True)
@@ -57,6 +68,9 @@ class Handler:
     payload_param: str | None
     context_param: str | None
     validate: Callable[[Any], Any]
+    run: RunMode = "async"
+    pool: ProcessPool | None = None
+    """The worker's pool, for ``run="process"``."""
 
 
 Hook = Callable[..., Awaitable[None] | None]
@@ -79,7 +93,7 @@ def label(job: Claimed) -> str:
     return f"job {job.id} ({job.type}, attempt {job.attempt})"
 
 
-def check_registration(job_type: object, timeout: object) -> None:
+def check_registration(job_type: object, timeout: object, run: object = None) -> None:
     """The mistakes ``@worker.job(...)`` refuses before it sees the function."""
     if callable(job_type):
         name = getattr(job_type, "__qualname__", repr(job_type))
@@ -96,11 +110,38 @@ def check_registration(job_type: object, timeout: object) -> None:
             raise TypeError(f"timeout must be seconds (a number) or None, not {timeout!r}")
         if not timeout > 0:  # also refuses NaN
             raise ValueError(f"timeout must be > 0 seconds (or None for none), not {timeout!r}")
+    if run is not None and run not in RUN_MODES:
+        raise ValueError(f"run must be one of {', '.join(map(repr, RUN_MODES))}, not {run!r}")
 
 
-def make_handler(job_type: str, fn: Callable[..., Any], timeout: float | None) -> Handler:
+def make_handler(
+    job_type: str,
+    fn: Callable[..., Any],
+    timeout: float | None,
+    run: RunMode | None = None,
+    pool: ProcessPool | None = None,
+) -> Handler:
     """``fn``'s parameters: the payload (validated against its annotation) and at most
-    one annotated :class:`JobContext`; anything else is a TypeError."""
+    one annotated :class:`JobContext`; anything else is a TypeError. ``run``: None
+    picks ``"async"`` for an async function and ``"thread"`` for a sync one; a mode
+    that does not fit the function is a ValueError (``"process"`` also needs a
+    function a process can import by name, and ``pool``)."""
+    is_async = inspect.iscoroutinefunction(fn)
+    mode: RunMode = run if run is not None else ("async" if is_async else "thread")
+    if mode == "process":
+        check_by_reference(job_type, fn)
+        if pool is None:
+            raise ValueError(f"handler for {job_type!r}: run='process' needs a process pool")
+    elif mode == "async" and not is_async:
+        raise ValueError(
+            f"handler for {job_type!r}: run='async' needs an async function, and "
+            f"{fn.__qualname__} is sync (use run='thread' or run='process')"
+        )
+    elif mode == "thread" and is_async:
+        raise ValueError(
+            f"handler for {job_type!r}: run='thread' needs a sync function, and "
+            f"{fn.__qualname__} is async (drop run=: it runs on the event loop)"
+        )
     signature = inspect.signature(fn)
     try:
         hints = typing.get_type_hints(fn)
@@ -124,10 +165,12 @@ def make_handler(job_type: str, fn: Callable[..., Any], timeout: float | None) -
         type=job_type,
         fn=fn,
         timeout=timeout,
-        is_async=inspect.iscoroutinefunction(fn),
+        is_async=is_async,
         payload_param=payload_param,
         context_param=context_param,
         validate=validate,
+        run=mode,
+        pool=pool if mode == "process" else None,
     )
 
 
@@ -153,6 +196,11 @@ async def call_handler(handler: Handler, payload: Any, ctx: JobContext) -> Any:
         kwargs[handler.payload_param] = payload
     if handler.context_param is not None:
         kwargs[handler.context_param] = ctx
+    if handler.run == "process":
+        # only the validated payload and a copy of the context cross; the function
+        # goes by name. A cancellation (lease lost, timeout, grace over) kills it
+        assert handler.pool is not None
+        return await handler.pool.run(handler.fn, kwargs)
     if handler.is_async:
         return await handler.fn(**kwargs)
     # a thread, so a blocking handler cannot starve the heartbeats; it is not

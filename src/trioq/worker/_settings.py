@@ -144,6 +144,31 @@ class WorkerSettings(Settings):
         ),
     ] = False
     """Payloads are never logged unless this is on."""
+    process_pool: Annotated[
+        int | None,
+        Field(ge=1),
+        Public(
+            "--process-pool",
+            "TRIOQ_PROCESS_POOL",
+            "processes at most at once for run='process' handlers (each job also takes a "
+            "--concurrency slot)",
+            shown_default="the CPU count",
+        ),
+    ] = None
+    """Size of the pool that runs ``run="process"`` handlers (:mod:`._processes`);
+    None: ``os.cpu_count()``. A process job also holds one of the ``concurrency``
+    slots, so at most ``min(concurrency, process_pool)`` run at once."""
+    processes: Annotated[
+        int,
+        Field(ge=1, le=256),
+        Public(
+            "--processes",
+            "TRIOQ_WORKER_PROCESSES",
+            "worker processes run and restarted by a supervisor (python -m trioq.worker)",
+        ),
+    ] = 1
+    """``python -m trioq.worker`` only: above 1, the command supervises this many
+    worker processes (:mod:`._supervisor`); 1 runs the worker in the process itself."""
     release_timeout: Annotated[float, Field(gt=0)] = 5.0
     """Bound on each outcome report (complete, fail, release) of a job."""
 

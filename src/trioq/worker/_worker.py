@@ -7,6 +7,7 @@ Shape of a running worker::
     │   └── exchange tasks    at most two with reports, plus one long-poll claim
     ├── stop watcher          turns cancellation of run() into a drain
     ├── metrics server        /metrics, only with --metrics-port     (_metrics)
+    ├── (process pool)        run="process" handlers' processes  (_processes; not a task)
     └── job host (shielded)   owns one nursery per held job       (_host.JobHost)
         └── job nursery       its heartbeat task + the handler    (_job.JobRunner)
 
@@ -22,6 +23,9 @@ Shape of a running worker::
   the jobs it took for a lease). Once a stop is asked for, it is awaited at most one
   group commit interval plus one second, never past the grace, then given up; jobs
   it brings are released at once.
+- ``run="process"`` handlers run in a pool of processes (``trio-parallel``) held open
+  around the nursery: a job's cancellation (lease lost, timeout, grace over) kills
+  its process.
 - The job host and the courier are shielded from the caller's cancellation, so a
   drain (signal, :meth:`Worker.drain`, or cancellation of ``run``) releases the
   prefetched jobs at once and gives running ones a grace period counted from the
@@ -37,6 +41,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 import trio
@@ -45,11 +50,20 @@ from .._backoff import backoff_delay
 from .._errors import TrioqError
 from ..client import Client
 from ._courier import Courier
-from ._handlers import Handler, Hook, Hooks, JobContext, check_registration, make_handler
+from ._handlers import (
+    Handler,
+    Hook,
+    Hooks,
+    JobContext,
+    RunMode,
+    check_registration,
+    make_handler,
+)
 from ._host import JobHost, Slots
 from ._job import JobRunner
 from ._metrics import WorkerMetrics, serve_metrics
 from ._outage import Outage
+from ._processes import ProcessPool, check_picklable, default_size
 from ._settings import WorkerSettings
 
 log = logging.getLogger("trioq.worker")
@@ -130,6 +144,7 @@ class Worker:
         self._noted_leases: set[int] = set()
         self._rng = random.Random()  # backoff jitter
         self._host = JobHost()
+        self._pool = ProcessPool()  # open while run() runs, if a handler needs it
         self.counts = {"claimed": 0, "completed": 0, "failed": 0, "released": 0, "lost": 0}
         self.metrics = WorkerMetrics() if metrics is None else metrics
         """What this worker records for Prometheus (pass ``metrics=`` to record into
@@ -140,23 +155,40 @@ class Worker:
 
     # ------------------------------------------------------------ registration
 
-    def job(self, job_type: str, *, timeout: float | None = None) -> Callable[[F], F]:
+    def job(
+        self, job_type: str, *, timeout: float | None = None, run: RunMode | None = None
+    ) -> Callable[[F], F]:
         """Register the decorated function (async, or sync: run in a thread) for a type.
 
-        Use it with the type in parentheses: ``@worker.job("email:send")``. Raises
-        TypeError for a bare ``@worker.job`` or a non-string type, ValueError for a
-        type that is not 1-128 printable characters, a ``timeout`` that is not a
-        positive number of seconds, or a type registered twice.
+        Use it with the type in parentheses: ``@worker.job("email:send")``. ``run``
+        says where it runs: ``"async"`` (an async function, on the event loop),
+        ``"thread"`` (a sync function, in a thread: the default for one) or
+        ``"process"`` (a sync function defined at a module's top level, in the
+        worker's process pool, killed when the job is cancelled: for CPU-bound work).
+
+        Raises TypeError for a bare ``@worker.job`` or a non-string type, ValueError
+        for a type that is not 1-128 printable characters, a ``timeout`` that is not
+        a positive number of seconds, a type registered twice, or a ``run`` that does
+        not fit the function (``"process"`` with an async function, a lambda, a
+        nested function or a closure).
         """
-        check_registration(job_type, timeout)
+        check_registration(job_type, timeout, run)
 
         def register(fn: F) -> F:
             if job_type in self.handlers:
                 raise ValueError(f"a handler for {job_type!r} is already registered")
-            self.handlers[job_type] = make_handler(job_type, fn, timeout)
+            self.handlers[job_type] = make_handler(job_type, fn, timeout, run, self._pool)
             return fn
 
         return register
+
+    def check_handlers(self) -> None:
+        """Raise ValueError for a ``run="process"`` handler that a process could not
+        import by name (its module attribute is not the registered function: wrapped
+        by another decorator, or replaced). :meth:`run` checks this first."""
+        for handler in self.handlers.values():
+            if handler.run == "process":
+                check_picklable(handler.type, handler.fn)
 
     def on_claimed(self, fn: Hook) -> Hook:
         """Hook called as ``fn(ctx)`` when a job starts."""
@@ -251,6 +283,7 @@ class Worker:
         """
         if not self.handlers:
             raise ValueError("no handlers registered: use @worker.job('type')")
+        self.check_handlers()
         settings = self.settings
         client = self._client or Client(
             settings.broker_url, token=settings.token, verify=settings.verify
@@ -261,34 +294,12 @@ class Worker:
             if not await self._wait_for_broker(client, outage):
                 task_status.started()
                 return
-            courier = self._courier = self._new_courier(client, outage)
-            slots = self._host.slots = Slots(settings.concurrency)
-            runner = JobRunner(
-                client,
-                courier,
-                slots,
-                self.worker_id,
-                settings,
-                self.handlers,
-                self._hooks,
-                self.counts,
-                self._noted_leases,
-                self.metrics,
-            )
-            async with trio.open_nursery() as top:
-                if settings.metrics_port is not None:
-                    self.metrics_url = await top.start(
-                        serve_metrics, self.metrics, settings.metrics_host, settings.metrics_port
-                    )
-                await top.start(self._host.serve, self._abort)
-                await top.start(courier.run, functools.partial(self._host.start, runner))
-                top.start_soon(self._stop_when_cancelled)
-                try:
-                    task_status.started()
-                    await self._draining.wait()
-                finally:
-                    await self._wind_down(courier)
-                    top.cancel_scope.cancel(reason="worker stopped")
+            async with AsyncExitStack() as stack:
+                if any(handler.run == "process" for handler in self.handlers.values()):
+                    # each process job also holds a slot: more could never be used
+                    size = min(settings.concurrency, settings.process_pool or default_size())
+                    await stack.enter_async_context(self._pool.open(size))
+                await self._serve(client, outage, task_status)
         finally:
             self._courier = None
             self.metrics_url = None
@@ -298,6 +309,42 @@ class Worker:
             self._draining = trio.Event()
             self._abort = trio.Event()
             self._stop_at = None
+
+    async def _serve(
+        self, client: Client, outage: Outage, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """The worker's nursery (see the module docstring), until it has stopped."""
+        settings = self.settings
+        courier = self._courier = self._new_courier(client, outage)
+        slots = self._host.slots = Slots(settings.concurrency)
+        runner = JobRunner(
+            client,
+            courier,
+            slots,
+            self.worker_id,
+            settings,
+            self.handlers,
+            self._hooks,
+            self.counts,
+            self._noted_leases,
+            self.metrics,
+        )
+        async with trio.open_nursery() as top:
+            if settings.metrics_port is not None:
+                self.metrics_url = await top.start(
+                    serve_metrics, self.metrics, settings.metrics_host, settings.metrics_port
+                )
+            await top.start(self._host.serve, self._abort)
+            await top.start(courier.run, functools.partial(self._host.start, runner))
+            if self._pool.size is not None:
+                top.start_soon(self._pool.warm, self._pool.size, name="process pool warm-up")
+            top.start_soon(self._stop_when_cancelled)
+            try:
+                task_status.started()
+                await self._draining.wait()
+            finally:
+                await self._wind_down(courier)
+                top.cancel_scope.cancel(reason="worker stopped")
 
     def _new_courier(self, client: Client, outage: Outage) -> Courier:
         settings = self.settings
