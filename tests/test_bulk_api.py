@@ -248,6 +248,7 @@ async def test_an_exchange_answers_each_report_on_its_own(
     ]
     # the claim came last, in the same commit: the released job first (its old place)
     assert all(isinstance(job.pop("createdAt"), int) for job in body["jobs"])
+    assert all(job.pop("maxAttempts") == 3 for job in body["jobs"])
     assert body["jobs"] == [
         {"jobId": "back", "type": "default", "payload": "back", "attempt": 1, "leaseMs": 30_000},
         {"jobId": "next", "type": "default", "payload": 0, "attempt": 1, "leaseMs": 30_000},

@@ -57,6 +57,8 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         # worker
         "Worker",
         "JobContext",
+        "Retry",
+        "Fatal",
         # engine
         "Engine",
         "EngineConfig",

@@ -34,9 +34,9 @@ from trioq.storage._throttled import ThrottledStorage
 StorageFactory = Callable[[], tuple[BrokerSettings, Storage]]
 
 STATS_KEYS = {"total", "unclaimed", "inProgress", "completedTotal", "brokerAddress"}
-CLAIM_KEYS = {"jobId", "type", "payload", "attempt", "leaseMs", "createdAt"}
-"""osqueue's claim fields, and trioq's ``attempt``, ``leaseMs`` and ``createdAt``
-(``trace`` too, for a job submitted with one)."""
+CLAIM_KEYS = {"jobId", "type", "payload", "attempt", "leaseMs", "createdAt", "maxAttempts"}
+"""osqueue's claim fields, and trioq's ``attempt``, ``leaseMs``, ``createdAt`` and
+``maxAttempts`` (``trace`` and ``lastError`` too, when the job has them)."""
 
 
 COMMIT_INTERVAL_MS = 0

@@ -442,7 +442,7 @@ def test_claim_hands_out_a_lease() -> None:
     state = make(job_lease_ms=LEASE)
     state.enqueue([NewJob({"k": 1}, type="email", id="a")], T)
     [claimed] = state.claim("w1", T + 5)
-    assert claimed == ClaimedJob("a", "email", {"k": 1}, 1, LEASE, created_at=T)
+    assert claimed == ClaimedJob("a", "email", {"k": 1}, 1, LEASE, created_at=T, max_attempts=3)
     j = job(state, "a")
     assert (j.status, j.attempts, j.worker_id, j.heartbeat_at) == ("in_progress", 1, "w1", T + 5)
     assert state.stats() == {"total": 1, "unclaimed": 0, "inProgress": 1, "completedTotal": 0}

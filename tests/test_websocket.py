@@ -120,6 +120,7 @@ async def test_every_method(broker: InProcessBroker, ws: AsyncWebSocketSession) 
 
     claimed = await ok(ws, "claimJob", {"workerId": "w1"})
     assert isinstance(claimed.pop("createdAt"), int)  # when it was submitted (ms)
+    assert claimed.pop("maxAttempts") == 3
     assert claimed == {
         "jobId": "a",
         "type": "t",
@@ -193,6 +194,7 @@ async def test_submit_bulk_and_exchange(ws: AsyncWebSocketSession) -> None:
     }
     first = await ok(ws, "exchange", {"workerId": "w1", "claim": {"types": ["t"], "max": 1}})
     assert isinstance(first["jobs"][0].pop("createdAt"), int)
+    assert first["jobs"][0].pop("maxAttempts") == 3
     assert first == {
         "heartbeat": [],
         "complete": [],

@@ -48,9 +48,11 @@ from .storage._memory import MemoryStorage as MemoryStorage
 from .storage._protocol import Storage as Storage
 from .storage._protocol import Versioned as Versioned
 from .storage._throttled import ThrottledStorage as ThrottledStorage
+from .worker._handlers import Fatal as Fatal
 from .worker._handlers import JobContext as JobContext
 from .worker._handlers import JobTimeout as JobTimeout
 from .worker._handlers import PayloadInvalid as PayloadInvalid
+from .worker._handlers import Retry as Retry
 from .worker._worker import Worker as Worker
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ __all__ = [
     "DocumentInvalid",
     "Engine",
     "EngineConfig",
+    "Fatal",
     "FaultyStorage",
     "FileStorage",
     "Forbidden",
@@ -89,6 +92,7 @@ __all__ = [
     "PayloadTooLarge",
     "QueueFull",
     "QueueNotFound",
+    "Retry",
     "S3Storage",
     "Storage",
     "StorageAuthError",

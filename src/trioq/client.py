@@ -830,6 +830,8 @@ def _exchange_answer(content: bytes, body: dict[str, Any]) -> ExchangeAnswer:
                 job["leaseMs"],
                 job.get("createdAt"),
                 job.get("trace"),
+                job.get("maxAttempts"),
+                job.get("lastError"),
             )
             for job in data["jobs"]
         ]

@@ -101,7 +101,9 @@ class ClaimedJob:
     """A job handed to a worker: run it, then complete or fail it at ``attempt``,
     heartbeating at least three times per ``lease_ms`` meanwhile. ``created_at``:
     when it was submitted (the broker's clock, ms since the epoch; None from a broker
-    that does not say); ``trace``: the trace context it was submitted with."""
+    that does not say); ``trace``: the trace context it was submitted with;
+    ``max_attempts`` and ``last_error``: its attempts in all, and the error of its
+    previous attempt (None on a first)."""
 
     id: Annotated[str, Field(alias="jobId")]
     type: str
@@ -110,6 +112,8 @@ class ClaimedJob:
     lease_ms: int
     created_at: Annotated[int | None, Field(exclude_if=_absent)] = None
     trace: Annotated[dict[str, str] | None, Field(exclude_if=_absent)] = None
+    max_attempts: Annotated[int | None, Field(exclude_if=_absent)] = None
+    last_error: Annotated[str | None, Field(exclude_if=_absent)] = None
 
     def to_json(self) -> dict[str, Any]:
         """The wire form (osqueue's claim fields plus ``attempt``, ``leaseMs``,
@@ -125,6 +129,10 @@ class ClaimedJob:
             body["createdAt"] = self.created_at
         if self.trace:
             body["trace"] = self.trace
+        if self.max_attempts is not None:
+            body["maxAttempts"] = self.max_attempts
+        if self.last_error is not None:
+            body["lastError"] = self.last_error
         return body
 
 

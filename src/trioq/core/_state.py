@@ -434,6 +434,8 @@ class QueueState:
                     self.limits.job_lease_ms,
                     job.created_at,
                     job.trace,
+                    job.max_attempts,
+                    job.last_error,
                 )
             )
         return claimed

@@ -41,6 +41,28 @@ class JobContext:
     worker_id: str
     lease_ms: int
     """The lease the broker granted (its ``leaseMs``)."""
+    max_attempts: int | None = None
+    """The job's attempts in all (the broker's; a handler's own ``max_attempts`` may
+    stop sooner)."""
+    last_error: str | None = None
+    """The error its previous attempt failed with (None on a first attempt)."""
+
+
+class Retry(Exception):
+    """Raised by a handler: this attempt failed, retry the job in ``delay`` seconds
+    (None: the handler's backoff, or the broker's). Counts as an attempt: once the
+    attempts are used up, the job is dead-lettered."""
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        if delay is not None and not delay >= 0:
+            raise ValueError(f"delay must be >= 0 seconds, not {delay!r}")
+        self.delay = delay
+
+
+class Fatal(Exception):
+    """Raised by a handler: fail the job now and dead-letter it, whatever attempts are
+    left (a retry could not succeed)."""
 
 
 class PayloadInvalid(TrioqError):
@@ -71,6 +93,43 @@ class Handler:
     run: RunMode = "async"
     pool: ProcessPool | None = None
     """The worker's pool, for ``run="process"``."""
+    retry: RetryPolicy | None = None
+    """The handler's own retry policy (None: the broker's)."""
+
+
+@dataclass(slots=True, frozen=True)
+class RetryPolicy:
+    """``@worker.job(..., max_attempts=, backoff=)``: stop after ``max_attempts``
+    attempts (dead-letter the job; None: the job's own), and wait ``backoff(attempt)``
+    seconds before the next (None: the broker's backoff)."""
+
+    max_attempts: int | None = None
+    backoff: Callable[[int], float] | None = None
+
+    @classmethod
+    def of(cls, max_attempts: object, backoff: object) -> RetryPolicy | None:
+        """The policy the decorator's arguments ask for (ValueError/TypeError for
+        bad ones): ``backoff`` is a callable of the attempt, or a number of seconds
+        that doubles with each attempt (``base * 2 ** (attempt - 1)``, at most an
+        hour)."""
+        if max_attempts is None and backoff is None:
+            return None
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise ValueError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
+        delay: Callable[[int], float] | None
+        if backoff is None or callable(backoff):
+            delay = backoff
+        elif isinstance(backoff, int | float) and not isinstance(backoff, bool) and backoff >= 0:
+            base = float(backoff)
+
+            def delay(attempt: int) -> float:
+                return min(3600.0, base * 2.0 ** max(0, attempt - 1))
+
+        else:
+            raise TypeError(f"backoff must be seconds (>= 0) or a function, not {backoff!r}")
+        return cls(max_attempts, delay)
 
 
 Hook = Callable[..., Awaitable[None] | None]
@@ -120,6 +179,7 @@ def make_handler(
     timeout: float | None,
     run: RunMode | None = None,
     pool: ProcessPool | None = None,
+    retry: RetryPolicy | None = None,
 ) -> Handler:
     """``fn``'s parameters: the payload (validated against its annotation) and at most
     one annotated :class:`JobContext`; anything else is a TypeError. ``run``: None
@@ -171,6 +231,7 @@ def make_handler(
         validate=validate,
         run=mode,
         pool=pool if mode == "process" else None,
+        retry=retry,
     )
 
 

@@ -120,7 +120,15 @@ class JobHost:
         counts = runner.counts
         for job in claimed:
             counts["claimed"] += 1
-            ctx = JobContext(job.id, job.type, job.attempt, runner.worker_id, job.lease_ms)
+            ctx = JobContext(
+                job.id,
+                job.type,
+                job.attempt,
+                runner.worker_id,
+                job.lease_ms,
+                job.max_attempts,
+                job.last_error,
+            )
             self.active[job.id] = ctx
             nursery.start_soon(self._run, runner, job, ctx, claimed_at, name=f"trioq job {job.id}")
         if claimed and self._idle.is_set():

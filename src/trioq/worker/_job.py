@@ -35,7 +35,7 @@ from .._tracing import JobTrace
 from .._wire import encode_payload
 from ..client import Claimed, Client, Failure, Outcome
 from ._courier import Courier, Report
-from ._handlers import Handler, Hooks, JobContext, call_handler, label, run_hooks
+from ._handlers import Fatal, Handler, Hooks, JobContext, Retry, call_handler, label, run_hooks
 from ._metrics import WorkerMetrics
 from ._settings import WorkerSettings
 
@@ -53,6 +53,8 @@ class _Outcome:
     error: str | None
     final: bool = False
     value: Any = None
+    retry_in: float | None = None
+    """Seconds before the retry the handler asked for (``trioq.Retry``)."""
 
 
 _SUCCESS = _Outcome(None)
@@ -65,10 +67,28 @@ def _fields(job: Claimed, event: str, **more: Any) -> dict[str, Any]:
 
 def _raised(job: Claimed, exc: Exception) -> _Outcome:
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, Retry | Fatal):  # the handler's own say: no traceback
+        log.info("%s: %s", label(job), text, extra=_fields(job, "failed", error=text))
+        if isinstance(exc, Fatal):
+            return _Outcome(text, final=True)
+        return _Outcome(text, retry_in=exc.delay)
     log.info(
         "%s raised %s", label(job), text, exc_info=exc, extra=_fields(job, "failed", error=text)
     )
     return _Outcome(text)
+
+
+def _policy(handler: Handler, job: Claimed, outcome: _Outcome) -> tuple[bool, float | None]:
+    """The failure's ``final`` and ``retry_in``: the handler's say (``Retry``,
+    ``Fatal``), then its retry policy, then the broker's (``False``, None)."""
+    final, retry_in = outcome.final, outcome.retry_in
+    policy = handler.retry
+    if policy is not None:
+        if policy.max_attempts is not None and job.attempt >= policy.max_attempts:
+            final = True
+        if retry_in is None and policy.backoff is not None:
+            retry_in = max(0.0, float(policy.backoff(job.attempt)))
+    return final, retry_in
 
 
 @dataclass(eq=False)
@@ -182,7 +202,10 @@ class JobRunner:
         elif outcome.error is None:
             await self._report_completion(job, ctx, lease, outcome.value)
         else:
-            await self._report_failure(job, ctx, lease, outcome.error, final=outcome.final)
+            final, retry_in = _policy(handler, job, outcome)
+            await self._report_failure(
+                job, ctx, lease, outcome.error, final=final, retry_in=retry_in
+            )
 
     async def _in_slot(
         self, handler: Handler, job: Claimed, ctx: JobContext, lease: _Lease
@@ -371,10 +394,17 @@ class JobRunner:
         await run_hooks(self.hooks.completed, job, ctx)
 
     async def _report_failure(
-        self, job: Claimed, ctx: JobContext, lease: _Lease, error: str, *, final: bool
+        self,
+        job: Claimed,
+        ctx: JobContext,
+        lease: _Lease,
+        error: str,
+        *,
+        final: bool,
+        retry_in: float | None = None,
     ) -> None:
         self._let_go(lease)
-        failure = Failure(job, error, final=final)
+        failure = Failure(job, error, retry_in=retry_in, final=final)
         with lease.reporting("fail"):
             result = await self._hand_over(job, "failure", self.courier.fail(job, failure))
         reported = isinstance(result, str)

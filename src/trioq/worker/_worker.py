@@ -55,6 +55,7 @@ from ._handlers import (
     Hook,
     Hooks,
     JobContext,
+    RetryPolicy,
     RunMode,
     check_registration,
     make_handler,
@@ -156,7 +157,13 @@ class Worker:
     # ------------------------------------------------------------ registration
 
     def job(
-        self, job_type: str, *, timeout: float | None = None, run: RunMode | None = None
+        self,
+        job_type: str,
+        *,
+        timeout: float | None = None,
+        run: RunMode | None = None,
+        max_attempts: int | None = None,
+        backoff: float | Callable[[int], float] | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function (async, or sync: run in a thread) for a type.
 
@@ -165,6 +172,11 @@ class Worker:
         ``"thread"`` (a sync function, in a thread: the default for one) or
         ``"process"`` (a sync function defined at a module's top level, in the
         worker's process pool, killed when the job is cancelled: for CPU-bound work).
+        ``max_attempts`` and ``backoff`` are the handler's retry policy: at most that
+        many attempts (then the job is dead-lettered), and ``backoff`` seconds before
+        a retry (doubling each attempt) or ``backoff(attempt)`` seconds; left out,
+        the job's own attempts and the broker's backoff. A handler can also raise
+        ``trioq.Retry(delay=...)`` or ``trioq.Fatal(...)``.
 
         Raises TypeError for a bare ``@worker.job`` or a non-string type, ValueError
         for a type that is not 1-128 printable characters, a ``timeout`` that is not
@@ -173,11 +185,12 @@ class Worker:
         nested function or a closure).
         """
         check_registration(job_type, timeout, run)
+        retry = RetryPolicy.of(max_attempts, backoff)
 
         def register(fn: F) -> F:
             if job_type in self.handlers:
                 raise ValueError(f"a handler for {job_type!r} is already registered")
-            self.handlers[job_type] = make_handler(job_type, fn, timeout, run, self._pool)
+            self.handlers[job_type] = make_handler(job_type, fn, timeout, run, self._pool, retry)
             return fn
 
         return register
