@@ -243,6 +243,7 @@ class SyncClient:
         id: str | None = None,
         priority: int = 0,
         unique_key: str | None = None,
+        ttl: float | dt.timedelta | None = None,
     ) -> str:
         """:meth:`Client.submit`: enqueue one job; its id once it is durable."""
         return self._loop.call(
@@ -255,6 +256,7 @@ class SyncClient:
                 id=id,
                 priority=priority,
                 unique_key=unique_key,
+                ttl=ttl,
             )
         )
 
@@ -273,6 +275,16 @@ class SyncClient:
         """:meth:`Client.submit_bulk`: :meth:`submit_each`, telling duplicates apart."""
         specs = list(jobs)
         return self._loop.call(partial(self._client.submit_bulk, specs))
+
+    def cancel_matching(
+        self, *, type: str | None = None, status: str | None = None
+    ) -> dict[str, int]:
+        """:meth:`Client.cancel_matching`: cancel every queued job that matches."""
+        return self._loop.call(partial(self._client.cancel_matching, type=type, status=status))
+
+    def purge_dead(self, *, type: str | None = None) -> int:
+        """:meth:`Client.purge_dead`: remove dead jobs for good; how many."""
+        return self._loop.call(partial(self._client.purge_dead, type=type))
 
     def set_type_rule(
         self,

@@ -107,6 +107,8 @@ class JobSpec:
     """Higher is claimed first (within a priority: ready time, then enqueue order)."""
     unique_key: str | None = None
     """While a job with this key is queued or running, this one is its duplicate."""
+    ttl: float | dt.timedelta | None = None
+    """Still unclaimed this long after the submit, the job is dead-lettered."""
 
 
 class Held(Protocol):
@@ -193,6 +195,12 @@ def to_json_value(payload: Any) -> Any:
     """The plain JSON value a payload is sent as; refuses what would not round-trip
     (see :func:`encode_payload`)."""
     return orjson.loads(encode_payload(payload))
+
+
+def _ttl_ms(ttl: float | dt.timedelta | None) -> int | None:
+    """A TTL in ms (at least 1; None: none)."""
+    ms = _delay_ms(ttl)
+    return None if ms is None else max(1, ms)
 
 
 def _delay_ms(delay: float | dt.timedelta | None) -> int | None:
@@ -320,13 +328,16 @@ class Client:
         id: str | None = None,
         priority: int = 0,
         unique_key: str | None = None,
+        ttl: float | dt.timedelta | None = None,
     ) -> str:
         """Enqueue one job; returns its id once the broker has made it durable.
 
         ``priority``: claims take the highest first (default 0; any 32-bit integer),
         and within a priority the order of ready time, then enqueue order.
         ``unique_key``: while a job with this key is queued or running, this submit
-        returns that job's id and enqueues nothing.
+        returns that job's id and enqueues nothing. ``ttl`` (seconds, or a
+        timedelta): a job still unclaimed that long after the submit is
+        dead-lettered (reason ``deadline``).
 
         Concurrent calls share requests (``POST /v1/jobs/bulk``), each with its own
         outcome: one caller's refused job never fails another's. A job the schema
@@ -342,6 +353,7 @@ class Client:
             delay=delay,
             priority=priority,
             unique_key=unique_key,
+            ttl=ttl,
         )
         with submit_span(type) as trace:
             return await self._submit_one(_new_job(spec, "job: ", trace))
@@ -478,6 +490,26 @@ class Client:
     async def requeue(self, job_id: str) -> None:
         """Move a dead-lettered job back to the queue."""
         await self._call("POST", f"/v1/dead/{job_id}/requeue", {})
+
+    async def cancel_matching(
+        self, *, type: str | None = None, status: str | None = None
+    ) -> dict[str, int]:
+        """Cancel every queued job of ``type`` and/or ``status`` (``"unclaimed"`` or
+        ``"in_progress"``; neither: every queued job), in one commit: ``{"cancelled":
+        n, "cancelling": m}`` (running ones stop at their worker's next report)."""
+        body: dict[str, Any] = {}
+        if type is not None:
+            body["type"] = type
+        if status is not None:
+            body["status"] = status
+        answer = (await self._call("POST", "/v1/jobs/cancel", body)).json()
+        return {"cancelled": answer["cancelled"], "cancelling": answer["cancelling"]}
+
+    async def purge_dead(self, *, type: str | None = None) -> int:
+        """Remove the dead jobs of ``type`` (None: all) for good; how many. Their ids
+        are forgotten: a submit with one makes a new job."""
+        body = {} if type is None else {"type": type}
+        return int((await self._call("POST", "/v1/dead/purge", body)).json()["purged"])
 
     # --------------------------------------------------------------- type rules
 
@@ -888,5 +920,6 @@ def _new_job(spec: JobSpec, prefix: str, trace: Carrier | None = None) -> NewJob
         trace=trace,
         priority=spec.priority,
         unique_key=spec.unique_key,
+        ttl_ms=_ttl_ms(spec.ttl),
     )
     return checked_job(job, prefix, payload_json)

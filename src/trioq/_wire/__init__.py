@@ -114,6 +114,7 @@ from ._records import FailReport as FailReport
 from ._records import JobReport as JobReport
 from ._records import NewJob as NewJob
 from ._requests import SCHEDULE_NAME_PATTERN as SCHEDULE_NAME_PATTERN
+from ._requests import CancelMatching as CancelMatching
 from ._requests import ClaimRequest as ClaimRequest
 from ._requests import CompleteCall as CompleteCall
 from ._requests import CompleteRequest as CompleteRequest
@@ -126,6 +127,7 @@ from ._requests import HeldJobCall as HeldJobCall
 from ._requests import JobRef as JobRef
 from ._requests import ListQuery as ListQuery
 from ._requests import NoBody as NoBody
+from ._requests import PurgeDead as PurgeDead
 from ._requests import ResultQuery as ResultQuery
 from ._requests import RpcRequest as RpcRequest
 from ._requests import ScheduleRequest as ScheduleRequest

@@ -155,7 +155,7 @@ class DeadJobView(WireModel):
     max_attempts: int
     created_at: int
     died_at: int
-    reason: Literal["exhausted", "final", "expired"]
+    reason: Literal["exhausted", "final", "expired", "deadline"]
     last_error: str | None
     priority: int | None = None
     unique_key: str | None = None
@@ -276,7 +276,7 @@ class JobResult(WireModel):
     status: Literal["unclaimed", "in_progress", "completed", "cancelled", "dead"]
     result: Any = None
     error: str | None = None
-    reason: Literal["exhausted", "final", "expired"] | None = None
+    reason: Literal["exhausted", "final", "expired", "deadline"] | None = None
 
 
 class TypeRuleView(WireModel):
@@ -295,3 +295,17 @@ class TypesPage(WireModel):
     """``GET /v1/types``: each type that has a rule, with its queued counts."""
 
     types: list[TypeRuleView]
+
+
+class CancelledCount(WireModel):
+    """``POST /v1/jobs/cancel``: the jobs cancelled at once (queued), and those
+    marked for their worker's next report (in progress)."""
+
+    cancelled: int
+    cancelling: int
+
+
+class PurgedCount(WireModel):
+    """``POST /v1/dead/purge``: the dead jobs removed."""
+
+    purged: int

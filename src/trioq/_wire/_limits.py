@@ -79,6 +79,7 @@ RULES: dict[str, str] = {
     "error": "a string",
     "final": "a boolean",
     "priority": f"an integer from {MIN_PRIORITY} to {MAX_PRIORITY}",
+    "ttlMs": f"an integer from 1 to {MAX_DELAY_MS} (365 days)",
     "name": "1-64 characters of A-Z a-z 0-9 . _ -",
     "cron": "a cron expression: 5 fields (minute hour day month weekday), or 6 with seconds last",
     "everyMs": f"an integer from 1000 to {MAX_DELAY_MS}",
@@ -131,6 +132,7 @@ WorkerId = Annotated[
 Attempt = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPT)]
 MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS)]
 DelayMs = Annotated[StrictInt, Field(ge=0, le=MAX_DELAY_MS)]
+TtlMs = Annotated[StrictInt, Field(ge=1, le=MAX_DELAY_MS)]
 Priority = Annotated[StrictInt, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 UniqueKey = Annotated[
     StrictStr,

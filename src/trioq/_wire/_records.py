@@ -20,6 +20,7 @@ from ._limits import (
     MaxAttempts,
     Priority,
     TraceCarrier,
+    TtlMs,
     UniqueKey,
 )
 
@@ -49,7 +50,9 @@ class NewJob:
     job claimable that much later; ``priority`` (default 0): claims take the highest
     first, and within a priority the order of ready time, then enqueue order;
     ``unique_key``: while a job with this key is queued or running, a submit with it
-    is that job's duplicate (its id back, ``duplicate: true``); ``trace`` is the trace context the job carries to
+    is that job's duplicate (its id back, ``duplicate: true``); ``ttl_ms``: a job
+    still unclaimed that long after its submit is dead-lettered (``deadline``);
+    ``trace`` is the trace context the job carries to
     its worker (written by the client when tracing is on). Built freely (nothing is checked here): the
     queue model checks an unsealed one against the schema before it takes it.
     """
@@ -62,6 +65,7 @@ class NewJob:
     trace: TraceCarrier | None = None
     priority: Priority = 0
     unique_key: UniqueKey | None = None
+    ttl_ms: TtlMs | None = None
 
     @property
     def payload_json(self) -> bytes | None:
@@ -87,6 +91,8 @@ class NewJob:
             body["priority"] = self.priority
         if self.unique_key is not None:
             body["uniqueKey"] = self.unique_key
+        if self.ttl_ms is not None:
+            body["ttlMs"] = self.ttl_ms
         return body
 
 

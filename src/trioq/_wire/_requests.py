@@ -299,3 +299,22 @@ class TypeRuleRequest(WireModel):
     paused: StrictBool | None = None
     max_in_progress: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
     max_per_second: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None
+
+
+class CancelMatching(WireModel):
+    """``POST /v1/jobs/cancel``: cancel every queued job of ``type`` and/or
+    ``status`` (both absent: every queued job)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"type": "email:send"}]})
+
+    type: JobType | None = None
+    status: Literal["unclaimed", "in_progress"] | None = None
+
+
+class PurgeDead(WireModel):
+    """``POST /v1/dead/purge``: remove the dead jobs of ``type`` (absent: all) from
+    the dead-letter list for good."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"type": "email:send"}]})
+
+    type: JobType | None = None

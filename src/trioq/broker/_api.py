@@ -29,7 +29,14 @@ from .._wire import (
     NewJob,
     ParsedExchange,
 )
-from .._wire._requests import CompleteRequest, JobsQuery, ScheduleRequest, TypeRuleRequest
+from .._wire._requests import (
+    CancelMatching,
+    CompleteRequest,
+    JobsQuery,
+    PurgeDead,
+    ScheduleRequest,
+    TypeRuleRequest,
+)
 from ..core._engine import Engine
 from ..core._jobs import DeadJob, FinishedJob, Job
 from ..core._state import EnqueueResult, Outcome, QueueState, Reports
@@ -201,6 +208,12 @@ class BrokerApi:
 
     async def delete_schedule(self, name: str) -> None:
         await self.engine.delete_schedule(name)
+
+    async def cancel_matching(self, request: CancelMatching) -> dict[str, Any]:
+        return await self.engine.cancel_matching(request.type, request.status)
+
+    async def purge_dead(self, request: PurgeDead) -> dict[str, Any]:
+        return {"purged": await self.engine.purge_dead(request.type)}
 
     async def put_type_rule(self, request: TypeRuleRequest) -> dict[str, Any]:
         return await self.engine.put_type_rule(request)

@@ -53,10 +53,20 @@ from .._wire import (
     parse_exchange,
     parse_new_job,
 )
-from .._wire._answers import JobResult, SchedulesPage, ScheduleView, TypeRuleView, TypesPage
+from .._wire._answers import (
+    CancelledCount,
+    JobResult,
+    PurgedCount,
+    SchedulesPage,
+    ScheduleView,
+    TypeRuleView,
+    TypesPage,
+)
 from .._wire._requests import (
+    CancelMatching,
     CompleteRequest,
     JobsQuery,
+    PurgeDead,
     ResultQuery,
     ScheduleRequest,
     TypeRuleRequest,
@@ -141,6 +151,9 @@ ROUTES: tuple[Route, ...] = (
     Route("release", "POST", f"{_ID}/release",
           "Give a job back at once without counting the attempt",
           body=HeldJob, conflicts=_HELD, scopes=WORKER),
+    Route("cancel_matching", "POST", "/v1/jobs/cancel",
+          "Cancel every queued job of a type and/or status",
+          body=CancelMatching, answer=CancelledCount, scopes=ADMIN),
     Route("cancel", "POST", f"{_ID}/cancel", "Cancel a job",
           body=NoBody, body_optional=True, answer=JobStatus, scopes=ADMIN),
     Route("get_job", "GET", "/v1/jobs/<job_id:job_id>", "A job's record (finished jobs too)",
@@ -157,6 +170,9 @@ ROUTES: tuple[Route, ...] = (
           "Move a dead job back to the queue, attempts reset",
           body=NoBody, body_optional=True, answer=JobStatus,
           conflicts="the job exists but is not dead (JobNotDead)", scopes=ADMIN),
+    Route("purge_dead", "POST", "/v1/dead/purge",
+          "Remove the dead jobs of a type (or all) for good",
+          body=PurgeDead, answer=PurgedCount, scopes=ADMIN),
     Route("stats", "GET", "/v1/stats", "Queue counters", answer=Stats, scopes=WORKER),
     Route("list_type_rules", "GET", "/v1/types", "The job types' rules (paused, limits)",
           answer=TypesPage, scopes=ANY_SCOPE),
@@ -283,6 +299,12 @@ class RestHandlers:
 
     async def throttle_stats(self) -> Response:
         return json_response(self.api.throttle_stats())
+
+    async def cancel_matching(self) -> Response:
+        return json_response(await self.api.cancel_matching(parse(CancelMatching, await _body())))
+
+    async def purge_dead(self) -> Response:
+        return json_response(await self.api.purge_dead(parse(PurgeDead, await _body())))
 
     async def list_type_rules(self) -> Response:
         return json_response(await self.api.list_type_rules())

@@ -121,7 +121,9 @@ class Committer:
     async def lead(self) -> None:
         """Commit until this engine stops leading (a graceful stop ends here too)."""
         engine, book = self.engine, self.engine.book
+        engine.claim_watch.reset(trio.current_time())
         while engine.role is Role.LEADER:
+            engine.claim_watch.check(engine.committed_by_type, trio.current_time())
             with trio.move_on_at(self.next_timer()):
                 await book.wait_for_arrival()
             book.expire_waits(trio.current_time())
@@ -243,6 +245,11 @@ class Committer:
                 engine.note("expired", state, job_id)
                 if job_id in state.dead:
                     engine.note("dead", state, job_id)
+        overdue = state.kill_overdue(now)
+        changed = changed or bool(overdue)
+        if overdue and engine.observe_commit is not None:
+            for job_id in overdue:
+                engine.note("dead", state, job_id)
         state.pop_due(now)
         fired, periodic = state.fire_schedules(now)
         changed = changed or fired

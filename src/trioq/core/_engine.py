@@ -40,6 +40,7 @@ from .._errors import DocumentInvalid, NotLeader, TrioqError
 from .._wire import ScheduleRequest, TypeRuleRequest
 from ..storage._protocol import Storage
 from ._campaign import Campaign
+from ._claim_watch import ClaimWatch
 from ._codec import LeaderInfo, describe_object, load
 from ._commit import Committer
 from ._config import EngineConfig
@@ -147,6 +148,8 @@ class Engine:
         self.leader: LeaderInfo | None = None
         """The leader as last seen in the document (ours when leading)."""
         self.metrics: dict[str, int] = dict.fromkeys(ENGINE_COUNTERS, 0)
+        self.claim_watch = ClaimWatch()
+        """Which types workers claim: the leader warns about types nobody does."""
         self.landed = trio.Event()
         """Set (and replaced) each time the state is what is stored again: a reader
         waiting for a change (a job's result) waits for it, then reads."""
@@ -331,6 +334,7 @@ class Engine:
         """Claim up to ``max_jobs`` jobs; with ``wait`` (seconds), wait that long for
         one to become available. The claim is answered after its commit."""
         types = None if types is None else list(types)
+        self.claim_watch.claimed(types, trio.current_time())
         request = ClaimRequest(worker_id, types, max_jobs)
         if wait > 0:
             request = ClaimRequest(worker_id, types, max_jobs, trio.current_time() + wait)
@@ -374,6 +378,7 @@ class Engine:
         if not max_jobs:
             return Exchanged(await self._submit(op), [])
         claim = ClaimRequest(worker_id, None if types is None else list(types), max_jobs)
+        self.claim_watch.claimed(claim.types, trio.current_time())
         mutation = Mutation(op, claim)
         jobs = await self._hand_over(mutation)
         return Exchanged(mutation.reported, jobs)
@@ -451,6 +456,15 @@ class Engine:
             self.note("requeued", state, job_id)
 
         await self._submit(op)
+
+    async def cancel_matching(self, job_type: str | None, status: str | None) -> dict[str, int]:
+        def op(state: QueueState, now: int) -> dict[str, int]:
+            return state.cancel_matching(now, job_type, status)
+
+        return await self._submit(op)  # type: ignore[no-any-return]
+
+    async def purge_dead(self, job_type: str | None) -> int:
+        return await self._submit(lambda s, now: s.purge_dead(job_type))  # type: ignore[no-any-return]
 
     async def put_schedule(self, name: str, request: ScheduleRequest) -> dict[str, Any]:
         """Create or replace a periodic job; its stored form once committed."""

@@ -139,6 +139,7 @@ class JobIndex:
         "_jobs",
         "_tickets",
         "by_type",
+        "deadlines",
         "delayed",
         "leased_by_type",
         "leases",
@@ -150,6 +151,8 @@ class JobIndex:
         self.ready: list[ReadyEntry] = []
         self.by_type: dict[str, list[ReadyEntry]] = {}
         self.delayed: list[HeapEntry] = []
+        self.deadlines: list[tuple[int, int, str]] = []
+        """(deadline, order, id) of the unclaimed jobs with a TTL, lazily deleted."""
         self.leases: OrderedDict[str, str] = OrderedDict()
         """In-progress job ids in lease order, each with its job's type."""
         self.leased_by_type: dict[str, int] = {}
@@ -180,6 +183,10 @@ class JobIndex:
         delayed until then."""
         self._tickets += 1
         job.ticket = self._tickets
+        if job.deadline_at is not None:
+            heapq.heappush(self.deadlines, (job.deadline_at, job.order, job.id))
+            if len(self.deadlines) > 2 * self.unclaimed_count + 4096:
+                self._rebuild_deadlines()
         if job.ready_at > now:
             heapq.heappush(self.delayed, (job.ready_at, job.order, job.ticket, job.id))
             self._entries += 1
@@ -220,6 +227,27 @@ class JobIndex:
         heapq.heappop(best)
         self._entries -= 1
         return self._jobs[best_head[4]]
+
+    def deadlines_due(self, now: int) -> list[Job]:
+        """The unclaimed jobs whose deadline is at or before ``now``, taken off the
+        deadline heap."""
+        due: list[Job] = []
+        heap, jobs = self.deadlines, self._jobs
+        while heap and heap[0][0] <= now:
+            deadline, _, job_id = heapq.heappop(heap)
+            job = jobs.get(job_id)
+            if job is not None and job.status == "unclaimed" and job.deadline_at == deadline:
+                due.append(job)
+        return due
+
+    def _rebuild_deadlines(self) -> None:
+        entries = [
+            (job.deadline_at, job.order, job.id)
+            for job in self._jobs.values()
+            if job.status == "unclaimed" and job.deadline_at is not None
+        ]
+        heapq.heapify(entries)
+        self.deadlines = entries
 
     def next_ready_at(self) -> int | None:
         """The earliest ready time of an unclaimed job (O(n): for tests and tools)."""
@@ -334,6 +362,7 @@ class JobIndex:
         delayed.sort()
         self.ready, self.by_type, self.delayed = [], {}, delayed
         self._entries = len(delayed)
+        self._rebuild_deadlines()
 
     # ----------------------------------------------------------------- helpers
 

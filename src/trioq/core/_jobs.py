@@ -19,7 +19,7 @@ from .._wire._payload import kept
 
 JobStatus = Literal["unclaimed", "in_progress"]
 FinishedOutcome = Literal["completed", "cancelled"]
-DeadReason = Literal["exhausted", "final", "expired"]
+DeadReason = Literal["exhausted", "final", "expired", "deadline"]
 
 ID_PATTERN = re.compile(f"{ID_CHARS}{{1,{MAX_ID_CHARS}}}")
 """Valid job ids (the wire's rule, :mod:`trioq._wire`): 1-128 characters of
@@ -80,6 +80,8 @@ class Job:
     """Higher is claimed first (stored only when not 0)."""
     unique_key: str | None = None
     """While this job is queued, a submit with the same key is its duplicate."""
+    deadline_at: int | None = None
+    """Unclaimed at this time (its TTL after the submit), it is dead-lettered."""
     # A fresh value of the state's ticket counter each time the job enters the
     # ready queue; stale heap entries carry another ticket and are skipped.
     ticket: int = 0
@@ -115,6 +117,8 @@ class Job:
             body["priority"] = self.priority
         if self.unique_key is not None:
             body["uniqueKey"] = self.unique_key
+        if self.deadline_at is not None:
+            body["deadlineAt"] = self.deadline_at
         return body
 
     def encode(self) -> bytes:
@@ -144,6 +148,7 @@ class Job:
             trace=_opt_trace(raw.get("trace")),
             priority=_int(raw.get("priority", 0)),
             unique_key=_opt_str(raw.get("uniqueKey")),
+            deadline_at=_opt_int(raw.get("deadlineAt")),
         )
 
 
@@ -194,7 +199,7 @@ class DeadJob:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DeadJob:
         reason = raw["reason"]
-        if reason not in ("exhausted", "final", "expired"):
+        if reason not in ("exhausted", "final", "expired", "deadline"):
             raise ValueError(f"unknown dead-letter reason {reason!r}")
         return cls(
             id=_str(raw["id"]),

@@ -391,6 +391,7 @@ class QueueState:
             trace=item.trace or None,
             priority=item.priority,
             unique_key=item.unique_key,
+            deadline_at=None if item.ttl_ms is None else now + item.ttl_ms,
         )
         self.next_order += 1
         self._add(job, now)
@@ -415,6 +416,9 @@ class QueueState:
             len(claimed) < max_jobs
             and (job := self.index.pop_ready(types, now, blocked)) is not None
         ):
+            if job.deadline_at is not None and job.deadline_at <= now:
+                self._overdue(job, now)  # the sweep had not met it yet
+                continue
             if rules and (rule := rules.get(job.type)) is not None:
                 rule.take_token(now)
             job.status = "in_progress"
@@ -567,6 +571,30 @@ class QueueState:
             return finished.outcome
         raise JobNotFound(f"no job {job_id!r}")
 
+    def cancel_matching(
+        self, now: int, job_type: str | None = None, status: str | None = None
+    ) -> dict[str, int]:
+        """Cancel every queued job of ``job_type`` and ``status`` (None: any), as
+        :meth:`cancel` does each; how many were cancelled now and how many marked."""
+        counts = {"cancelled": 0, "cancelling": 0}
+        matching = [
+            job.id
+            for job in self.jobs.values()
+            if (job_type is None or job.type == job_type)
+            and (status is None or job.status == status)
+        ]
+        for job_id in matching:
+            counts[self.cancel(job_id, now)] += 1
+        return counts
+
+    def purge_dead(self, job_type: str | None = None) -> int:
+        """Remove the dead jobs of ``job_type`` (None: all) for good: their ids are
+        forgotten, so a submit with one makes a new job. How many."""
+        matching = [d.id for d in self.dead.values() if job_type is None or d.type == job_type]
+        for job_id in matching:
+            self.archive.unbury(job_id)
+        return len(matching)
+
     def requeue_dead(self, job_id: str, now: int) -> None:
         """Move a dead job back to the end of the queue with its attempts reset."""
         dead = self.dead.get(job_id)
@@ -613,6 +641,19 @@ class QueueState:
                 self._requeue(job, now, now)
         self.archive.trim(now - self.limits.dedup_window_ms, self.limits.dedup_cap)
         return expired
+
+    def kill_overdue(self, now: int) -> list[str]:
+        """Dead-letter the unclaimed jobs whose deadline (TTL) has passed (reason
+        ``deadline``); the ids."""
+        killed = []
+        for job in self.index.deadlines_due(now):
+            self._overdue(job, now)
+            killed.append(job.id)
+        return killed
+
+    def _overdue(self, job: Job, now: int) -> None:
+        job.last_error = "its deadline passed before a worker took it"
+        self._kill(job, "deadline", now)
 
     def renew_all_leases(self, now: int) -> None:
         """Restart every in-progress lease at ``now`` (after a takeover, so that no
