@@ -113,6 +113,7 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         "Outcome",
         "Submitted",
         "Completion",
+        "Beat",
         "new_job_id",
         "parse_urls",
         "to_json_value",

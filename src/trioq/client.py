@@ -161,6 +161,24 @@ class Completion:
         return self.job.attempt
 
 
+@dataclass(slots=True, frozen=True)
+class Beat:
+    """A heartbeat with the handler's progress report, for :meth:`Client.exchange`'s
+    ``heartbeat`` (a bare :class:`Held` renews the lease only)."""
+
+    job: Held
+    progress_json: bytes
+    """The report's JSON (:func:`encode_payload` of the value)."""
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int | None:
+        return self.job.attempt
+
+
 Outcome = str | TrioqError
 """One item's result in a bulk or exchange answer: a job id (bulk) or the job's
 status after the call (exchange), or the error the broker gave that item."""
@@ -666,6 +684,10 @@ class Client:
             for item, job in zip(body["complete"], complete, strict=True):
                 if isinstance(job, Completion):
                     item["result"] = orjson.Fragment(job.result_json)
+        if heartbeat:
+            for item, job in zip(body["heartbeat"], heartbeat, strict=True):
+                if isinstance(job, Beat):
+                    item["progress"] = orjson.Fragment(job.progress_json)
         if fail:
             body["fail"] = [_fail_item(failure) for failure in _bounded("fail", fail)]
         wait_ms = 0

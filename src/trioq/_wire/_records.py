@@ -149,11 +149,13 @@ class ClaimedJob:
 class JobReport:
     """A heartbeat, complete or release in an exchange (``POST /v1/jobs/exchange``):
     the job, and the attempt the worker holds (optional, as in ``HeldJob``); a
-    complete's ``result`` is the handler's return value (JSON; ignored elsewhere)."""
+    complete's ``result`` is the handler's return value, a heartbeat's ``progress``
+    the handler's latest progress report (JSON each; ignored elsewhere)."""
 
     job_id: JobId
     attempt: Attempt | None = None
     result: Any = None
+    progress: Any = None
 
 
 @with_config(

@@ -82,6 +82,8 @@ class Job:
     """While this job is queued, a submit with the same key is its duplicate."""
     deadline_at: int | None = None
     """Unclaimed at this time (its TTL after the submit), it is dead-lettered."""
+    progress_json: bytes | None = field(default=None, repr=False)
+    """The handler's latest progress report (its JSON), while it runs."""
     # A fresh value of the state's ticket counter each time the job enters the
     # ready queue; stale heap entries carry another ticket and are skipped.
     ticket: int = 0
@@ -119,6 +121,8 @@ class Job:
             body["uniqueKey"] = self.unique_key
         if self.deadline_at is not None:
             body["deadlineAt"] = self.deadline_at
+        if self.progress_json is not None:
+            body["progress"] = orjson.Fragment(self.progress_json)
         return body
 
     def encode(self) -> bytes:
@@ -149,6 +153,7 @@ class Job:
             priority=_int(raw.get("priority", 0)),
             unique_key=_opt_str(raw.get("uniqueKey")),
             deadline_at=_opt_int(raw.get("deadlineAt")),
+            progress_json=None if "progress" not in raw else kept(orjson.dumps(raw["progress"])),
         )
 
 

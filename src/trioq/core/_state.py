@@ -82,6 +82,8 @@ class Limits:
     """Retry delays vary by up to this fraction either way."""
     max_result_bytes: int = 64 * 1024
     """Cap on a completed job's stored result (its JSON)."""
+    max_progress_bytes: int = 4096
+    """Cap on a running job's progress report (its JSON)."""
     max_delay_ms: int = MAX_DELAY_MS
     """Cap on a job's ``delay_ms`` and on a failure's ``retry_in_ms``: the wire's (365
     days, so stored times stay far inside JSON's exact-integer range), or lower."""
@@ -444,9 +446,21 @@ class QueueState:
             )
         return claimed
 
-    def heartbeat(self, job_id: str, worker_id: str, now: int, attempt: int | None = None) -> None:
-        """Renew a lease. A cancelled job answers LeaseLost and is finished here."""
+    def heartbeat(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: int,
+        attempt: int | None = None,
+        progress: Any = None,
+    ) -> None:
+        """Renew a lease, and keep the handler's ``progress`` report (any JSON, at
+        most ``max_progress_bytes``) when it gives one. A cancelled job answers
+        LeaseLost and is finished here."""
+        progress_json = None if progress is None else self._checked_progress(progress)
         job = self._live_lease(job_id, worker_id, attempt, now)
+        if progress_json is not None:
+            job.progress_json = progress_json
         job.heartbeat_at = now
         job.encoded = None  # _touched, inlined: the hottest paths
         if self._changes is not None:
@@ -468,6 +482,18 @@ class QueueState:
         result_json = None if result is None else self._checked_result(result)
         job = self._live_lease(job_id, worker_id, attempt, now)
         self._finish(job, "completed", now, result_json)
+
+    def _checked_progress(self, progress: Any) -> bytes:
+        try:
+            data = encode_payload(progress)
+        except (TypeError, ValueError) as exc:
+            raise BrokerProtocolError(f"progress: {exc}") from None
+        if len(data) > self.limits.max_progress_bytes or too_deep(data, progress):
+            raise PayloadTooLarge(
+                f"progress is {len(data)} bytes (or too deep), over the limit of "
+                f"{self.limits.max_progress_bytes}"
+            )
+        return data
 
     def _checked_result(self, result: Any) -> bytes:
         try:
@@ -787,6 +813,7 @@ class QueueState:
         job.status = "unclaimed"
         job.worker_id = None
         job.heartbeat_at = None
+        job.progress_json = None  # an attempt's progress is its own
         job.ready_at = ready_at
         self._touched(job)
         self.index.push(job, now)
@@ -835,7 +862,7 @@ class QueueState:
 
 
 def _heartbeat(state: QueueState, report: JobReport, worker_id: str, now: int) -> str:
-    state.heartbeat(report.job_id, worker_id, now, report.attempt)
+    state.heartbeat(report.job_id, worker_id, now, report.attempt, report.progress)
     return "in_progress"
 
 

@@ -45,7 +45,7 @@ import trio
 from .._calls import own_copy
 from .._errors import BrokerUnreachable, TrioqError
 from .._wire import MAX_BATCH, MAX_CLAIM
-from ..client import Claimed, Client, Completion, ExchangeAnswer, Failure, Outcome
+from ..client import Beat, Claimed, Client, Completion, ExchangeAnswer, Failure, Outcome
 from ._outage import Outage
 
 log = logging.getLogger("trioq.worker")
@@ -64,6 +64,8 @@ class Report:
     failure: Failure | None = None
     completion: Completion | None = None
     """A completion that carries the handler's result."""
+    beat: Beat | None = None
+    """A heartbeat that carries the handler's progress report."""
     result: Outcome | None = None
     withdrawn: bool = False
     """Its sender stopped waiting: if it has not gone yet, it never goes."""
@@ -177,9 +179,9 @@ class Courier:
 
     # ------------------------------------------------------------ job tasks
 
-    def heartbeat(self, job: Claimed) -> Report:
-        """Renew ``job``'s lease in the next exchange."""
-        report = Report(job)
+    def heartbeat(self, job: Claimed, progress_json: bytes | None = None) -> Report:
+        """Renew ``job``'s lease in the next exchange (with a progress report)."""
+        report = Report(job, beat=None if progress_json is None else Beat(job, progress_json))
         self._pending.heartbeat.append(report)
         self._poke()
         return report
@@ -349,7 +351,7 @@ class Courier:
             )
         return await self.client.exchange(
             self.worker_id,
-            heartbeat=[r.job for r in reports.heartbeat],
+            heartbeat=[r.beat or r.job for r in reports.heartbeat],
             complete=[r.completion or r.job for r in reports.complete],
             fail=[r.failure for r in reports.fail if r.failure is not None],
             release=[r.job for r in reports.release],

@@ -9,6 +9,7 @@ defined at a module's top level; :mod:`._processes`).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import typing
@@ -46,6 +47,25 @@ class JobContext:
     stop sooner)."""
     last_error: str | None = None
     """The error its previous attempt failed with (None on a first attempt)."""
+    reporter: Callable[[Any], Awaitable[None]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """How :meth:`progress` reaches the broker (None: this context has no worker)."""
+
+    async def progress(self, value: Any) -> None:
+        """Report the job's progress: a small JSON value (at most 4 KiB by default),
+        sent with a heartbeat at once and kept with the job while it runs (``get``,
+        ``trioq get``, the dashboard's job detail show it). Returns once the broker
+        has it. Raises ValueError for a value that is not JSON or that the broker
+        refuses (too large), and RuntimeError in a context without a worker (a
+        ``run="process"`` handler's copy). From a sync handler (a thread):
+        ``trio.from_thread.run(ctx.progress, value)``."""
+        if self.reporter is None:
+            raise RuntimeError(
+                "this JobContext cannot report progress (a run='process' handler's copy, "
+                "or one made by hand)"
+            )
+        await self.reporter(value)
 
 
 class Retry(Exception):
@@ -261,6 +281,8 @@ async def call_handler(handler: Handler, payload: Any, ctx: JobContext) -> Any:
         # only the validated payload and a copy of the context cross; the function
         # goes by name. A cancellation (lease lost, timeout, grace over) kills it
         assert handler.pool is not None
+        if handler.context_param is not None:
+            kwargs[handler.context_param] = dataclasses.replace(ctx, reporter=None)
         return await handler.pool.run(handler.fn, kwargs)
     if handler.is_async:
         return await handler.fn(**kwargs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -128,6 +129,7 @@ class JobHost:
                 job.lease_ms,
                 job.max_attempts,
                 job.last_error,
+                partial(runner.report_progress, job),
             )
             self.active[job.id] = ctx
             nursery.start_soon(self._run, runner, job, ctx, claimed_at, name=f"trioq job {job.id}")

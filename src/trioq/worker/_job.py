@@ -293,6 +293,22 @@ class JobRunner:
             return _Outcome(text)
         return _SUCCESS if value is None else _Outcome(None, value=value)
 
+    async def report_progress(self, job: Claimed, value: Any) -> None:
+        """:meth:`JobContext.progress`: a heartbeat carrying ``value``, sent now."""
+        try:
+            progress_json = encode_payload(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"progress is not JSON: {exc}") from None
+        report = self.courier.heartbeat(job, progress_json)
+        try:
+            with trio.move_on_after(self.settings.release_timeout):
+                await report.wait()
+        finally:
+            report.withdrawn = report.result is None
+        if isinstance(report.result, PayloadTooLarge | BrokerProtocolError):
+            raise ValueError(f"the broker refused the progress report: {report.result}")
+        # LeaseLost and outages: the heartbeat task acts on them
+
     def _heartbeat_interval(self, lease: float) -> float:
         """The configured interval, shortened to renew at least three times per lease."""
         configured = self.settings.heartbeat_interval
