@@ -24,6 +24,7 @@ import httpx
 import pytest
 import trio
 
+import trioq
 from _broker_proc import wait_until
 from _servers import S3Server
 from test_broker_failover import all_jobs, is_ready, start_pair
@@ -243,3 +244,33 @@ async def test_a_leader_kill_neither_repeats_nor_silently_skips_an_occurrence(
     assert len(gaps) <= 1, steps
     if gaps:
         assert "missed its occurrences" in b.log()
+
+
+async def test_a_worker_declares_its_schedules_at_start(autojump_clock: trio.abc.Clock) -> None:
+    worker = trioq.Worker(poll_interval=0.1)
+    runs: list[float] = []
+
+    @worker.periodic(every=10, payload={"scope": "all"})
+    @worker.job("cleanup")
+    async def cleanup(payload: dict[str, str]) -> str:
+        runs.append(trio.current_time())
+        return payload["scope"]
+
+    with pytest.raises(ValueError, match=r"above @worker\.job"):
+        worker.periodic(every=5)(lambda payload: None)
+    with pytest.raises(ValueError, match="exactly one of cron and every"):
+        worker.periodic()
+
+    async with open_test_broker() as broker:
+        broker.attach(worker)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            [stored] = await broker.client.schedules()
+            assert (stored["name"], stored["type"], stored["everyMs"]) == (
+                "cleanup",
+                "cleanup",
+                10_000,
+            )
+            await trio.sleep(35)
+            worker.drain()
+    assert len(runs) == 3  # at 10, 20 and 30 s

@@ -131,6 +131,8 @@ class Worker:
         self._arguments: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         self.settings = WorkerSettings(**self._arguments)
         self.handlers: dict[str, Handler] = {}
+        self.schedules: list[dict[str, Any]] = []
+        """The schedules declared with :meth:`periodic`, set on the broker at start."""
         self._client = client
         self._hooks = Hooks()
         self._draining = trio.Event()
@@ -194,6 +196,66 @@ class Worker:
             return fn
 
         return register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | None = None,
+        name: str | None = None,
+        payload: Any = None,
+        timezone: str = "UTC",
+        missed: str = "once",
+        grace: float = 60.0,
+        max_attempts: int | None = None,
+        priority: int = 0,
+    ) -> Callable[[F], F]:
+        """Declare a schedule for a handler, above its ``@worker.job``::
+
+            @worker.periodic("*/5 * * * *")
+            @worker.job("cleanup")
+            async def cleanup(payload: None) -> None: ...
+
+        At start, :meth:`run` creates or updates the schedule ``name`` (default: the
+        job type) on the broker (``Client.set_schedule``: the stored set is the
+        truth; removing the decorator does not delete a schedule, ``trioq
+        schedules delete NAME`` does). ValueError if the function has no
+        ``@worker.job`` below, or for exactly-one-of ``cron`` / ``every``."""
+        if (cron is None) == (every is None):
+            raise ValueError("give exactly one of cron and every")
+
+        def declare(fn: F) -> F:
+            types = [h.type for h in self.handlers.values() if h.fn is fn]
+            if not types:
+                raise ValueError(
+                    f"{getattr(fn, '__qualname__', fn)!r} is no handler: put "
+                    "@worker.periodic(...) above @worker.job(...)"
+                )
+            self.schedules.append(
+                {
+                    "name": name or types[0],
+                    "type": types[0],
+                    "payload": payload,
+                    "cron": cron,
+                    "every": every,
+                    "timezone": timezone,
+                    "missed": missed,
+                    "grace": grace,
+                    "max_attempts": max_attempts,
+                    "priority": priority,
+                }
+            )
+            return fn
+
+        return declare
+
+    async def _declare_schedules(self, client: Client) -> None:
+        """Create or update the declared schedules (once, at start)."""
+        for spec in self.schedules:
+            args = dict(spec)
+            name, job_type, payload = args.pop("name"), args.pop("type"), args.pop("payload")
+            stored = await client.set_schedule(name, job_type, payload, **args)
+            log.info("schedule %r of %r: next at %s", name, job_type, stored.get("nextAt"))
 
     def check_handlers(self) -> None:
         """Raise ValueError for a ``run="process"`` handler that a process could not
@@ -307,6 +369,7 @@ class Worker:
             if not await self._wait_for_broker(client, outage):
                 task_status.started()
                 return
+            await self._declare_schedules(client)
             async with AsyncExitStack() as stack:
                 if any(handler.run == "process" for handler in self.handlers.values()):
                     # each process job also holds a slot: more could never be used
