@@ -206,7 +206,9 @@ async def test_the_dashboard_loads_goes_live_and_shows_an_api_job_within_2_s(
         expect(page.locator("#leader")).to_contain_text("leader · epoch")
         expect(page.locator("#filter-note")).to_be_visible(visible=not FILTERS)
 
-        answer = api.post("/v1/jobs", json={"type": "email", "payload": {"to": "a@example.com"}})
+        answer = api.post(
+            "/v1/jobs", json={"type": "email", "payload": {"to": "a@example.com"}, "priority": 7}
+        )
         assert answer.status_code == 200, answer.text
         job_id = answer.json()["jobId"]
         # the requirement: on the page within 2 s of the submit's answer
@@ -222,6 +224,7 @@ async def test_the_dashboard_loads_goes_live_and_shows_an_api_job_within_2_s(
         expect(page.locator("#detail-body")).to_have_attribute("data-job-id", job_id)
         expect(page.locator("#detail-payload")).to_contain_text('"to": "a@example.com"')
         expect(page.locator("#detail-error")).to_have_text("none")
+        expect(page.locator("#detail-fields")).to_contain_text("priority7")
 
         # the leader's lease (GET /healthz): its age and the limit
         expect(page.locator("#leader")).to_contain_text(f"leader: {api.base_url}".rstrip("/"))

@@ -541,6 +541,11 @@
     if (job.readyAt) fields.push(["ready at", new Date(job.readyAt).toISOString()]);
     if (job.diedAt) fields.push(["died", `${new Date(job.diedAt).toISOString()} (${job.reason})`]);
     if (job.finishedAt) fields.push(["finished", new Date(job.finishedAt).toISOString()]);
+    if (job.priority) fields.push(["priority", String(job.priority)]);
+    if (job.uniqueKey) fields.push(["unique key", job.uniqueKey]);
+    if (job.deadlineAt) fields.push(["deadline", new Date(job.deadlineAt).toISOString()]);
+    if ("progress" in job) fields.push(["progress", JSON.stringify(job.progress)]);
+    if ("result" in job) fields.push(["result", JSON.stringify(job.result)]);
     $("detail-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     $("detail-payload").textContent = "payload" in job ? JSON.stringify(job.payload, null, 2) : "(not kept for finished jobs)";
     $("detail-error").textContent = job.lastError || "none";
