@@ -30,6 +30,7 @@ never in a broker's answer).
     ├── QueueFull                   queued-job or document-size cap reached
     ├── Overloaded                  too many connections or waiting long-polls
     ├── JobNotDead                  requeue of a job that is not dead
+    ├── JobFailed                   a job waited on (Client.result) was dead-lettered or cancelled
     ├── NotFound                    no such route
     ├── MethodNotAllowed            the route does not take this method
     ├── InternalError               a bug in the broker (HTTP 500)
