@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 import trio
 
 from _servers import S3Server
+from trioq._settings import Public
+from trioq.worker._settings import WorkerSettings
 
 TESTS_DIR = Path(__file__).resolve().parent
 READY_TIMEOUT = 30.0
@@ -219,3 +222,23 @@ def read_events(directory: Path) -> list[Event]:
             event, job_id, attempt, at = line.split()
             events.append(Event(int(path.stem), event, job_id, int(attempt), float(at)))
     return sorted(events, key=lambda e: e.at)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.fixture
+def no_worker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No worker setting from this process's environment reaches the test's workers
+    (use: ``pytestmark = pytest.mark.usefixtures("no_worker_environment")`` after
+    importing it)."""
+    for setting in WorkerSettings.model_fields.values():
+        for item in setting.metadata:
+            if isinstance(item, Public):
+                monkeypatch.delenv(item.env, raising=False)

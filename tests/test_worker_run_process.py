@@ -24,27 +24,14 @@ import trio
 import _cpu_jobs
 import trioq
 from _waits import LIMIT, wait_for
-from _worker_proc import broker_process
-from trioq._settings import Public
+from _worker_proc import (
+    alive,
+    broker_process,
+    no_worker_environment,  # noqa: F401 (the fixture pytestmark uses)
+)
 from trioq.worker._cli import UsageError
-from trioq.worker._settings import WorkerSettings
 
-
-@pytest.fixture(autouse=True)
-def no_worker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for field in WorkerSettings.model_fields.values():
-        for item in field.metadata:
-            if isinstance(item, Public):
-                monkeypatch.delenv(item.env, raising=False)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not ended (a zombie has ended)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+pytestmark = pytest.mark.usefixtures("no_worker_environment")
 
 
 def gone(pid: int) -> Callable[[], bool]:

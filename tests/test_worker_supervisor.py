@@ -25,8 +25,13 @@ import trio
 
 import trioq
 from _waits import LIMIT, wait_for
-from _worker_proc import Proc, broker_process, worker_process
-from trioq._settings import Public
+from _worker_proc import (
+    Proc,
+    alive,
+    broker_process,
+    no_worker_environment,  # noqa: F401 (the fixture pytestmark uses)
+    worker_process,
+)
 from trioq.worker._cli import UsageError, child_commands, configure
 from trioq.worker._settings import WorkerSettings
 from trioq.worker._supervisor import Supervisor, describe_exit
@@ -35,21 +40,7 @@ TARGET = "_cpu_jobs:worker"
 STARTED = re.compile(r"worker process (\d+) started \(pid (\d+)\)")
 
 
-@pytest.fixture(autouse=True)
-def no_worker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for field in WorkerSettings.model_fields.values():
-        for item in field.metadata:
-            if isinstance(item, Public):
-                monkeypatch.delenv(item.env, raising=False)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not ended (a zombie has ended)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+pytestmark = pytest.mark.usefixtures("no_worker_environment")
 
 
 def starts(proc: Proc) -> list[tuple[int, int]]:

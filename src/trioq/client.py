@@ -144,13 +144,10 @@ class Submitted:
 
 
 @dataclass(slots=True, frozen=True)
-class Completion:
-    """A completed job with its handler's result, for :meth:`Client.exchange`'s
-    ``complete`` (a bare :class:`Held` completes without one)."""
+class _Carrying:
+    """A report on a held job that carries a value of the handler's (its JSON)."""
 
     job: Held
-    result_json: bytes
-    """The result's JSON (:func:`encode_payload` of the handler's return value)."""
 
     @property
     def id(self) -> str:
@@ -162,21 +159,21 @@ class Completion:
 
 
 @dataclass(slots=True, frozen=True)
-class Beat:
+class Completion(_Carrying):
+    """A completed job with its handler's result, for :meth:`Client.exchange`'s
+    ``complete`` (a bare :class:`Held` completes without one)."""
+
+    result_json: bytes
+    """The result's JSON (:func:`encode_payload` of the handler's return value)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Beat(_Carrying):
     """A heartbeat with the handler's progress report, for :meth:`Client.exchange`'s
     ``heartbeat`` (a bare :class:`Held` renews the lease only)."""
 
-    job: Held
     progress_json: bytes
     """The report's JSON (:func:`encode_payload` of the value)."""
-
-    @property
-    def id(self) -> str:
-        return self.job.id
-
-    @property
-    def attempt(self) -> int | None:
-        return self.job.attempt
 
 
 Outcome = str | TrioqError
