@@ -383,10 +383,27 @@ async def test_types_pause_resume_and_limit(broker_url: str) -> None:
     assert bad.status == 2
 
 
+async def test_cancel_by_type_and_purge(broker_url: str) -> None:
+    job_type = unique("bulk")
+    for n in range(3):
+        assert (await trioq("submit", job_type, str(n), "--broker", broker_url)).status == 0
+    result = await trioq("cancel", "--type", job_type, "--broker", broker_url)
+    assert (result.status, result.out.strip()) == (0, "3 cancelled, 0 cancelling")
+    dead_type = unique("deadbulk")
+    async with Client(broker_url) as client:
+        await client.submit(dead_type, 1, max_attempts=1)
+        [held] = await client.claim("w", types=[dead_type])
+        await client.fail(held.id, "w", "no")
+    purged = await trioq("purge", "--type", dead_type, "--broker", broker_url)
+    assert (purged.status, purged.out.strip()) == (0, "1 purged")
+    neither = await trioq("cancel", "--broker", broker_url)
+    assert neither.status == 2
+
+
 async def test_every_command_has_help() -> None:
     for command in (
-        "submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "schedules", "types",
-        "dev",
+        "submit", "stats", "jobs", "get", "dead", "requeue", "cancel", "purge", "schedules",
+        "types", "dev",
     ):  # fmt: skip
         result = await trioq(command, "--help")
         assert result.status == 0, result

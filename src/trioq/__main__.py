@@ -18,7 +18,8 @@ usage: trioq COMMAND [options]   (trioq COMMAND --help for each)
   get       show one job
   dead      list dead-lettered jobs
   requeue   move a dead job (or --all) back to the queue
-  cancel    cancel a job
+  cancel    cancel a job (or every queued job of --type / --status)
+  purge     remove dead jobs for good (--type TYPE or --all)
   schedules list, set or delete periodic jobs
   types     list, pause, resume or limit job types"""
 

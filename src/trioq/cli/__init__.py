@@ -1,6 +1,6 @@
 """The ``trioq`` command's sub-commands beyond ``broker``, ``worker`` and
 ``inspect``: the ones that talk to a running broker (``submit``, ``stats``,
-``jobs``, ``get``, ``dead``, ``requeue``, ``cancel``, ``schedules``, ``types``) and ``dev`` (a broker and
+``jobs``, ``get``, ``dead``, ``requeue``, ``cancel``, ``purge``, ``schedules``, ``types``) and ``dev`` (a broker and
 workers in one command). docs/cli.md describes each.
 
 Every failure is one line on stderr (``trioq CMD: what went wrong, what to check``)
@@ -29,6 +29,7 @@ def _runners() -> dict[str, Callable[[Sequence[str], str], int]]:
         "dead": c.dead,
         "requeue": c.requeue,
         "cancel": c.cancel,
+        "purge": c.purge,
         "schedules": schedules,
         "types": types,
         "dev": dev,
@@ -43,6 +44,7 @@ COMMANDS = (
     "dead",
     "requeue",
     "cancel",
+    "purge",
     "schedules",
     "types",
     "dev",

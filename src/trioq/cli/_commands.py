@@ -441,13 +441,44 @@ def cancel(argv: Sequence[str], prog: str) -> int:
     p = parser(
         prog,
         "Cancel a job: a queued or dead job at once, an in-progress one at its worker's "
-        "next heartbeat (prints its status: cancelled or cancelling).",
+        "next heartbeat (prints its status: cancelled or cancelling). Or, with --type "
+        "and/or --status (or --all-queued), every queued job that matches (prints the "
+        "counts).",
     )
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", nargs="?", metavar="ID")
+    p.add_argument("--type", help="every queued job of this type")
+    p.add_argument("--status", choices=("unclaimed", "in_progress"), help="... with this status")
+    p.add_argument("--all-queued", action="store_true", help="every queued job")
     args = p.parse_args(argv)
+    matching = args.type is not None or args.status is not None or args.all_queued
+    if (args.id is None) == (not matching):
+        p.error("give an ID, or --type / --status / --all-queued")
 
     async def call(client: Client) -> int:
-        print(await client.cancel(args.id))
+        if args.id is not None:
+            print(await client.cancel(args.id))
+        else:
+            counts = await client.cancel_matching(type=args.type, status=args.status)
+            print(f"{counts['cancelled']} cancelled, {counts['cancelling']} cancelling")
+        return 0
+
+    return run(prog, args, call)
+
+
+def purge(argv: Sequence[str], prog: str) -> int:
+    p = parser(
+        prog,
+        "Remove dead jobs for good (those of --type, or every one with --all); their "
+        "ids are forgotten, so a submit with one makes a new job. Prints the count.",
+    )
+    p.add_argument("--type", help="the dead jobs of this type")
+    p.add_argument("--all", action="store_true", help="every dead job")
+    args = p.parse_args(argv)
+    if (args.type is None) == (not args.all):
+        p.error("give --type TYPE or --all")
+
+    async def call(client: Client) -> int:
+        print(f"{await client.purge_dead(type=args.type)} purged")
         return 0
 
     return run(prog, args, call)
