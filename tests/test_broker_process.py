@@ -90,7 +90,7 @@ INVALID: list[tuple[list[str], dict[str, str], str]] = [
     ([], {"BROKER_HEARTBEAT_INTERVAL_MS": "20000"}, "must be shorter"),
     (["--broker-heartbeat-timeout-ms", "1000"], {}, "must be shorter"),
     (["--storage", "nope"], {}, "unknown storage backend 'nope'"),
-    ([], {"STORAGE_BACKEND": "gcs"}, "unknown storage backend 'gcs'"),
+    ([], {"STORAGE_BACKEND": "azure"}, "unknown storage backend 'azure'"),
     (["--storage", "s3"], {}, "needs a bucket"),
     ([], {"STORAGE_BACKEND": "s3"}, "needs a bucket"),
     (["--port", "70000"], {}, "port 70000 is out of range"),

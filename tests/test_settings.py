@@ -217,10 +217,26 @@ def test_old_field_names_are_still_understood() -> None:
         (BrokerSettings, {"bogus": 1}, {}, [], "unknown setting 'bogus'"),
         (
             BrokerSettings,
+            {"storage": "azure"},
+            {},
+            [],
+            "storage: unknown storage backend 'azure' (file, s3, gcs or memory)",
+        ),
+        (
+            BrokerSettings,
             {"storage": "gcs"},
             {},
             [],
-            "storage: unknown storage backend 'gcs' (file, s3 or memory)",
+            "the gcs backend needs a bucket: --gcs-bucket or GCS_BUCKET",
+        ),
+        (
+            BrokerSettings,
+            {"storage": "gcs", "gcs_bucket": "b", "layout": "document"},
+            {},
+            [],
+            "--layout document on gcs rewrites one object every commit, and GCS allows about "
+            "one write a second to an object: set --group-commit-interval-ms to 1000 or more, "
+            "or use --layout log (docs/gcs.md)",
         ),
         (
             BrokerSettings,

@@ -63,6 +63,12 @@ def build_storage(
             endpoint_url=settings.endpoint_url,
             region=settings.region,
         )
+    elif settings.storage == "gcs":
+        from ..storage._gcs import GCSStorage
+
+        assert settings.gcs_bucket is not None
+        # credentials from Google's chain; STORAGE_EMULATOR_HOST points at an emulator
+        storage = GCSStorage(settings.gcs_bucket, prefix=settings.gcs_prefix)
     else:
         storage = MemoryStorage()
     if bare:

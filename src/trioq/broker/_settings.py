@@ -42,17 +42,18 @@ __all__ = [
     "parse_settings",
 ]
 
-StorageBackend = Literal["file", "s3", "memory"]
+StorageBackend = Literal["file", "s3", "gcs", "memory"]
 StorageLayout = Literal["document", "log"]
 
 _S3_ONLY = ("bucket", "prefix", "region", "endpoint_url")
+_GCS_ONLY = ("gcs_bucket", "gcs_prefix")
 
 
 def _backend(value: object) -> object:
     if isinstance(value, str):
         value = value.strip().lower()  # S3_BUCKET users write STORAGE_BACKEND=S3 too
-        if value not in ("file", "s3", "memory"):
-            raise ValueError(f"unknown storage backend {value!r} (file, s3 or memory)")
+        if value not in ("file", "s3", "gcs", "memory"):
+            raise ValueError(f"unknown storage backend {value!r} (file, s3, gcs or memory)")
     return value
 
 
@@ -86,13 +87,19 @@ class BrokerSettings(Settings):
     storage: Annotated[
         StorageBackend,
         BeforeValidator(_backend),
-        Public("--storage", "STORAGE_BACKEND", "storage backend: file, s3 or memory"),
+        Public("--storage", "STORAGE_BACKEND", "storage backend: file, s3, gcs or memory"),
     ] = "file"
     data_dir: Annotated[
         str, Public("--data-dir", "TRIOQ_DATA_DIR", "directory of the file backend")
     ] = "./.trioq"
     bucket: Annotated[str | None, Public("--bucket", "S3_BUCKET", "S3 bucket")] = None
     prefix: Annotated[str, Public("--prefix", "S3_PREFIX", "key prefix in the bucket")] = ""
+    gcs_bucket: Annotated[
+        str | None, Public("--gcs-bucket", "GCS_BUCKET", "Google Cloud Storage bucket")
+    ] = None
+    gcs_prefix: Annotated[
+        str, Public("--gcs-prefix", "GCS_PREFIX", "key prefix in the GCS bucket")
+    ] = ""
     region: Annotated[
         str | None, Public("--region", "S3_REGION", "S3 region", shown_default="AWS chain")
     ] = None
@@ -501,6 +508,27 @@ class BrokerSettings(Settings):
     def _consistent(self) -> Self:
         if self.storage == "s3" and not self.bucket:
             raise ValueError("the s3 backend needs a bucket: --bucket or S3_BUCKET")
+        if self.storage == "gcs" and not self.gcs_bucket:
+            raise ValueError("the gcs backend needs a bucket: --gcs-bucket or GCS_BUCKET")
+        if (
+            self.storage == "gcs"
+            and self.layout == "document"
+            and (self.group_commit_interval < 1.0)
+        ):
+            # GCS takes about one write a second to one object name: the document
+            # layout rewrites one object every commit
+            raise ValueError(
+                "--layout document on gcs rewrites one object every commit, and GCS allows "
+                "about one write a second to an object: set --group-commit-interval-ms to "
+                "1000 or more, or use --layout log (docs/gcs.md)"
+            )
+        for name in _GCS_ONLY if self.storage != "gcs" else ():
+            if getattr(self, name):
+                flag = self.public_name(name).split()[0]
+                raise ValueError(
+                    f"{self.public_name(name)} applies to the gcs backend only, but the "
+                    f"storage backend is {self.storage!r}: add --storage gcs or drop {flag}"
+                )
         if self.storage != "s3":
             for name in _S3_ONLY:
                 if getattr(self, name):
@@ -614,7 +642,17 @@ class BrokerSettings(Settings):
         )
 
 
-STORAGE_FIELDS = ("storage", "data_dir", "bucket", "prefix", "region", "endpoint_url", "key")
+STORAGE_FIELDS = (
+    "storage",
+    "data_dir",
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint_url",
+    "gcs_bucket",
+    "gcs_prefix",
+    "key",
+)
 """The settings that say where the queue is stored: what a command that reads the
 stored document without a broker (``trioq inspect``) takes."""
 
