@@ -1,5 +1,5 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`,
-`nox -s chaos`, `nox -s fuzz`."""
+`nox -s chaos`, `nox -s fuzz`, `nox -s proto`."""
 
 from __future__ import annotations
 
@@ -74,3 +74,16 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.env["TRIOQ_FUZZ_EXAMPLES"] = session.posargs[0] if session.posargs else "12000"
     session.run("pytest", "-s", "tests/test_fuzz_http.py", "tests/test_fuzz_websocket.py")
+
+
+@nox.session(python=PYTHON)
+def proto(session: nox.Session) -> None:
+    """Rebuild the Connect service's descriptor set (src/trioq/_connect/descriptors.binpb)
+    from its .proto files, after an edit (tests/test_connect.py checks they agree)."""
+    session.install("grpcio-tools>=1.66")
+    here = "src/trioq/_connect"
+    session.run(
+        "python", "-m", "grpc_tools.protoc", f"-I{here}/proto",
+        f"--descriptor_set_out={here}/descriptors.binpb", "--include_imports",
+        "osqueue/v1/queue.proto", "google/rpc/error_info.proto",
+    )  # fmt: skip

@@ -29,6 +29,7 @@ PUBLIC_NAMES: dict[str, set[str]] = {
         "StorageAuthError",
         "StorageUnreachable",
         "WriteOutcomeUnknown",
+        "DeadlineExceeded",
         "DocumentInvalid",
         "QueueNotFound",
         "BrokerProtocolError",

@@ -18,6 +18,7 @@ from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from openapi_spec_validator import validate as validate_openapi
 
 from _broker_proc import InProcessBroker, start_in_process
+from trioq.broker._connect import METHODS as CONNECT_METHODS
 from trioq.broker._openapi import openapi_path
 from trioq.broker._routes import ROUTES
 from trioq.broker._settings import BrokerSettings
@@ -85,14 +86,22 @@ async def test_every_route_of_the_app_is_documented(
 ) -> None:
     served: set[tuple[str, str]] = set()
     for rule in broker.broker.app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+        if rule.endpoint in ("static", "connect"):
+            continue  # Connect: x-connect, below
         methods = {"GET"} if rule.websocket else (rule.methods or set()) - {"HEAD", "OPTIONS"}
         served |= {(method, openapi_path(rule.rule)) for method in methods}
     assert served == set(operations(document))
     assert ("GET", "/v1/ws") in served
     ws = document["paths"]["/v1/ws"]["get"]["x-websocket-methods"]
     assert list(ws) == [m.name for m in METHODS]
+    connect = document["x-connect"]
+    assert connect["path"] == "/osqueue.v1.QueueService/{method}"
+    assert list(connect["methods"]) == list(CONNECT_METHODS)
+    assert connect["methods"]["ListJobs"] == {
+        "input": "osqueue.v1.ListJobsRequest",
+        "output": "osqueue.v1.ListJobsResponse",
+        "x-trioq-scopes": ["admin"],
+    }
 
 
 async def test_the_per_item_routes_are_documented_with_their_models(

@@ -14,6 +14,7 @@ from ._errors import BrokerProtocolError as BrokerProtocolError
 from ._errors import BrokerUnreachable as BrokerUnreachable
 from ._errors import BucketNotFound as BucketNotFound
 from ._errors import CASConflict as CASConflict
+from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import DocumentInvalid as DocumentInvalid
 from ._errors import Forbidden as Forbidden
 from ._errors import InternalError as InternalError
@@ -67,6 +68,7 @@ __all__ = [
     "CASConflict",
     "Claimed",
     "Client",
+    "DeadlineExceeded",
     "DocumentInvalid",
     "Engine",
     "EngineConfig",

@@ -31,6 +31,7 @@ never in a broker's answer).
     ├── Overloaded                  too many connections or waiting long-polls
     ├── JobNotDead                  requeue of a job that is not dead
     ├── JobFailed                   a job waited on (Client.result) was dead-lettered or cancelled
+    ├── DeadlineExceeded            the caller's deadline passed first (Connect-Timeout-Ms)
     ├── NotFound                    no such route
     ├── MethodNotAllowed            the route does not take this method
     ├── InternalError               a bug in the broker (HTTP 500)
@@ -251,6 +252,15 @@ class JobFailed(TrioqError):
         super().__init__(message)
         self.job_status = job_status
         self.reason = reason
+
+
+class DeadlineExceeded(TrioqError):
+    """The deadline a Connect caller set (``Connect-Timeout-Ms``) passed before the
+    broker answered. Like any answer that never came, the call may or may not have
+    taken effect: a submit is retried under the same job id."""
+
+    tag = "DeadlineExceeded"
+    status = 504
 
 
 class NotFound(TrioqError):

@@ -4,6 +4,8 @@
 
 - :mod:`~trioq.broker._routes`: the REST route table and its handlers;
 - :mod:`~trioq.broker._websocket`: the WebSocket endpoint and its method table;
+- :mod:`~trioq.broker._connect`: osqueue's Connect service (``/osqueue.v1.QueueService/``),
+  which answers its own refusals in Connect's shape;
 - :mod:`~trioq.broker._openapi`: ``/openapi.json``, generated from both tables;
 - :mod:`~trioq.broker._connections`: the app class that keeps keep-alive
   connections usable after early answers, and the hypercorn WebSocket patch;
@@ -36,6 +38,7 @@ from quart_trio import QuartTrio
 from werkzeug import exceptions as http_exceptions
 from werkzeug.routing import BaseConverter
 
+from .. import _connect
 from .._errors import (
     BrokerProtocolError,
     Forbidden,
@@ -49,6 +52,8 @@ from .._errors import (
 from .._tokens import Scope, TokenTable, secret_value
 from . import _dashboard
 from ._api import BrokerApi
+from ._connect import ENDPOINT as CONNECT_ENDPOINT
+from ._connect import ConnectEndpoint
 from ._connections import BrokerApp, make_websocket_refusals_safe
 from ._openapi import build_openapi
 from ._routes import ROUTES, RestHandlers, error_response, json_response
@@ -110,6 +115,14 @@ def create_app(
         api, max_request_bytes=max_request_bytes, closing=closing, authorize=auth.scope
     )
     app.add_websocket("/v1/ws", "ws", endpoint.serve)
+    connect = ConnectEndpoint(api, authorize=auth.scope, max_request_bytes=max_request_bytes)
+    app.add_url_rule(
+        f"{_connect.PATH_PREFIX}<method>",
+        CONNECT_ENDPOINT,
+        connect.serve,
+        # every method: the view refuses what is not a POST in Connect's shape
+        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+    )
     _dashboard.register(app)
     return app
 
@@ -171,6 +184,8 @@ class _Auth:
 def _guard(app: QuartTrio, api: BrokerApi, auth: _Auth) -> None:
     @app.before_request
     async def _auth() -> None:
+        if request.endpoint == CONNECT_ENDPOINT:
+            return  # the Connect view checks the same, answering in Connect's shape
         # answered before the body is read: BrokerApp keeps the connection usable
         auth.check(request.path, request.endpoint, request.headers.get("Authorization"))
         if request.endpoint in _LEADER_ONLY:

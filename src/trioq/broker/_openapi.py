@@ -5,7 +5,8 @@
 Request bodies are documented in pydantic's validation mode, answers in its
 serialization mode; every error status refers to one :class:`~trioq._wire.ErrorBody`
 schema. The WebSocket's methods are listed under ``x-websocket-methods`` of
-``GET /v1/ws`` (OpenAPI has no words for them). Each operation and WebSocket method
+``GET /v1/ws`` (OpenAPI has no words for them), and osqueue's Connect service under
+``x-connect`` at the root (its messages are protobuf's, not JSON schemas). Each operation and WebSocket method
 states the token scopes that may call it in ``x-trioq-scopes`` (public routes: none,
 and an empty ``security``). The document is built once per app.
 """
@@ -18,8 +19,10 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from .. import _connect
 from .._tokens import Scope
 from .._wire import SCHEDULE_NAME_PATTERN, ErrorBody, JobId
+from ._connect import METHODS as CONNECT_METHODS
 from ._routes import JSON, ROUTES, Route
 from ._websocket import METHODS
 
@@ -106,6 +109,25 @@ def build_openapi(version: str) -> dict[str, Any]:
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearerAuth": []}],
+        "x-connect": _connect_service(),
+    }
+
+
+def _connect_service() -> dict[str, Any]:
+    return {
+        "service": _connect.SERVICE,
+        "path": f"{_connect.PATH_PREFIX}{{method}}",
+        "description": "osqueue's Connect service (unary POSTs, application/proto or "
+        "application/json; errors are Connect's JSON with _tag beside code). "
+        "Definitions: osqueue/v1/queue.proto in the trioq package; see docs/connect.md.",
+        "methods": {
+            name: {
+                "input": method.rpc.input.DESCRIPTOR.full_name,
+                "output": method.rpc.output.DESCRIPTOR.full_name,
+                "x-trioq-scopes": sorted(str(s) for s in method.scopes),
+            }
+            for name, method in CONNECT_METHODS.items()
+        },
     }
 
 
