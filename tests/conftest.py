@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from _gcs_server import GCSServer, run_fake_gcs
 from _servers import S3Server, run_moto, run_seaweedfs
 
 _AWS_ENVIRONMENT = {
@@ -107,3 +108,16 @@ def seaweedfs_bucket(seaweedfs: S3Server) -> str:
 def moto_bucket(moto_server: S3Server) -> str:
     """A fresh bucket on the moto server."""
     return moto_server.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSServer]:
+    """fake-gcs-server (a GCS emulator) on 127.0.0.1."""
+    with run_fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
+        yield server
+
+
+@pytest.fixture
+def gcs_bucket(fake_gcs: GCSServer) -> str:
+    """A fresh bucket on the GCS emulator."""
+    return fake_gcs.create_bucket()

@@ -1,13 +1,12 @@
-"""GCSStorage: the shared storage contract on a real GCS emulator, and more.
+"""GCSStorage on a real GCS emulator: what the shared contract does not cover.
 
-The emulator is fake-gcs-server (tests/_gcs_server.py), one process for this
-module, on 127.0.0.1. Every test of tests/test_storage_contract.py is imported
-here and runs against GCSStorage through this module's ``backend``,
-``racing_backend`` and ``storage`` fixtures (fake-gcs-server's preconditions are
-atomic, so the racing tests run too). Then: concurrent writers on one object,
-error mapping (missing bucket, closed port, a listener that never answers, no
-credentials), lost answers to uploads, prefixes, paging, and importing without
-the library.
+The emulator is fake-gcs-server (tests/_gcs_server.py), one process for the session,
+on 127.0.0.1 (the ``fake_gcs`` fixture of conftest.py). The shared storage contract
+runs on it in tests/test_storage_contract.py (its ``gcs`` backend, the racing tests
+included: the emulator's preconditions are atomic). Here: concurrent writers on one
+object, error mapping (missing bucket, closed port, a listener that never answers, no
+credentials), lost answers to uploads, prefixes, paging, and importing without the
+library.
 """
 
 from __future__ import annotations
@@ -25,62 +24,8 @@ import trio
 import test_storage_contract as contract
 import trioq
 from _broker_proc import broker_process
-from _gcs_server import GCSServer, run_fake_gcs
+from _gcs_server import GCSServer
 from _servers import free_port
-from test_storage_contract import (  # the shared contract, run on GCS by this module
-    test_create_of_existing_key_conflicts as test_create_of_existing_key_conflicts,
-)
-from test_storage_contract import (
-    test_delete_of_a_missing_key_is_fine as test_delete_of_a_missing_key_is_fine,
-)
-from test_storage_contract import (
-    test_delete_removes_the_object_and_create_works_again as test_delete_removes_the_object_and_create_works_again,
-)
-from test_storage_contract import (
-    test_every_write_of_new_data_gets_a_new_version as test_every_write_of_new_data_gets_a_new_version,
-)
-from test_storage_contract import (
-    test_large_document_round_trips as test_large_document_round_trips,
-)
-from test_storage_contract import (
-    test_list_after_create_and_delete as test_list_after_create_and_delete,
-)
-from test_storage_contract import (
-    test_list_of_an_empty_store_or_missing_prefix_is_empty as test_list_of_an_empty_store_or_missing_prefix_is_empty,
-)
-from test_storage_contract import (
-    test_list_order_with_slashes_below_the_prefix as test_list_order_with_slashes_below_the_prefix,
-)
-from test_storage_contract import (
-    test_list_pages_over_more_than_1000_keys as test_list_pages_over_more_than_1000_keys,
-)
-from test_storage_contract import (
-    test_list_returns_keys_in_utf8_byte_order as test_list_returns_keys_in_utf8_byte_order,
-)
-from test_storage_contract import (
-    test_list_start_after_and_limit as test_list_start_after_and_limit,
-)
-from test_storage_contract import (
-    test_missing_key_reads_as_none as test_missing_key_reads_as_none,
-)
-from test_storage_contract import (
-    test_racing_creates_have_one_winner as test_racing_creates_have_one_winner,
-)
-from test_storage_contract import (
-    test_racing_writers_have_one_winner_per_round as test_racing_writers_have_one_winner_per_round,
-)
-from test_storage_contract import (
-    test_read_your_writes as test_read_your_writes,
-)
-from test_storage_contract import (
-    test_stale_if_match_conflicts as test_stale_if_match_conflicts,
-)
-from test_storage_contract import (
-    test_version_matches_read as test_version_matches_read,
-)
-from test_storage_contract import (
-    test_write_to_missing_key_conflicts as test_write_to_missing_key_conflicts,
-)
 from trioq import (
     BucketNotFound,
     CASConflict,
@@ -100,19 +45,6 @@ FAST = 10.0  # seconds: "fails fast" means well within this, never a hang
 # -- fixtures --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSServer]:
-    """fake-gcs-server on 127.0.0.1 for this module."""
-    with run_fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
-        yield server
-
-
-@pytest.fixture
-def gcs_bucket(fake_gcs: GCSServer) -> str:
-    """A fresh bucket on the emulator."""
-    return fake_gcs.create_bucket()
-
-
 @pytest.fixture(autouse=True)
 def no_google_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No emulator variable or real Google credentials from the developer's shell."""
@@ -122,36 +54,6 @@ def no_google_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _gcs(server: GCSServer, bucket: str, **kwargs: Any) -> GCSStorage:
     return GCSStorage(bucket, endpoint_url=server.endpoint_url, **kwargs)
-
-
-class _GCSBackend(contract.Backend):
-    def close(self) -> None:
-        for handle in self.handles:
-            if isinstance(handle, GCSStorage):
-                handle.close()
-
-
-@pytest.fixture
-def backend(fake_gcs: GCSServer, gcs_bucket: str) -> Iterator[contract.Backend]:
-    """The contract's backend: handles on one emulator bucket."""
-
-    def opener() -> Storage:
-        return _gcs(fake_gcs, gcs_bucket, max_threads=2 * contract.RACE_LANES)
-
-    made = _GCSBackend("gcs", opener)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def racing_backend(backend: contract.Backend) -> contract.Backend:
-    """The emulator's preconditions are atomic: the racing tests run on it too."""
-    return backend
-
-
-@pytest.fixture
-def storage(backend: contract.Backend) -> Storage:
-    return backend.open()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from _broker_proc import broker_process, s3_args, s3_env, subprocess_env
+from _gcs_server import GCSServer
 from _servers import S3Server
 from test_document_safety import BAD_OBJECTS, KEY, put_s3_object
 from trioq.storage._file import FileStorage
@@ -178,6 +179,30 @@ async def test_s3_objects(tmp_path: Path, seaweedfs: S3Server, seaweedfs_bucket:
     code, out, _ = await inspect(flags, wrong)
     assert code == 2
     assert "unreadable" in out.decode()
+
+
+async def test_gcs_objects(tmp_path: Path, fake_gcs: GCSServer, gcs_bucket: str) -> None:
+    """``--storage gcs``: the emulator reached as a deployment would reach GCS, through
+    the standard ``STORAGE_EMULATOR_HOST``; the log layout, as a broker writes it."""
+    flags = ["--storage", "gcs", "--gcs-bucket", gcs_bucket, "--gcs-prefix", "q1"]
+    env = {"STORAGE_EMULATOR_HOST": fake_gcs.endpoint_url}
+    code, out, _ = await inspect(flags, env)
+    assert code == 2
+    emulator = f"at {fake_gcs.endpoint_url} (STORAGE_EMULATOR_HOST)"
+    assert f"no object at {KEY} in GCS bucket gs://{gcs_bucket}/q1/ {emulator}" in out.decode()
+
+    await queue_with_jobs(tmp_path, [*flags, "--port", "0", "--create"], env)
+    code, out, err = await inspect([*flags, "--json"], env)
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["location"].startswith(f"{KEY} in GCS bucket gs://{gcs_bucket}/q1/ at ")
+    assert report["document"]["jobs"] == 3
+    assert report["document"]["byStatus"] == {"unclaimed": 2, "in_progress": 1}
+    assert report["version"].isdigit()  # the object's generation
+
+    # the bucket's root (no prefix) holds no queue: inspect says so, and creates none
+    code, out, _ = await inspect(["--storage", "gcs", "--gcs-bucket", gcs_bucket], env)
+    assert code == 2
 
 
 @pytest.mark.parametrize("backend", ["file", "seaweedfs"])

@@ -6,8 +6,10 @@ directory for :class:`~trioq.FileStorage`, one bucket for :class:`~trioq.S3Stora
 so racing tests can give each contender its own handle, as separate brokers would
 have.
 
-Backends: memory, file (a ``tmp_path`` directory), S3 on SeaweedFS and S3 on moto.
-The racing tests skip moto, whose conditional PUT is not atomic.
+Backends: memory, file (a ``tmp_path`` directory), S3 on SeaweedFS, S3 on moto and
+GCS on fake-gcs-server (whose generation preconditions are atomic under concurrent
+writers: tests/test_gcs_storage.py checks it). The racing tests skip moto, whose
+conditional PUT is not atomic.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from _gcs_server import GCSServer
 from _servers import S3Server
 from trioq import CASConflict, MemoryStorage, S3Storage, Storage, Versioned
 from trioq.storage._file import FileStorage
+from trioq.storage._gcs import GCSStorage
 
 KEY = "queue.json"
 CONTENDERS = 8
@@ -51,7 +55,7 @@ class Backend:
 
     def close(self) -> None:
         for handle in self.handles:
-            if isinstance(handle, S3Storage):
+            if isinstance(handle, S3Storage | GCSStorage):
                 handle.close()
 
 
@@ -83,10 +87,17 @@ def _make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if name == "moto":
         server = request.getfixturevalue("moto_server")
         return _s3_backend(name, server, request.getfixturevalue("moto_bucket"))
+    if name == "gcs":
+        gcs: GCSServer = request.getfixturevalue("fake_gcs")
+        bucket: str = request.getfixturevalue("gcs_bucket")
+        return Backend(
+            name,
+            lambda: GCSStorage(bucket, endpoint_url=gcs.endpoint_url, max_threads=2 * RACE_LANES),
+        )
     raise AssertionError(f"unknown backend {name!r}")
 
 
-@pytest.fixture(params=["memory", "file", "seaweedfs", "moto"])
+@pytest.fixture(params=["memory", "file", "seaweedfs", "moto", "gcs"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Every backend."""
     made = _make_backend(request, tmp_path)
@@ -94,7 +105,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     made.close()
 
 
-@pytest.fixture(params=["memory", "file", "seaweedfs"])
+@pytest.fixture(params=["memory", "file", "seaweedfs", "gcs"])
 def racing_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Every backend whose compare-and-set is atomic under concurrency (not moto)."""
     made = _make_backend(request, tmp_path)

@@ -105,6 +105,7 @@ resolved by reading the object back, as :class:`~trioq.S3Storage` does: our byte
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from functools import cache
@@ -140,6 +141,9 @@ failure is retried a few times, a slow one about once, as S3Storage's two attemp
 
 _BUCKET_MISSING_TEXT = "specified bucket does not exist"
 """How the real GCS words a 404 for a missing bucket (emulators just say Not Found)."""
+
+_GCS_ENDPOINT = "https://storage.googleapis.com"
+"""Where the library sends requests with no emulator or endpoint set."""
 
 _INSTALL_HINT = "GCSStorage needs the google-cloud-storage package: pip install 'trioq[gcs]'"
 
@@ -669,7 +673,9 @@ class GCSStorage:
         if client is not None:
             connection: Any = getattr(client, "_connection", None)
             return str(getattr(connection, "API_BASE_URL", "the GCS endpoint"))
-        return "the GCS endpoint"
+        # before the client is made: where it will go (the library's own rule)
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        return f"{emulator} (STORAGE_EMULATOR_HOST)" if emulator else _GCS_ENDPOINT
 
     def __repr__(self) -> str:
         return (
