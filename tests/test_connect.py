@@ -30,6 +30,7 @@ from httpx_ws import aconnect_ws
 
 import trioq._connect as connect
 from _broker_proc import InProcessBroker, start_in_process
+from trioq import DocumentInvalid, LeaseLost, QueueFull, TrioqError
 from trioq.broker._connect import METHODS
 from trioq.broker._settings import BrokerSettings
 from trioq.storage import FaultyStorage, FileStorage
@@ -155,6 +156,29 @@ def test_the_service_is_osqueues_and_each_method_has_its_rest_scopes() -> None:
         "jobs": 1, "total": 2, "unclaimed": 3, "in_progress": 4, "completed_total": 5,
         "broker_address": 6,
     }  # fmt: skip
+
+
+def test_every_error_has_a_connect_code_in_step_with_its_rest_status() -> None:
+    """Each error class of trioq answers with a Connect code whose HTTP status tells
+    the same story as REST's (503s stay retryable ``unavailable``, 4xx stay 4xx)."""
+    from trioq._errors import ERRORS_BY_TAG
+
+    for tag, cls in ERRORS_BY_TAG.items():
+        if cls.__module__ != "trioq._errors":
+            continue  # worker-side errors (PayloadInvalid, JobTimeout): never answered
+        error = cls.__new__(cls)
+        TrioqError.__init__(error, "m")
+        code = connect.code_of(error)
+        status = connect.STATUS_BY_CODE[code]
+        if cls.status == 503:  # retry later: QueueFull is the one that says why
+            assert code == ("resource_exhausted" if cls is QueueFull else "unavailable"), tag
+        elif 400 <= cls.status < 500:
+            assert 400 <= status < 500 or code == "unimplemented", tag
+        elif cls.status >= 500:
+            assert status >= 500, tag
+    assert connect.code_of(LeaseLost("x")) == "failed_precondition"
+    assert connect.code_of(QueueFull("x")) == "resource_exhausted"
+    assert connect.code_of(DocumentInvalid("x")) == "unavailable"
 
 
 # ---------------------------------------------------------------- every RPC
@@ -357,6 +381,10 @@ async def test_protocol_refusals(broker: InProcessBroker) -> None:
             assert_connect_error(bad, 400, "invalid_argument", "BrokerProtocolError")
         big = await http.post("/SubmitJob", json={"payload": "QQ" * 40_000})
         assert_connect_error(big, 429, "resource_exhausted", "PayloadTooLarge")
+        # within the request limit (64 KiB), over the payload limit (16 KiB)
+        payload = base64.b64encode(b'"' + b"x" * 20_000 + b'"').decode()
+        heavy = await http.post("/SubmitJob", json={"payload": payload})
+        assert_connect_error(heavy, 429, "resource_exhausted", "PayloadTooLarge")
         assert (await http.post("/GetStats", json={})).json()["total"] == 0
 
 

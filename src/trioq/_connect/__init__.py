@@ -30,7 +30,6 @@ from .._errors import (
     BrokerProtocolError,
     CASConflict,
     DeadlineExceeded,
-    DocumentInvalid,
     Forbidden,
     JobFailed,
     JobNotDead,
@@ -168,11 +167,11 @@ _CODE_BY_ERROR: Final[tuple[tuple[type[TrioqError], str], ...]] = (
     (QueueFull, "resource_exhausted"),
     (CASConflict, "aborted"),
     (DeadlineExceeded, "deadline_exceeded"),
-    (DocumentInvalid, "data_loss"),
 )
 """The Connect code of each error class (the first class that matches wins); any
-other error with a 503 status (``NotLeader``, ``Overloaded``, the storage errors)
-is ``unavailable``, anything else ``internal``."""
+other error with a 503 status (``NotLeader``, ``Overloaded``, ``QueueNotFound``,
+``DocumentInvalid``, the storage errors) is ``unavailable``, as REST's 503 says
+"retry, maybe elsewhere"; anything else ``internal``."""
 
 
 def code_of(exc: TrioqError) -> str:
