@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import trio
 from trioq import _connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_transport import cpu_seconds, free_port
+from bench_transport import cost, free_port
 
 READY_TIMEOUT = 30.0
 PROTO = {"Content-Type": "application/proto"}
@@ -99,15 +98,10 @@ async def measure(urls: dict[str, str], pids: dict[str, int], calls: int, rounds
         print("|---|---|---|---|---|")
         for round_ in range(1, rounds + 1):
             for row in ROWS:
-                pid = pids[row.server]
-                server0, wall0, client0 = cpu_seconds(pid), time.perf_counter(), time.process_time()
-                await run_row(client, urls[row.server], row, calls)
-                server1, wall1, client1 = cpu_seconds(pid), time.perf_counter(), time.process_time()
-                per = 1e6 / calls
-                print(
-                    f"| {row.name} | {round_} | {(wall1 - wall0) * per:.0f} | "
-                    f"{(server1 - server0) * per:.0f} | {(client1 - client0) * per:.0f} |"
-                )
+                with cost(pids[row.server], calls) as per_call:
+                    await run_row(client, urls[row.server], row, calls)
+                wall, server, own = per_call
+                print(f"| {row.name} | {round_} | {wall:.0f} | {server:.0f} | {own:.0f} |")
 
 
 def main() -> None:

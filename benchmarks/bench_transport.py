@@ -19,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -42,6 +44,18 @@ def cpu_seconds(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@contextmanager
+def cost(pid: int, calls: int) -> Iterator[list[float]]:
+    """Measure the block: on exit, the list holds the wall time, ``pid``'s CPU and
+    this process's CPU, each in µs per call."""
+    per_call: list[float] = []
+    server0, wall0, client0 = cpu_seconds(pid), time.perf_counter(), time.process_time()
+    yield per_call
+    server1, wall1, client1 = cpu_seconds(pid), time.perf_counter(), time.process_time()
+    per_call += [(b - a) * 1e6 / calls for a, b in
+                 ((wall0, wall1), (server0, server1), (client0, client1))]  # fmt: skip
 
 
 async def over_http(client: httpx.AsyncClient, url: str, calls: int) -> None:
@@ -73,14 +87,10 @@ async def measure(url: str, pid: int, calls: int) -> None:
         print("| transport | calls | wall µs/call | broker CPU µs/call | client CPU µs/call |")
         print("|---|---|---|---|---|")
         for name, send in [("HTTP", over_http), ("WebSocket", over_websocket)] * 2:
-            broker0, wall0, client0 = cpu_seconds(pid), time.perf_counter(), time.process_time()
-            await send(client, url, calls)
-            broker1, wall1, client1 = cpu_seconds(pid), time.perf_counter(), time.process_time()
-            per = 1e6 / calls
-            print(
-                f"| {name} | {calls} | {(wall1 - wall0) * per:.0f} | "
-                f"{(broker1 - broker0) * per:.0f} | {(client1 - client0) * per:.0f} |"
-            )
+            with cost(pid, calls) as per_call:
+                await send(client, url, calls)
+            wall, broker, own = per_call
+            print(f"| {name} | {calls} | {wall:.0f} | {broker:.0f} | {own:.0f} |")
 
 
 def main() -> None:
