@@ -44,12 +44,23 @@ def node_client() -> Path:
     return HERE / "client.mjs"
 
 
-@pytest.mark.parametrize(("codec", "auth"), [("binary", False), ("json", True)])
+@pytest.mark.parametrize(
+    ("codec", "auth", "http_version"),
+    [("binary", False, "1.1"), ("json", True, "1.1"), ("binary", True, "2")],
+)
 async def test_connect_es_calls_every_rpc(
-    nursery: trio.Nursery, tmp_path: Path, node_client: Path, codec: str, auth: bool
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    node_client: Path,
+    codec: str,
+    auth: bool,
+    http_version: str,
 ) -> None:
+    """osqueue's client offers ``httpVersion: "1.1" | "2"``: HTTP/2 here is cleartext
+    with prior knowledge, as connect-node speaks it to an ``http://`` URL."""
     overrides: dict[str, Any] = {"port": 0, "data_dir": str(tmp_path / "data")}
     env = {k: v for k, v in os.environ.items() if k != "TRIOQ_TOKEN"}
+    env["HTTP_VERSION"] = http_version
     if auth:
         overrides["token"] = ADMIN_TOKEN
         env["TRIOQ_TOKEN"] = ADMIN_TOKEN

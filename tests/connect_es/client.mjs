@@ -3,7 +3,8 @@
 // connect.ts in osqueue). The service comes from trioq's descriptor set, not from
 // generated code: what the broker serves is what this client speaks.
 //
-//   node client.mjs BROKER_URL DESCRIPTORS binary|json   (TRIOQ_TOKEN: a bearer token)
+//   node client.mjs BROKER_URL DESCRIPTORS binary|json
+//   (TRIOQ_TOKEN: a bearer token; HTTP_VERSION: "1.1", the default, or "2", cleartext)
 //
 // Prints one JSON report of every answer and error; tests/test_connect_es.py checks it.
 
@@ -22,7 +23,7 @@ const message = (name, init) => create(registry.getMessage(`osqueue.v1.${name}`)
 const token = process.env.TRIOQ_TOKEN;
 const transport = createConnectTransport({
   baseUrl,
-  httpVersion: "1.1",
+  httpVersion: process.env.HTTP_VERSION ?? "1.1",
   useBinaryFormat: codec === "binary",
   interceptors: token
     ? [(next) => (req) => { req.header.set("Authorization", `Bearer ${token}`); return next(req); }]
