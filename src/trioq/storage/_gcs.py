@@ -122,6 +122,7 @@ from .._errors import (
     TrioqError,
     WriteOutcomeUnknown,
 )
+from ._lost_answer import read_back
 from ._outage import WriteOutage
 from ._protocol import Versioned, check_limit
 
@@ -610,19 +611,11 @@ class GCSStorage:
         """Read the object back after an upload with no answer: did our bytes land?"""
         where = self._where(op, self.object_key(key))
         try:
-            current = await self.read(key)
-        except StorageUnavailable as read_exc:
-            raise WriteOutcomeUnknown(
-                f"{where}: the upload got no answer ({_cause(exc)}) and reading the object "
-                f"back failed too ({read_exc.message}); the write may or may not have landed"
-            ) from exc
-        if current is not None and current.data == data:
-            return current.version
-        found = "no object" if current is None else "other bytes"
-        raise WriteOutcomeUnknown(
-            f"{where}: the upload got no answer ({_cause(exc)}) and reading the object back "
-            f"found {found}; the write may still land or may have been lost"
-        ) from exc
+            return await read_back(
+                lambda: self.read(key), data, where=where, request="the upload", cause=_cause(exc)
+            )
+        except WriteOutcomeUnknown as unknown:
+            raise unknown from exc
 
     def _bucket_not_found(self, op: _Operation, object_key: str, exc: BaseException) -> TrioqError:
         where = self._where(op, object_key)

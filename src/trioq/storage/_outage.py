@@ -1,4 +1,4 @@
-"""One log line per storage write outage (shared by the file and S3 backends)."""
+"""One log line per storage write outage (shared by the file, S3 and GCS backends)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class WriteOutage:
     """Logs a run of failing writes once, when it starts, and once when a write
     succeeds again: a full disk or a read-only store fails every commit (and the
     leader commits at least every heartbeat), and one line per failure would bury
-    the cause. Used by the file and S3 backends, each for its own writes."""
+    the cause. Used by the file, S3 and GCS backends, each for its own writes."""
 
     def __init__(self, where: str) -> None:
         self.where = where
