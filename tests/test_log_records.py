@@ -422,6 +422,32 @@ def test_a_worker_call_that_finishes_a_cancel_notes_it() -> None:
 # ------------------------------------------------------------ record size
 
 
+def test_a_held_job_changed_without_a_renewal_keeps_its_lease_place_in_a_replay() -> None:
+    """Found by History: a cancel request on a held job, replayed, re-entered its
+    lease behind a later one, so a standby (and the leader it becomes) saw it expire
+    up to a lease late."""
+    state = QueueState(limits=limits(), rng=random.Random(1))
+    state.enqueue([NewJob(None, type="a"), NewJob(None, type="a")], T0)
+    state.track_changes()
+    start = state.encode()
+    first = state.claim("w1", T0, max_jobs=1)[0].id
+    records = [commit(state, 1, T0)]
+    second = state.claim("w1", T0 + 1, max_jobs=1)[0].id
+    records.append(commit(state, 2, T0 + 1))
+    assert state.cancel(first, T0 + 1) == "cancelling"
+    records.append(commit(state, 3, T0 + 1))
+
+    replica = decode(start)
+    for record in records:
+        apply_record(replica, record)
+    assert replica.encode() == state.encode()
+    lease_ms = limits().job_lease_ms
+    assert replica.next_lease_expiry() == state.next_lease_expiry() == T0 + lease_ms
+    # the first lease ends first, on the replica as on the leader
+    assert replica.expire(T0 + lease_ms) == [first]
+    assert replica.jobs[second].status == "in_progress"
+
+
 def test_a_record_follows_its_batch_not_the_queue() -> None:
     state = QueueState(limits=Limits(max_queued=20_000))
     payload = {"data": "x" * 100}

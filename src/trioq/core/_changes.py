@@ -231,10 +231,20 @@ _Action = Callable[["QueueState", Any, list[Job]], None]
 def _put(state: QueueState, job: Job, leased: list[Job]) -> None:
     old = state.jobs.get(job.id)
     log = None if state._changes is None else state._changes.jobs
+    kept_lease = False
     if old is not None:
         state.job_bytes -= old.size
         if old.status == "in_progress":
-            state.index.discard_lease(old.id)
+            # a held job changed without a renewal (a cancel request, progress) keeps
+            # its lease's place: re-entered, it would sit behind leases that end after
+            # it, and expire late
+            kept_lease = (
+                job.status == "in_progress"
+                and job.heartbeat_at == old.heartbeat_at
+                and old.id in state.index.leases  # not a lease this record is entering
+            )
+            if not kept_lease:
+                state.index.discard_lease(old.id)
         if log is not None:
             changed(log, job.id)
     elif log is not None:
@@ -245,7 +255,7 @@ def _put(state: QueueState, job: Job, leased: list[Job]) -> None:
     if job.status == "unclaimed":
         # as a decode does: every entry may be delayed; pop_due drops the due ones
         state.index.push(job, -1)
-    else:
+    elif not kept_lease:
         leased.append(job)
 
 
