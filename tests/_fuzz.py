@@ -208,6 +208,44 @@ class LiveBroker:
         return orjson.dumps(document), seq
 
 
+def queue_diff(before: bytes, after: bytes) -> str:
+    """What differs between two documents of :meth:`LiveBroker.queue`: each top-level
+    field that changed, and for the job lists the entries that came, went or changed
+    (an assertion's message: the whole documents are too long to read)."""
+    old, new = orjson.loads(before), orjson.loads(after)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key), new.get(key)
+        if was == now:
+            continue
+        if isinstance(was, list) and isinstance(now, list) and key in ("jobs", "dead", "finished"):
+            by_id = {e.get("id"): e for e in was}
+            for entry in now:
+                if by_id.pop(entry.get("id"), None) != entry:
+                    lines.append(f"{key} + {orjson.dumps(entry).decode()}")
+            lines += [f"{key} - {orjson.dumps(e).decode()}" for e in by_id.values()]
+        else:
+            lines.append(f"{key}: {was!r} -> {now!r}")
+    return "\n".join(lines)
+
+
+def timers_fired(before: bytes, after: bytes) -> bool:
+    """Whether the leader's own timers changed the queue between two documents (of
+    :meth:`LiveBroker.queue`): a periodic job fired (a schedule's ``nextAt`` moved) or
+    a job's TTL ran out (a new dead job of reason ``deadline``). Fuzzed requests set
+    up schedules and TTLs, and these fire on the clock, whatever request is in flight:
+    a request's answer cannot say whether it changed the queue then."""
+    old, new = orjson.loads(before), orjson.loads(after)
+
+    def next_at(document: dict[str, Any]) -> dict[str, object]:
+        return {s["name"]: s.get("nextAt") for s in document.get("schedules", ())}
+
+    if next_at(old) != next_at(new):
+        return True
+    was_dead = {job["id"] for job in old["dead"]}
+    return any(job["id"] not in was_dead and job.get("reason") == "deadline" for job in new["dead"])
+
+
 def finishes_a_cancel(error: object) -> bool:
     """Whether ``error`` (an error body) is the one rejection that changes the queue,
     by design: a call by the holder of a job whose cancel was requested finishes the
