@@ -27,6 +27,7 @@ import orjson
 import trio
 from hypothesis import strategies as st
 
+from trioq._wire._limits import MAX_WAIT_MS
 from trioq.broker._service import Broker
 from trioq.broker._settings import BrokerSettings
 
@@ -296,7 +297,10 @@ def live_broker(directory: Path) -> Iterator[LiveBroker]:
         raise got
     url, token, scope = got
     try:
-        with httpx.Client(base_url=url, timeout=20) as client:
+        # past the longest long poll a fuzzed request may ask for (waitMs): a client
+        # that gave up first would leave the broker serving a claim that later takes
+        # a job in the middle of another request's before/after comparison
+        with httpx.Client(base_url=url, timeout=MAX_WAIT_MS / 1000 + 20) as client:
             yield LiveBroker(url, client)
     finally:
         trio.from_thread.run_sync(scope.cancel, trio_token=token)

@@ -41,9 +41,11 @@ from _fuzz import (
     timers_fired,
 )
 from test_fuzz_http import JOB_IDS, preload
+from trioq._wire._limits import MAX_WAIT_MS
 
-REPLY_TIMEOUT = 20.0
-"""Seconds a reply may take; only a hang reaches it."""
+REPLY_TIMEOUT = MAX_WAIT_MS / 1000 + 20
+"""Seconds a reply may take (past the longest long poll a call may ask for): only a
+hang reaches it."""
 
 TOO_BIG = 1009
 """The close code for a frame over ``max_request_bytes`` (documented, and tested in
